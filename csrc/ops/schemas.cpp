@@ -1,0 +1,30 @@
+// The one place where every tilesparse operator's schema is declared.
+// Kernels register themselves per backend beside their implementation
+// (mask_ops_cpu.cpp, layout_ops_cpu.cpp, tw_linear_cpu.cpp, cuda/*.cu);
+// fake kernels and autograd live in python/tilesparse/ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(tilesparse, m) {
+  // ---- mask selection -------------------------------------------------------
+  // Per-row-segment importance after the (optional) column pruning of 2-D TW:
+  // out[t, k] = ||scores[cols of tile t, k]||_2 / (columns in tile t).
+  // col_threshold: keep output features whose column score >= col_threshold.
+  m.def("tile_segment_scores(Tensor scores, int tile, float? col_threshold=None) -> Tensor");
+  // Tile-wise mask at a target sparsity (fraction of pruned weights).
+  // col_sparsity > 0 selects 2-D TW: that fraction of output features is
+  // pruned first, the survivors are regrouped into tiles, then rows per tile.
+  m.def("tile_mask(Tensor scores, int tile, float sparsity, float col_sparsity=0., int k_align=1) -> Tensor");
+  // Tile-wise mask by threshold, for one global threshold across layers:
+  // a row segment is kept iff its segment score >= threshold.
+  m.def("tile_mask_threshold(Tensor scores, int tile, float threshold, float? col_threshold=None, int k_align=1) -> Tensor");
+
+  // ---- packed tile format -----------------------------------------------------
+  m.def("layout_from_mask(Tensor mask, int tile) -> (Tensor cols, Tensor row_offsets, Tensor rows)");
+  m.def("tw_pack(Tensor weight, Tensor cols, Tensor row_offsets, Tensor rows, int tile, int num_values) -> Tensor");
+  m.def("tw_unpack(Tensor values, Tensor cols, Tensor row_offsets, Tensor rows, int tile, int out_features, int in_features) -> Tensor");
+
+  // ---- tile-wise sparse linear ----------------------------------------------
+  m.def("tw_linear(Tensor x, Tensor values, Tensor cols, Tensor row_offsets, Tensor rows, Tensor? bias, int out_features, int tile) -> Tensor");
+  m.def("tw_linear_grad_input(Tensor grad_out, Tensor values, Tensor cols, Tensor row_offsets, Tensor rows, int in_features, int tile) -> Tensor");
+  m.def("tw_linear_grad_values(Tensor grad_out, Tensor x, Tensor cols, Tensor row_offsets, Tensor rows, int tile, int num_values) -> Tensor");
+}

@@ -1,0 +1,152 @@
+// CPU kernels of tw_linear and its two backward operators: argument checks,
+// then core/tw_linear_cpu.h with torch's BLAS matmul and at::parallel_for.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "../core/tw_linear_cpu.h"
+#include "checks.h"
+
+namespace tilesparse {
+namespace {
+
+// core Gemm on top of at::mm_out / addmm_: strided views over the raw
+// buffers, so tiles write straight into their output columns without copies.
+// Called inside at::parallel_for, where ATen and MKL run single-threaded.
+template <typename T>
+struct AtenGemm {
+  at::TensorOptions opts;
+  void operator()(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+                  const T* b, int64_t ldb, T beta, T* c, int64_t ldc) const {
+    at::Tensor A = trans_a ? at::from_blob(const_cast<T*>(a), {k, m}, {lda, 1}, opts).t()
+                           : at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
+    at::Tensor B = trans_b ? at::from_blob(const_cast<T*>(b), {n, k}, {ldb, 1}, opts).t()
+                           : at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, opts);
+    at::Tensor C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+    if (beta == T(0)) {
+      at::mm_out(C, A, B);
+    } else {
+      C.addmm_(A, B, static_cast<double>(beta), 1.0);
+    }
+  }
+};
+
+struct ParallelFor {
+  template <typename F>
+  void operator()(int64_t begin, int64_t end, F&& fn) const {
+    at::parallel_for(begin, end, /*grain_size=*/1, fn);
+  }
+};
+
+void check_values(const at::Tensor& values, const at::Tensor& ref, const LayoutArgs& l) {
+  TS_CHECK_DIM(values, 1);
+  TS_CHECK_SAME_DEVICE(values, ref);
+  TORCH_CHECK_TYPE(values.scalar_type() == ref.scalar_type(), "values must have the dtype of ", "the input (",
+                   ref.scalar_type(), "), got ", values.scalar_type());
+  TORCH_CHECK_VALUE(values.numel() == core::num_values(l.view), "values must have ", core::num_values(l.view),
+                    " elements for this layout, got ", values.numel());
+}
+
+std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
+  std::vector<int64_t> out(sizes.begin(), sizes.end());
+  out.back() = last;
+  return out;
+}
+
+at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& cols,
+                         const at::Tensor& row_offsets, const at::Tensor& rows, const std::optional<at::Tensor>& bias,
+                         int64_t out_features, int64_t tile) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension (in_features), got a scalar");
+  TS_CHECK_FLOATING(x);
+  const int64_t K = x.size(-1), N = out_features;
+  const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, x.device(), true);
+  check_values(values, x, l);
+  if (bias) {
+    TS_CHECK_DIM(*bias, 1);
+    TS_CHECK_SAME_DEVICE(*bias, x);
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "bias must have the dtype of x (", x.scalar_type(),
+                     "), got ", bias->scalar_type());
+    TORCH_CHECK_VALUE(bias->size(0) == N, "bias must have out_features = ", N, " elements, got ", bias->size(0));
+  }
+  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  const int64_t M = x2.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  if (K == 0 || l.view.num_cols == 0) {
+    y.copy_(bias ? b.unsqueeze(0).expand({M, N}) : at::zeros({M, N}, x.options()));
+  } else if (M > 0) {
+    const at::Tensor v = values.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tw_linear_cpu", [&] {
+      core::tw_linear_forward<scalar_t>(l.view, x2.data_ptr<scalar_t>(), M, K, v.data_ptr<scalar_t>(),
+                                        bias ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), N,
+                                        at::get_num_threads(), AtenGemm<scalar_t>{x.options()}, ParallelFor{});
+    });
+  }
+  return y.view(with_last(x.sizes(), N));
+}
+
+at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& cols,
+                                    const at::Tensor& row_offsets, const at::Tensor& rows, int64_t in_features,
+                                    int64_t tile) {
+  TORCH_CHECK_VALUE(grad_out.dim() >= 1, "grad_out must have at least 1 dimension, got a scalar");
+  TS_CHECK_FLOATING(grad_out);
+  const int64_t N = grad_out.size(-1), K = in_features;
+  const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
+  check_values(values, grad_out, l);
+  const at::Tensor gy = grad_out.reshape({-1, N}).contiguous();
+  const int64_t M = gy.size(0);
+  at::Tensor gx = at::empty({M, K}, grad_out.options());
+  if (N == 0 || l.view.num_cols == 0) {
+    gx.zero_();
+  } else if (M > 0 && K > 0) {
+    const at::Tensor v = values.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_input_cpu", [&] {
+      core::tw_linear_grad_input<scalar_t>(l.view, gy.data_ptr<scalar_t>(), M, N, v.data_ptr<scalar_t>(),
+                                           gx.data_ptr<scalar_t>(), K, at::get_num_threads(),
+                                           AtenGemm<scalar_t>{gy.options()}, ParallelFor{});
+    });
+  }
+  return gx.view(with_last(grad_out.sizes(), K));
+}
+
+at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& cols,
+                                     const at::Tensor& row_offsets, const at::Tensor& rows, int64_t tile,
+                                     int64_t num_values) {
+  TORCH_CHECK_VALUE(grad_out.dim() >= 1 && x.dim() >= 1, "grad_out and x must have at least 1 dimension");
+  TS_CHECK_FLOATING(grad_out);
+  TS_CHECK_SAME_DEVICE(x, grad_out);
+  TORCH_CHECK_TYPE(x.scalar_type() == grad_out.scalar_type(), "x must have the dtype of grad_out (",
+                   grad_out.scalar_type(), "), got ", x.scalar_type());
+  const int64_t N = grad_out.size(-1), K = x.size(-1);
+  TORCH_CHECK_VALUE(grad_out.numel() / std::max<int64_t>(N, 1) == x.numel() / std::max<int64_t>(K, 1) &&
+                        grad_out.sizes().slice(0, grad_out.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
+                    "grad_out ", grad_out.sizes(), " and x ", x.sizes(), " must share their leading dimensions");
+  const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
+  TORCH_CHECK_VALUE(num_values == core::num_values(l.view), "num_values must be ", core::num_values(l.view),
+                    " for this layout, got ", num_values);
+  const at::Tensor gy = grad_out.reshape({-1, N}).contiguous();
+  const int64_t M = gy.size(0);
+  at::Tensor gv = at::empty({num_values}, grad_out.options());
+  if (num_values > 0) {
+    const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_values_cpu", [&] {
+      core::tw_linear_grad_values<scalar_t>(l.view, gy.data_ptr<scalar_t>(), x2.data_ptr<scalar_t>(), M, N, K,
+                                            gv.data_ptr<scalar_t>(), at::get_num_threads(),
+                                            AtenGemm<scalar_t>{gy.options()}, ParallelFor{});
+    });
+  }
+  return gv;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tilesparse, CPU, m) {
+  m.impl("tw_linear", &tw_linear_cpu);
+  m.impl("tw_linear_grad_input", &tw_linear_grad_input_cpu);
+  m.impl("tw_linear_grad_values", &tw_linear_grad_values_cpu);
+}
+
+}  // namespace tilesparse

@@ -1,0 +1,20 @@
+"""tilesparse: tile-wise structured sparsity for PyTorch.
+
+Importing the package loads the compiled operators (``torch.ops.tilesparse``);
+a failure to load them is an error, never silently ignored.
+"""
+import torch  # noqa: F401  (the operators link against libtorch)
+
+from . import _C  # noqa: F401  registers torch.ops.tilesparse.*
+from . import ops
+from .layout import TileLayout
+
+__version__ = "0.1.0"
+
+
+def built_with_cuda() -> bool:
+    """Whether this build of tilesparse._C contains the CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("tilesparse::tw_linear", "CUDA")
+
+
+__all__ = ["ops", "TileLayout", "built_with_cuda", "__version__"]

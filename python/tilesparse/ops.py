@@ -1,0 +1,237 @@
+"""Typed wrappers, fake (meta) kernels and autograd of the ``tilesparse`` operators.
+
+The kernels are C++ (``torch.ops.tilesparse.*``); this module adds what the
+dispatcher needs for ``torch.compile`` (fake kernels that check the schema's
+contract with ``torch._check``) and for training (``register_autograd``, whose
+backward calls other registered ops, so it too compiles and runs on any device).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .layout import TileLayout
+
+__all__ = [
+    "tile_mask",
+    "tile_mask_threshold",
+    "tile_segment_scores",
+    "tw_linear",
+]
+
+_ops = torch.ops.tilesparse
+
+
+# ---------------------------------------------------------------------------
+# Typed wrappers
+# ---------------------------------------------------------------------------
+def tile_mask(scores: Tensor, tile: int, sparsity: float, col_sparsity: float = 0.0, k_align: int = 1) -> Tensor:
+    """Tile-wise keep-mask (bool, shape of ``scores``) at a target sparsity.
+
+    ``scores[N, K]`` holds one non-negative importance per weight (``|w|`` for
+    magnitude). Output features are grouped into tiles of ``tile``; each tile
+    keeps a set of input features (a multiple of ``k_align``, or all), chosen
+    by row-segment score ``||scores[tile, k]||_2 / width`` under one threshold
+    across tiles, so the achieved sparsity is within half a pruning unit
+    (``k_align`` rows of a tile) of ``sparsity``. With ``col_sparsity > 0``
+    (2-D TW) that fraction of output features is pruned first by column score
+    and the survivors are regrouped into tiles.
+    """
+    return _ops.tile_mask(scores, int(tile), float(sparsity), float(col_sparsity), int(k_align))
+
+
+def tile_mask_threshold(scores: Tensor, tile: int, threshold: float, col_threshold: Optional[float] = None,
+                        k_align: int = 1) -> Tensor:
+    """Tile-wise keep-mask keeping row segments whose score is >= ``threshold``.
+
+    Lets one global threshold (e.g. a quantile of ``tile_segment_scores`` over
+    all layers) prune every layer consistently.
+    """
+    return _ops.tile_mask_threshold(scores, int(tile), float(threshold),
+                                    None if col_threshold is None else float(col_threshold), int(k_align))
+
+
+def tile_segment_scores(scores: Tensor, tile: int, col_threshold: Optional[float] = None) -> Tensor:
+    """Row-segment scores ``[T, K]`` that ``tile_mask_threshold`` compares with its threshold."""
+    return _ops.tile_segment_scores(scores, int(tile), None if col_threshold is None else float(col_threshold))
+
+
+def tw_linear(x: Tensor, values: Tensor, layout: TileLayout, bias: Optional[Tensor] = None) -> Tensor:
+    """``y = x @ W^T + bias`` for a tile-wise sparse ``W`` held as ``(values, layout)``.
+
+    ``x`` is ``[..., K]``; returns ``[..., N]``. Differentiable in ``x``,
+    ``values`` and ``bias``; the weight gradient stays packed.
+    """
+    if not isinstance(layout, TileLayout):
+        raise TypeError(f"layout must be a tilesparse.TileLayout, got {type(layout).__name__}")
+    return _ops.tw_linear(x, values, layout.cols, layout.row_offsets, layout.rows, bias, layout.shape[0],
+                          layout.tile)
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels: output metadata only, checking what the real kernels check.
+# ---------------------------------------------------------------------------
+def _check_index(t: Tensor, name: str) -> None:
+    torch._check(t.dtype == torch.int32, lambda: f"{name} must have dtype torch.int32, got {t.dtype}")
+    torch._check(t.dim() == 1, lambda: f"{name} must be 1-D, got shape {tuple(t.shape)}")
+
+
+def _check_layout(cols: Tensor, row_offsets: Tensor, rows: Tensor, tile: int, device: torch.device) -> None:
+    torch._check(tile > 0, lambda: f"tile must be positive, got {tile}")
+    for t, name in ((cols, "cols"), (row_offsets, "row_offsets"), (rows, "rows")):
+        _check_index(t, name)
+        torch._check(t.device == device, lambda: f"{name} must be on {device}, got {t.device}")
+
+
+def _check_scores(scores: Tensor, tile: int) -> None:
+    torch._check(scores.dim() == 2, lambda: f"scores must be 2-D, got shape {tuple(scores.shape)}")
+    torch._check(scores.dtype.is_floating_point, lambda: f"scores must be floating-point, got {scores.dtype}")
+    torch._check(tile > 0, lambda: f"tile must be positive, got {tile}")
+
+
+@torch.library.register_fake("tilesparse::tile_segment_scores")
+def _(scores, tile, col_threshold=None):
+    _check_scores(scores, tile)
+    if col_threshold is None:
+        num_tiles = (scores.shape[0] + tile - 1) // tile
+    else:
+        num_tiles = torch.library.get_ctx().new_dynamic_size()
+    return scores.new_empty((num_tiles, scores.shape[1]))
+
+
+@torch.library.register_fake("tilesparse::tile_mask")
+def _(scores, tile, sparsity, col_sparsity=0.0, k_align=1):
+    _check_scores(scores, tile)
+    torch._check(0.0 <= sparsity < 1.0, lambda: f"sparsity must be in [0, 1), got {sparsity}")
+    torch._check(0.0 <= col_sparsity <= sparsity, lambda: f"col_sparsity must be in [0, sparsity], got {col_sparsity}")
+    torch._check(k_align > 0, lambda: f"k_align must be positive, got {k_align}")
+    return torch.empty_like(scores, dtype=torch.bool)
+
+
+@torch.library.register_fake("tilesparse::tile_mask_threshold")
+def _(scores, tile, threshold, col_threshold=None, k_align=1):
+    _check_scores(scores, tile)
+    torch._check(k_align > 0, lambda: f"k_align must be positive, got {k_align}")
+    return torch.empty_like(scores, dtype=torch.bool)
+
+
+@torch.library.register_fake("tilesparse::layout_from_mask")
+def _(mask, tile):
+    torch._check(mask.dtype == torch.bool, lambda: f"mask must have dtype torch.bool, got {mask.dtype}")
+    torch._check(mask.dim() == 2, lambda: f"mask must be 2-D, got shape {tuple(mask.shape)}")
+    torch._check(tile > 0, lambda: f"tile must be positive, got {tile}")
+    ctx = torch.library.get_ctx()
+    num_cols = ctx.new_dynamic_size()
+    num_rows = ctx.new_dynamic_size()
+    idx = dict(dtype=torch.int32, device=mask.device)
+    return (mask.new_empty((num_cols,), **idx), mask.new_empty(((num_cols + tile - 1) // tile + 1,), **idx),
+            mask.new_empty((num_rows,), **idx))
+
+
+@torch.library.register_fake("tilesparse::tw_pack")
+def _(weight, cols, row_offsets, rows, tile, num_values):
+    torch._check(weight.dim() == 2, lambda: f"weight must be 2-D, got shape {tuple(weight.shape)}")
+    _check_layout(cols, row_offsets, rows, tile, weight.device)
+    return weight.new_empty((num_values,))
+
+
+@torch.library.register_fake("tilesparse::tw_unpack")
+def _(values, cols, row_offsets, rows, tile, out_features, in_features):
+    torch._check(values.dim() == 1, lambda: f"values must be 1-D, got shape {tuple(values.shape)}")
+    _check_layout(cols, row_offsets, rows, tile, values.device)
+    return values.new_empty((out_features, in_features))
+
+
+def _check_linear(x: Tensor, values: Tensor, name: str = "x") -> None:
+    torch._check(x.dim() >= 1, lambda: f"{name} must have at least 1 dimension")
+    torch._check(x.dtype.is_floating_point, lambda: f"{name} must be floating-point, got {x.dtype}")
+    torch._check(values.dim() == 1, lambda: f"values must be 1-D, got shape {tuple(values.shape)}")
+    torch._check(values.dtype == x.dtype, lambda: f"values must have the dtype of {name} ({x.dtype}), got {values.dtype}")
+    torch._check(values.device == x.device, lambda: f"values must be on {x.device}, got {values.device}")
+
+
+@torch.library.register_fake("tilesparse::tw_linear")
+def _(x, values, cols, row_offsets, rows, bias, out_features, tile):
+    _check_linear(x, values)
+    _check_layout(cols, row_offsets, rows, tile, x.device)
+    if bias is not None:
+        torch._check(bias.shape == (out_features,), lambda: f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
+        torch._check(bias.dtype == x.dtype, lambda: f"bias must have the dtype of x ({x.dtype}), got {bias.dtype}")
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.register_fake("tilesparse::tw_linear_grad_input")
+def _(grad_out, values, cols, row_offsets, rows, in_features, tile):
+    _check_linear(grad_out, values, "grad_out")
+    _check_layout(cols, row_offsets, rows, tile, grad_out.device)
+    return grad_out.new_empty((*grad_out.shape[:-1], in_features))
+
+
+@torch.library.register_fake("tilesparse::tw_linear_grad_values")
+def _(grad_out, x, cols, row_offsets, rows, tile, num_values):
+    torch._check(x.dtype == grad_out.dtype, lambda: f"x must have the dtype of grad_out ({grad_out.dtype}), got {x.dtype}")
+    torch._check(x.shape[:-1] == grad_out.shape[:-1], lambda: "grad_out and x must share their leading dimensions")
+    _check_layout(cols, row_offsets, rows, tile, grad_out.device)
+    return grad_out.new_empty((num_values,))
+
+
+# ---------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------
+def _tw_linear_setup(ctx, inputs, output):
+    x, values, cols, row_offsets, rows, bias, out_features, tile = inputs
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, values if ctx.needs_input_grad[0] else None,
+                          cols, row_offsets, rows)
+    ctx.tile = tile
+    ctx.in_features = x.shape[-1]
+    ctx.num_values = values.numel()
+    ctx.has_bias = bias is not None
+
+
+def _tw_linear_backward(ctx, grad):
+    x, values, cols, row_offsets, rows = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _ops.tw_linear_grad_input(grad, values, cols, row_offsets, rows, ctx.in_features, ctx.tile)
+    if ctx.needs_input_grad[1]:
+        grad_values = _ops.tw_linear_grad_values(grad, x, cols, row_offsets, rows, ctx.tile, ctx.num_values)
+    if ctx.has_bias and ctx.needs_input_grad[5]:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    return grad_x, grad_values, None, None, None, grad_bias, None, None
+
+
+torch.library.register_autograd("tilesparse::tw_linear", _tw_linear_backward, setup_context=_tw_linear_setup)
+
+
+def _pack_setup(ctx, inputs, output):
+    weight, cols, row_offsets, rows, tile, num_values = inputs
+    ctx.save_for_backward(cols, row_offsets, rows)
+    ctx.tile = tile
+    ctx.shape = (weight.shape[0], weight.shape[1])
+
+
+def _pack_backward(ctx, grad):
+    cols, row_offsets, rows = ctx.saved_tensors
+    return _ops.tw_unpack(grad, cols, row_offsets, rows, ctx.tile, *ctx.shape), None, None, None, None, None
+
+
+torch.library.register_autograd("tilesparse::tw_pack", _pack_backward, setup_context=_pack_setup)
+
+
+def _unpack_setup(ctx, inputs, output):
+    values, cols, row_offsets, rows, tile, out_features, in_features = inputs
+    ctx.save_for_backward(cols, row_offsets, rows)
+    ctx.tile = tile
+    ctx.num_values = values.numel()
+
+
+def _unpack_backward(ctx, grad):
+    cols, row_offsets, rows = ctx.saved_tensors
+    return (_ops.tw_pack(grad, cols, row_offsets, rows, ctx.tile, ctx.num_values),
+            None, None, None, None, None, None)
+
+
+torch.library.register_autograd("tilesparse::tw_unpack", _unpack_backward, setup_context=_unpack_setup)

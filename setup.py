@@ -1,0 +1,85 @@
+"""Builds tilesparse._C.
+
+CUDA kernels are compiled whenever torch is a CUDA build (torch.version.cuda)
+and a CUDA toolkit is found (CUDA_HOME), never decided by whether a GPU is
+visible, so compile errors surface on GPU-less machines too.
+
+Environment knobs:
+  TILESPARSE_CPU_ONLY=1   build without CUDA kernels even when a toolkit exists
+  TORCH_CUDA_ARCH_LIST    CUDA archs (default "8.0;9.0": Ampere and Hopper)
+  MAX_JOBS                parallel compile jobs (read by torch's BuildExtension)
+  NVCC_THREADS            nvcc --threads per job (default 2)
+  DEBUG=1                 -O0 -g, device debug info
+"""
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _log(msg):
+    print(f"[tilesparse setup] {msg}", file=sys.stderr, flush=True)
+
+
+def _nvcc_major(cuda_home):
+    out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    return int(re.search(r"release (\d+)\.(\d+)", out).group(1))
+
+
+def _use_cuda():
+    if os.getenv("TILESPARSE_CPU_ONLY", "0") == "1":
+        _log("TILESPARSE_CPU_ONLY=1: building the CPU-only extension as asked (no CUDA kernels).")
+        return False
+    if torch.version.cuda is None:
+        _log("WARNING: torch is a CPU-only build: building the CPU-only extension (no CUDA kernels).")
+        return False
+    if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        _log(f"WARNING: torch is built for CUDA {torch.version.cuda} but no CUDA toolkit (nvcc) was found: "
+             "building the CPU-only extension. Install the toolkit (or `pip install nvidia-cuda-nvcc`) and set "
+             "CUDA_HOME to compile the CUDA kernels.")
+        return False
+    nvcc_major, torch_major = _nvcc_major(CUDA_HOME), int(torch.version.cuda.split(".")[0])
+    if nvcc_major != torch_major:
+        raise RuntimeError(
+            f"nvcc at {CUDA_HOME} is CUDA {nvcc_major} but torch is built for CUDA {torch.version.cuda}: "
+            "the major versions must agree. Point CUDA_HOME at a matching toolkit, or set "
+            "TILESPARSE_CPU_ONLY=1 for a CPU-only build.")
+    _log(f"building CUDA kernels with nvcc from {CUDA_HOME} (CUDA {nvcc_major}, torch CUDA {torch.version.cuda}), "
+         f"archs {os.environ.get('TORCH_CUDA_ARCH_LIST')}")
+    return True
+
+
+def get_extensions():
+    debug = os.getenv("DEBUG", "0") == "1"
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    use_cuda = _use_cuda()
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    # no -std: torch.utils.cpp_extension picks the standard this torch needs (C++17, or C++20 from 2.10)
+    cxx = opt + ["-fdiagnostics-color=always"]
+    nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo",
+                  f"--threads={os.getenv('NVCC_THREADS', '2')}"]
+    if debug:
+        nvcc += ["-G"]
+    sources = sorted(glob.glob("csrc/core/*.cpp") + glob.glob("csrc/ops/*.cpp"))
+    if use_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    ext = CUDAExtension if use_cuda else CppExtension
+    kwargs = dict(extra_compile_args={"cxx": cxx, "nvcc": nvcc} if use_cuda else {"cxx": cxx})
+    if use_cuda:
+        kwargs["libraries"] = ["cublas"]
+        kwargs["define_macros"] = [("TILESPARSE_WITH_CUDA", "1")]
+    return [ext("tilesparse._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], **kwargs)]
+
+
+setup(
+    ext_modules=get_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
