@@ -5,8 +5,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <functional>
 #include <optional>
+#include <string>
 
+#include "../core/tw_linear_avx512.h"
 #include "../core/tw_linear_cpu.h"
 #include "checks.h"
 
@@ -40,6 +44,21 @@ struct ParallelFor {
     at::parallel_for(begin, end, /*grain_size=*/1, fn);
   }
 };
+
+const core::avx512::ParallelFn& aten_parallel_for() {
+  static const core::avx512::ParallelFn fn = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
+    at::parallel_for(b, e, 1, f);
+  };
+  return fn;
+}
+
+// The fused AVX-512 kernels serve float32 on CPUs that have AVX-512;
+// TILESPARSE_CPU_KERNEL=generic forces the BLAS-backed path (tests, benchmarks).
+bool use_avx512(at::ScalarType dtype) {
+  if (dtype != at::kFloat || !core::avx512::available()) return false;
+  const char* choice = std::getenv("TILESPARSE_CPU_KERNEL");
+  return choice == nullptr || std::string(choice) != "generic";
+}
 
 void check_values(const at::Tensor& values, const at::Tensor& ref, const LayoutArgs& l) {
   TS_CHECK_DIM(values, 1);
@@ -77,6 +96,10 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   if (K == 0 || l.view.num_cols == 0) {
     y.copy_(bias ? b.unsqueeze(0).expand({M, N}) : at::zeros({M, N}, x.options()));
+  } else if (M > 0 && use_avx512(x.scalar_type())) {
+    core::avx512::forward(l.view, x2.data_ptr<float>(), M, K, values.contiguous().data_ptr<float>(),
+                          bias ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), N, at::get_num_threads(),
+                          aten_parallel_for());
   } else if (M > 0) {
     const at::Tensor v = values.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tw_linear_cpu", [&] {
@@ -101,6 +124,9 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
   at::Tensor gx = at::empty({M, K}, grad_out.options());
   if (N == 0 || l.view.num_cols == 0) {
     gx.zero_();
+  } else if (M > 0 && K > 0 && use_avx512(gy.scalar_type())) {
+    core::avx512::grad_input(l.view, gy.data_ptr<float>(), M, N, values.contiguous().data_ptr<float>(),
+                             gx.data_ptr<float>(), K, at::get_num_threads(), aten_parallel_for());
   } else if (M > 0 && K > 0) {
     const at::Tensor v = values.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_input_cpu", [&] {
@@ -130,7 +156,11 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
   const at::Tensor gy = grad_out.reshape({-1, N}).contiguous();
   const int64_t M = gy.size(0);
   at::Tensor gv = at::empty({num_values}, grad_out.options());
-  if (num_values > 0) {
+  if (num_values > 0 && use_avx512(gy.scalar_type())) {
+    const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+    core::avx512::grad_values(l.view, gy.data_ptr<float>(), x2.data_ptr<float>(), M, N, K, gv.data_ptr<float>(),
+                              aten_parallel_for());
+  } else if (num_values > 0) {
     const at::Tensor x2 = x.reshape({-1, K}).contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_values_cpu", [&] {
       core::tw_linear_grad_values<scalar_t>(l.view, gy.data_ptr<scalar_t>(), x2.data_ptr<scalar_t>(), M, N, K,
