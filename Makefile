@@ -19,8 +19,8 @@ py-deps:
 		$(PIP) install -r requirements-dev.txt
 
 sys-deps:
-	@if [ ! -f /usr/include/catch2/catch.hpp ] || ! command -v cmake >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq catch2 cmake >/dev/null; fi
+	@if [ ! -f /usr/include/catch2/catch.hpp ] || [ ! -d /usr/share/games/fortunes ] || ! command -v cmake >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq catch2 cmake fortunes fortunes-min >/dev/null; fi
 
 # Builds tilesparse._C in place (editable install) against this python's torch.
 build: py-deps
