@@ -60,6 +60,13 @@ bool use_avx512(at::ScalarType dtype) {
   return choice == nullptr || std::string(choice) != "generic";
 }
 
+// A layout that keeps every weight is the identity (cols = arange(N), every
+// tile keeps rows = arange(K)), so its values are W itself, row-major [N, K]:
+// run it as one dense GEMM.
+bool keeps_everything(const LayoutArgs& l, int64_t N, int64_t K) {
+  return N > 0 && K > 0 && core::num_values(l.view) == N * K;
+}
+
 void check_values(const at::Tensor& values, const at::Tensor& ref, const LayoutArgs& l) {
   TS_CHECK_DIM(values, 1);
   TS_CHECK_SAME_DEVICE(values, ref);
@@ -96,6 +103,10 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   if (K == 0 || l.view.num_cols == 0) {
     y.copy_(bias ? b.unsqueeze(0).expand({M, N}) : at::zeros({M, N}, x.options()));
+  } else if (keeps_everything(l, N, K)) {
+    const at::Tensor w = values.view({N, K});
+    if (bias) at::addmm_out(y, b, x2, w.t());
+    else at::mm_out(y, x2, w.t());
   } else if (M > 0 && use_avx512(x.scalar_type())) {
     core::avx512::forward(l.view, x2.data_ptr<float>(), M, K, values.contiguous().data_ptr<float>(),
                           bias ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), N, at::get_num_threads(),
@@ -124,6 +135,8 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
   at::Tensor gx = at::empty({M, K}, grad_out.options());
   if (N == 0 || l.view.num_cols == 0) {
     gx.zero_();
+  } else if (keeps_everything(l, N, K)) {
+    at::mm_out(gx, gy, values.view({N, K}));
   } else if (M > 0 && K > 0 && use_avx512(gy.scalar_type())) {
     core::avx512::grad_input(l.view, gy.data_ptr<float>(), M, N, values.contiguous().data_ptr<float>(),
                              gx.data_ptr<float>(), K, at::get_num_threads(), aten_parallel_for());
@@ -156,7 +169,10 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
   const at::Tensor gy = grad_out.reshape({-1, N}).contiguous();
   const int64_t M = gy.size(0);
   at::Tensor gv = at::empty({num_values}, grad_out.options());
-  if (num_values > 0 && use_avx512(gy.scalar_type())) {
+  if (num_values > 0 && keeps_everything(l, N, K)) {
+    at::Tensor gw = gv.view({N, K});
+    at::mm_out(gw, gy.t(), x.reshape({-1, K}));
+  } else if (num_values > 0 && use_avx512(gy.scalar_type())) {
     const at::Tensor x2 = x.reshape({-1, K}).contiguous();
     core::avx512::grad_values(l.view, gy.data_ptr<float>(), x2.data_ptr<float>(), M, N, K, gv.data_ptr<float>(),
                               aten_parallel_for());
