@@ -77,6 +77,8 @@ std::string validate_layout(const LayoutView& l, int64_t n, int64_t k) {
       return err.str();
     }
   }
+  // All of row_offsets first, so a bad offset is reported as such (not as
+  // unsorted rows of a tile whose range it corrupts).
   for (int64_t t = 0; t < l.num_tiles; ++t) {
     const int32_t lo = l.row_offsets[t], hi = l.row_offsets[t + 1];
     if (hi < lo || hi > l.num_rows) {
@@ -84,6 +86,9 @@ std::string validate_layout(const LayoutView& l, int64_t n, int64_t k) {
           << "] = [" << lo << ", " << hi << "]";
       return err.str();
     }
+  }
+  for (int64_t t = 0; t < l.num_tiles; ++t) {
+    const int32_t lo = l.row_offsets[t], hi = l.row_offsets[t + 1];
     if (hi - lo > k) {
       err << "tile " << t << " keeps " << hi - lo << " rows but in_features is " << k;
       return err.str();

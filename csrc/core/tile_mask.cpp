@@ -189,7 +189,10 @@ void tile_mask_by_sparsity(const MaskProblem& p, double sparsity, double col_spa
   const int64_t target = std::llround(sparsity * static_cast<double>(total));
   std::vector<int64_t> cols;
   if (col_sparsity > 0.0) {
-    const int64_t n_prune = std::llround(col_sparsity * static_cast<double>(p.n));
+    // Never prune more by whole columns than the overall target allows, so
+    // the achieved sparsity stays within one row segment of the target.
+    const int64_t n_prune = std::min<int64_t>(std::llround(col_sparsity * static_cast<double>(p.n)),
+                                              p.k > 0 ? target / p.k : p.n);
     cols = keep_columns_by_count(column_scores(p), n_prune);
   } else {
     cols.resize(p.n);

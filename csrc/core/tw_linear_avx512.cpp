@@ -148,17 +148,25 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
   const std::vector<float> bp = pack_panels(l, values, false, off, parallel_for);
   const int64_t mb = block_rows(m, k, workers);
   const int64_t blocks = (m + mb - 1) / mb;
+  // Output features no tile computes (pruned, or in a tile that keeps no
+  // input feature) are bias only; every other feature is written exactly
+  // once, by its tile, so y needs no separate initialisation pass.
+  std::vector<uint8_t> covered(n, 0);
+  for (int64_t t = 0; t < l.num_tiles; ++t)
+    if (l.tile_rows(t) > 0)
+      for (int64_t j = 0; j < l.tile_width(t); ++j) covered[l.cols[t * l.tile + j]] = 1;
+  std::vector<int64_t> bias_only;
+  for (int64_t c = 0; c < n; ++c)
+    if (!covered[c]) bias_only.push_back(c);
   parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
-    // yt: one tile's outputs of the block, transposed [g, w]; adding it to y
+    // yt: one tile's outputs of the block, transposed [g, w]; writing it to y
     // row by row touches each line of y once (y rows are often 4 KiB-aliased).
     auto xt = scratch(k * mb), yt = scratch(panels(l.tile) * NB * mb);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i0 = b * mb, w = std::min(mb, m - i0);
       float* yb = y + i0 * n;
-      for (int64_t i = 0; i < w; ++i) {
-        if (bias) std::memcpy(yb + i * n, bias, sizeof(float) * n);
-        else std::fill(yb + i * n, yb + (i + 1) * n, 0.f);
-      }
+      for (int64_t i = 0; i < w; ++i)
+        for (int64_t c : bias_only) yb[i * n + c] = bias ? bias[c] : 0.f;
       transpose(x + i0 * k, k, w, k, xt.get(), w);  // K-major block [k, w]
       for (int64_t t = 0; t < l.num_tiles; ++t) {
         const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
@@ -170,13 +178,15 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
           for (int64_t i = 0; i < w; i += VL)
             micro<true>(xt.get() + i, w, rows, kt, bq, std::min(VL, w - i), yt.get() + q * NB * w + i, w);
         }
+        const bool contiguous = l.cols_contiguous(t);
         for (int64_t i = 0; i < w; ++i) {
           float* yr = yb + i * n;
-          if (l.cols_contiguous(t)) {
-            yr += cols[0];
-            for (int64_t j = 0; j < g; ++j) yr[j] += yt[j * w + i];
+          if (contiguous) {
+            float* yc = yr + cols[0];
+            const float* bc = bias ? bias + cols[0] : nullptr;
+            for (int64_t j = 0; j < g; ++j) yc[j] = yt[j * w + i] + (bc ? bc[j] : 0.f);
           } else {
-            for (int64_t j = 0; j < g; ++j) yr[cols[j]] += yt[j * w + i];
+            for (int64_t j = 0; j < g; ++j) yr[cols[j]] = yt[j * w + i] + (bias ? bias[cols[j]] : 0.f);
           }
         }
       }

@@ -33,8 +33,8 @@ namespace tilesparse::core {
 // Rows of x per M-block. Every tile gathers from the whole block (its kept
 // features touch nearly every cache line of a row), so the block must stay
 // in the core's L2 cache (about `cache_bytes`); beyond that, larger blocks
-// make more efficient GEMMs, up to 256 rows. At least `workers` blocks when
-// m allows it.
+// make more efficient GEMMs. A block holds min(256, cache-fit rows,
+// ceil(m / workers)) rows, so m is spread over (up to) `workers` workers.
 inline int64_t m_block_size(int64_t m, int64_t k, int64_t elem_size, int64_t workers,
                             int64_t cache_bytes = int64_t(1) << 20) {
   const int64_t fit = std::max<int64_t>(32, cache_bytes / std::max<int64_t>(1, k * elem_size)) / 16 * 16;

@@ -82,6 +82,10 @@ std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
   return out;
 }
 
+// Rows of the flattened [M, last] view: the product of the leading sizes
+// (reshape(-1, 0) cannot infer it when the last size is 0).
+int64_t leading_rows(const at::Tensor& t) { return c10::multiply_integers(t.sizes().slice(0, t.dim() - 1)); }
+
 at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& cols,
                          const at::Tensor& row_offsets, const at::Tensor& rows, const std::optional<at::Tensor>& bias,
                          int64_t out_features, int64_t tile) {
@@ -91,15 +95,18 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, x.device(), true);
   check_values(values, x, l);
   if (bias) {
-    TS_CHECK_DIM(*bias, 1);
-    TS_CHECK_SAME_DEVICE(*bias, x);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [out_features] = [", N,
+                      "], got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->device() == x.device(), "bias must be on the device of x (", x.device(), "), got ",
+                      bias->device());
     TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "bias must have the dtype of x (", x.scalar_type(),
                      "), got ", bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->size(0) == N, "bias must have out_features = ", N, " elements, got ", bias->size(0));
   }
-  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
-  const int64_t M = x2.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
+  const int64_t M = leading_rows(x);
+  const at::Tensor x2 = x.reshape({M, K}).contiguous();
+  // Allocated in its final shape, so the op returns a fresh tensor, not a view.
+  at::Tensor out = at::empty(with_last(x.sizes(), N), x.options());
+  at::Tensor y = out.view({M, N});
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   if (K == 0 || l.view.num_cols == 0) {
     y.copy_(bias ? b.unsqueeze(0).expand({M, N}) : at::zeros({M, N}, x.options()));
@@ -119,7 +126,7 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
                                         at::get_num_threads(), AtenGemm<scalar_t>{x.options()}, ParallelFor{});
     });
   }
-  return y.view(with_last(x.sizes(), N));
+  return out;
 }
 
 at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& cols,
@@ -128,11 +135,14 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
   TORCH_CHECK_VALUE(grad_out.dim() >= 1, "grad_out must have at least 1 dimension, got a scalar");
   TS_CHECK_FLOATING(grad_out);
   const int64_t N = grad_out.size(-1), K = in_features;
+  TORCH_CHECK_VALUE(cols.numel() <= N, "grad_out must have at least as many features (last dimension, got ", N,
+                    ") as the layout keeps output features (", cols.numel(), ")");
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
   check_values(values, grad_out, l);
-  const at::Tensor gy = grad_out.reshape({-1, N}).contiguous();
-  const int64_t M = gy.size(0);
-  at::Tensor gx = at::empty({M, K}, grad_out.options());
+  const int64_t M = leading_rows(grad_out);
+  const at::Tensor gy = grad_out.reshape({M, N}).contiguous();
+  at::Tensor out = at::empty(with_last(grad_out.sizes(), K), grad_out.options());
+  at::Tensor gx = out.view({M, K});
   if (N == 0 || l.view.num_cols == 0) {
     gx.zero_();
   } else if (keeps_everything(l, N, K)) {
@@ -148,7 +158,7 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
                                            AtenGemm<scalar_t>{gy.options()}, ParallelFor{});
     });
   }
-  return gx.view(with_last(grad_out.sizes(), K));
+  return out;
 }
 
 at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& cols,
@@ -160,24 +170,22 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
   TORCH_CHECK_TYPE(x.scalar_type() == grad_out.scalar_type(), "x must have the dtype of grad_out (",
                    grad_out.scalar_type(), "), got ", x.scalar_type());
   const int64_t N = grad_out.size(-1), K = x.size(-1);
-  TORCH_CHECK_VALUE(grad_out.numel() / std::max<int64_t>(N, 1) == x.numel() / std::max<int64_t>(K, 1) &&
-                        grad_out.sizes().slice(0, grad_out.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
+  TORCH_CHECK_VALUE(grad_out.sizes().slice(0, grad_out.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
                     "grad_out ", grad_out.sizes(), " and x ", x.sizes(), " must share their leading dimensions");
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
   TORCH_CHECK_VALUE(num_values == core::num_values(l.view), "num_values must be ", core::num_values(l.view),
                     " for this layout, got ", num_values);
-  const at::Tensor gy = grad_out.reshape({-1, N}).contiguous();
-  const int64_t M = gy.size(0);
+  const int64_t M = leading_rows(grad_out);
+  const at::Tensor gy = grad_out.reshape({M, N}).contiguous();
+  const at::Tensor x2 = x.reshape({M, K}).contiguous();
   at::Tensor gv = at::empty({num_values}, grad_out.options());
   if (num_values > 0 && keeps_everything(l, N, K)) {
     at::Tensor gw = gv.view({N, K});
-    at::mm_out(gw, gy.t(), x.reshape({-1, K}));
+    at::mm_out(gw, gy.t(), x2);
   } else if (num_values > 0 && use_avx512(gy.scalar_type())) {
-    const at::Tensor x2 = x.reshape({-1, K}).contiguous();
     core::avx512::grad_values(l.view, gy.data_ptr<float>(), x2.data_ptr<float>(), M, N, K, gv.data_ptr<float>(),
                               aten_parallel_for());
   } else if (num_values > 0) {
-    const at::Tensor x2 = x.reshape({-1, K}).contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_values_cpu", [&] {
       core::tw_linear_grad_values<scalar_t>(l.view, gy.data_ptr<scalar_t>(), x2.data_ptr<scalar_t>(), M, N, K,
                                             gv.data_ptr<scalar_t>(), at::get_num_threads(),

@@ -18,3 +18,13 @@ def built_with_cuda() -> bool:
 
 
 __all__ = ["ops", "TileLayout", "built_with_cuda", "__version__"]
+
+# prune-then-finetune layer (issue 4)
+from . import nn  # noqa: E402
+from . import patterns, importance, schedule  # noqa: E402
+from .nn import TileSparseLinear, TileSparseConv2d  # noqa: E402
+from .sparsify import sparsify, finalize, densify, mask_optimizer, sparsity_summary  # noqa: E402
+from .pruner import Pruner  # noqa: E402
+
+__all__ += ["nn", "patterns", "importance", "schedule", "TileSparseLinear", "TileSparseConv2d", "sparsify",
+            "finalize", "densify", "mask_optimizer", "sparsity_summary", "Pruner"]

@@ -77,6 +77,8 @@ class TileLayout:
 
     def pack(self, weight: Tensor) -> Tensor:
         """Condensed per-tile values of a dense ``[N, K]`` weight (differentiable)."""
+        if isinstance(weight, Tensor) and tuple(weight.shape) != self.shape:
+            raise ValueError(f"weight must have the layout's shape {self.shape}, got {tuple(weight.shape)}")
         return torch.ops.tilesparse.tw_pack(weight, self.cols, self.row_offsets, self.rows, self.tile,
                                             self.num_values)
 

@@ -66,6 +66,10 @@ def tw_linear(x: Tensor, values: Tensor, layout: TileLayout, bias: Optional[Tens
     """
     if not isinstance(layout, TileLayout):
         raise TypeError(f"layout must be a tilesparse.TileLayout, got {type(layout).__name__}")
+    # The op takes in_features from x, so only the layout knows the expected one.
+    if isinstance(x, Tensor) and x.dim() >= 1 and x.shape[-1] != layout.shape[1]:
+        raise ValueError(f"x must have in_features = {layout.shape[1]} as its last dimension (layout shape "
+                         f"{layout.shape}), got shape {tuple(x.shape)}")
     return _ops.tw_linear(x, values, layout.cols, layout.row_offsets, layout.rows, bias, layout.shape[0],
                           layout.tile)
 
@@ -159,6 +163,7 @@ def _(x, values, cols, row_offsets, rows, bias, out_features, tile):
     if bias is not None:
         torch._check(bias.shape == (out_features,), lambda: f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
         torch._check(bias.dtype == x.dtype, lambda: f"bias must have the dtype of x ({x.dtype}), got {bias.dtype}")
+        torch._check(bias.device == x.device, lambda: f"bias must be on {x.device}, got {bias.device}")
     return x.new_empty((*x.shape[:-1], out_features))
 
 
@@ -173,6 +178,7 @@ def _(grad_out, values, cols, row_offsets, rows, in_features, tile):
 def _(grad_out, x, cols, row_offsets, rows, tile, num_values):
     torch._check(x.dtype == grad_out.dtype, lambda: f"x must have the dtype of grad_out ({grad_out.dtype}), got {x.dtype}")
     torch._check(x.shape[:-1] == grad_out.shape[:-1], lambda: "grad_out and x must share their leading dimensions")
+    torch._check(x.device == grad_out.device, lambda: f"x must be on {grad_out.device}, got {x.device}")
     _check_layout(cols, row_offsets, rows, tile, grad_out.device)
     return grad_out.new_empty((num_values,))
 
@@ -199,7 +205,7 @@ def _tw_linear_backward(ctx, grad):
     if ctx.needs_input_grad[1]:
         grad_values = _ops.tw_linear_grad_values(grad, x, cols, row_offsets, rows, ctx.tile, ctx.num_values)
     if ctx.has_bias and ctx.needs_input_grad[5]:
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+        grad_bias = grad.sum(dim=tuple(range(grad.dim() - 1))) if grad.dim() > 1 else grad
     return grad_x, grad_values, None, None, None, grad_bias, None, None
 
 
@@ -235,3 +241,58 @@ def _unpack_backward(ctx, grad):
 
 
 torch.library.register_autograd("tilesparse::tw_unpack", _unpack_backward, setup_context=_unpack_setup)
+
+
+# The two backward operators are themselves differentiable (bilinear in their
+# tensor inputs), so double backward (gradgradcheck, Hessian-vector products)
+# is exact instead of silently treating them as constants.
+def _grad_input_setup(ctx, inputs, output):
+    grad_out, values, cols, row_offsets, rows, in_features, tile = inputs
+    ctx.save_for_backward(grad_out if ctx.needs_input_grad[1] else None,
+                          values if ctx.needs_input_grad[0] else None, cols, row_offsets, rows)
+    ctx.tile = tile
+    ctx.out_features = grad_out.shape[-1]
+    ctx.num_values = values.numel()
+
+
+def _grad_input_backward(ctx, grad):
+    # grad_x = grad_out @ W: adjoint wrt grad_out is grad @ W^T, wrt W is grad_out^T @ grad.
+    grad_out, values, cols, row_offsets, rows = ctx.saved_tensors
+    grad = grad.contiguous()
+    g_out = g_values = None
+    if ctx.needs_input_grad[0]:
+        g_out = _ops.tw_linear(grad, values, cols, row_offsets, rows, None, ctx.out_features, ctx.tile)
+    if ctx.needs_input_grad[1]:
+        g_values = _ops.tw_linear_grad_values(grad_out.contiguous(), grad, cols, row_offsets, rows, ctx.tile,
+                                              ctx.num_values)
+    return g_out, g_values, None, None, None, None, None
+
+
+torch.library.register_autograd("tilesparse::tw_linear_grad_input", _grad_input_backward,
+                                setup_context=_grad_input_setup)
+
+
+def _grad_values_setup(ctx, inputs, output):
+    grad_out, x, cols, row_offsets, rows, tile, num_values = inputs
+    ctx.save_for_backward(grad_out if ctx.needs_input_grad[1] else None, x if ctx.needs_input_grad[0] else None,
+                          cols, row_offsets, rows)
+    ctx.tile = tile
+    ctx.out_features = grad_out.shape[-1]
+    ctx.in_features = x.shape[-1]
+
+
+def _grad_values_backward(ctx, grad):
+    # grad_values = pack(grad_out^T @ x): adjoint wrt grad_out is x @ G^T, wrt x is grad_out @ G (G = unpack(grad)).
+    grad_out, x, cols, row_offsets, rows = ctx.saved_tensors
+    grad = grad.contiguous()
+    g_out = g_x = None
+    if ctx.needs_input_grad[0]:
+        g_out = _ops.tw_linear(x, grad, cols, row_offsets, rows, None, ctx.out_features, ctx.tile)
+    if ctx.needs_input_grad[1]:
+        g_x = _ops.tw_linear_grad_input(grad_out.contiguous(), grad, cols, row_offsets, rows, ctx.in_features,
+                                        ctx.tile)
+    return g_out, g_x, None, None, None, None, None
+
+
+torch.library.register_autograd("tilesparse::tw_linear_grad_values", _grad_values_backward,
+                                setup_context=_grad_values_setup)

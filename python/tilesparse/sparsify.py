@@ -1,0 +1,294 @@
+"""One-shot model conversion: ``sparsify`` (swap + prune) and ``finalize``.
+
+``sparsify(model, ...)`` swaps the ``nn.Linear`` / ``nn.Conv2d`` layers of a
+model in place (torchao ``sparsify_`` style) for tile-sparse modules in the
+masked state, pruned to the target sparsity; ``finalize(model)`` converts them
+to the packed final state. The swapped modules share the original
+Parameters, so an optimizer built before ``sparsify`` keeps working until
+``finalize`` (which creates new, smaller Parameters).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .importance import Importance, _progress, make_importance
+from .nn import MaskedConv2d, MaskedLinear, TileSparseBase, TileSparseConv2d, TileSparseLinear
+from .patterns import TILE_PATTERNS, check_pattern, masks_for, resolve_col_sparsity
+
+__all__ = ["sparsify", "finalize", "densify", "default_filter", "sparsity_summary", "mask_optimizer"]
+
+FilterFn = Callable[[nn.Module, str], bool]
+_SPARSE = (TileSparseLinear, TileSparseConv2d, MaskedLinear, MaskedConv2d)
+
+
+def _excluded_linear(module: nn.Module) -> bool:
+    # nn.MultiheadAttention reads out_proj.weight directly instead of calling it.
+    return type(module).__name__ == "NonDynamicallyQuantizableLinear"
+
+
+def _gemm_dims(module: nn.Module) -> Tuple[int, int, int]:
+    """(groups, N_g, K) of a Linear / Conv2d (dense or sparse)."""
+    if isinstance(module, TileSparseBase):
+        return module.gemm_shape
+    w = module.weight
+    g = getattr(module, "groups", 1) if isinstance(module, nn.Conv2d) else 1
+    return g, w.shape[0] // g, w[0].numel()
+
+
+def default_filter(module: nn.Module, fqn: str, *, tile: int = 128, pattern: str = "tw") -> bool:
+    """Which layers :func:`sparsify` and :class:`Pruner` prune by default.
+
+    ``nn.Linear`` and ``nn.Conv2d`` (and already-swapped tile-sparse modules),
+    except ``nn.MultiheadAttention``'s ``out_proj`` (MHA reads its weight
+    directly). For the tile patterns (``tw``, ``tew``) a layer needs at least
+    ``tile`` output features per group: a smaller layer is a single partial
+    tile, where tile-wise pruning degenerates to removing whole input features
+    of the layer (too coarse, and nothing to gain in speed). Depthwise
+    convolutions (one output per group) are skipped for every pattern.
+    """
+    if not isinstance(module, (nn.Linear, nn.Conv2d, TileSparseBase)) or _excluded_linear(module):
+        return False
+    g, n_g, k = _gemm_dims(module)
+    if n_g <= 1 or k <= 1:
+        return False
+    if pattern in TILE_PATTERNS:
+        return n_g >= tile
+    return True
+
+
+def _check_float(name: str, v, lo=0.0, hi=1.0, hi_inclusive=False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
+    v = float(v)
+    if not (lo <= v <= hi if hi_inclusive else lo <= v < hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}{']' if hi_inclusive else ')'}, got {v}")
+    return v
+
+
+def _check_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v <= 0:
+        raise ValueError(f"{name} must be positive, got {v}")
+    return v
+
+
+def _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta, k_align, filter_fn):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_pattern(pattern)
+    tile = _check_int("tile", tile)
+    k_align = _check_int("k_align", k_align)
+    if pattern == "nm":
+        if sparsity is not None and abs(float(sparsity) - 0.5) > 1e-9:
+            raise ValueError(f"pattern 'nm' (2:4) has a fixed sparsity of 0.5; got sparsity={sparsity} "
+                             "(pass sparsity=0.5)")
+        sparsity = 0.5
+    sparsity = _check_float("sparsity", sparsity)
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if pattern in TILE_PATTERNS:
+        resolve_col_sparsity(col_sparsity, sparsity)  # validates
+    elif col_sparsity not in (0, 0.0):
+        raise ValueError(f"col_sparsity applies to the tile patterns only, got {col_sparsity} with {pattern!r}")
+    delta = _check_float("delta", delta)
+    if delta > 0 and pattern != "tew":
+        raise ValueError(f"delta applies to pattern 'tew' only, got delta={delta} with pattern {pattern!r}")
+    if pattern == "tew" and sparsity + delta >= 1.0:
+        raise ValueError(f"sparsity + delta must be < 1, got {sparsity} + {delta}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable (module, fqn) -> bool, got {type(filter_fn).__name__}")
+    return sparsity, tile, k_align, delta
+
+
+def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
+    if fqn == "":
+        return new
+    parent_name, _, name = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, name, new)
+    return model
+
+
+def _swap_one(module: nn.Module, pattern: str, tile: int) -> nn.Module:
+    """The sparse module (masked state, all-ones mask, sharing Parameters)."""
+    if isinstance(module, _SPARSE):
+        return module
+    if pattern in TILE_PATTERNS:
+        cls = TileSparseConv2d if isinstance(module, nn.Conv2d) else TileSparseLinear
+        new = cls.from_dense(module, tile=tile)
+    else:
+        cls = MaskedConv2d if isinstance(module, nn.Conv2d) else MaskedLinear
+        new = cls.from_dense(module)
+    new.train(module.training)
+    for h_id, h in module._forward_pre_hooks.items():
+        new._forward_pre_hooks[h_id] = h
+    for h_id, h in module._forward_hooks.items():
+        new._forward_hooks[h_id] = h
+    return new
+
+
+def swap_modules(model: nn.Module, pattern: str, tile: int, filter_fn: Optional[FilterFn]
+                 ) -> Tuple[nn.Module, List[Tuple[str, nn.Module]]]:
+    """Swaps every selected layer; returns the (possibly new) root and the
+    ``(fqn, sparse module)`` list. Already-sparse modules are kept as they are
+    (a finalized one is left out: its layout is fixed)."""
+    chosen = []
+    for fqn, mod in model.named_modules(remove_duplicate=True):
+        if isinstance(mod, _SPARSE):
+            wanted = TileSparseBase if pattern in TILE_PATTERNS else (MaskedLinear, MaskedConv2d)
+            if isinstance(mod, wanted) and not getattr(mod, "finalized", False) and \
+                    (filter_fn is None or filter_fn(mod, fqn)):
+                chosen.append((fqn, mod))
+            continue
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)) or _excluded_linear(mod):
+            continue
+        if any(fqn.startswith(c + ".") for c, _ in chosen if c):
+            continue
+        ok = filter_fn(mod, fqn) if filter_fn is not None else default_filter(mod, fqn, tile=tile, pattern=pattern)
+        if ok:
+            chosen.append((fqn, mod))
+    out = []
+    for fqn, mod in chosen:
+        new = _swap_one(mod, pattern, tile)
+        if new is not mod:
+            model = _set_submodule(model, fqn, new)
+        out.append((fqn, new))
+    return model, out
+
+
+def compute_masks(entries: Sequence[Tuple[str, nn.Module]], importance: Importance, pattern: str,
+                  sparsity: float, *, scope: str = "global", tile: int = 128, col_sparsity=0.0, delta: float = 0.0,
+                  k_align: int = 1, max_layer_sparsity: Optional[float] = None,
+                  progress: Optional[bool] = None) -> List[Tuple[Tensor, Optional[Tensor]]]:
+    """``(mask, residue)`` per module, as ``[groups, N_g, K]`` bool tensors."""
+    scores, owner = [], []
+    for i, (fqn, mod) in enumerate(_progress(entries, len(entries), "scoring", progress)):
+        s = importance(mod, fqn)
+        g, n_g, k = _gemm_dims(mod)
+        if s.numel() != g * n_g * k:
+            raise ValueError(f"importance returned {tuple(s.shape)} scores for {fqn!r}, whose weight has "
+                             f"{g * n_g * k} elements")
+        sv = s.detach().reshape(g, n_g, k).to(device="cpu", dtype=torch.float64)
+        for j in range(g):
+            scores.append(sv[j])
+            owner.append(i)
+    masks = masks_for(pattern, scores, None if pattern == "nm" else sparsity, tile, scope=scope,
+                      col_sparsity=col_sparsity, delta=delta, k_align=k_align, max_layer_sparsity=max_layer_sparsity)
+    per: List[List] = [[] for _ in entries]
+    for i, m in zip(owner, masks):
+        per[i].append(m)
+    out = []
+    for (fqn, mod), ms in zip(entries, per):
+        dev = mod.mask.device
+        if pattern == "tew":
+            out.append((torch.stack([a for a, _ in ms]).to(dev), torch.stack([b for _, b in ms]).to(dev)))
+        else:
+            out.append((torch.stack(ms).to(dev), None))
+        if not bool(out[-1][0].any()) and (out[-1][1] is None or not bool(out[-1][1].any())):
+            warnings.warn(f"tilesparse: layer {fqn!r} is pruned entirely (scope={scope!r}); its scores are small "
+                          "next to the other layers'. Consider scope='layer' or max_layer_sparsity.", stacklevel=3)
+    return out
+
+
+def sparsify(model: nn.Module, sparsity: float = 0.75, tile: int = 128, pattern: str = "tw",
+             filter_fn: Optional[FilterFn] = None, scope: str = "global",
+             importance: Union[str, Importance, Callable] = "magnitude", col_sparsity: Union[float, str] = 0.0,
+             delta: float = 0.0, k_align: int = 1, *, max_layer_sparsity: Optional[float] = None,
+             progress: Optional[bool] = None) -> nn.Module:
+    """Prunes a model one-shot, in place, and returns it.
+
+    Swaps every selected ``nn.Linear`` / ``nn.Conv2d`` (``filter_fn(module,
+    fqn) -> bool``; default :func:`default_filter`) for a
+    :class:`~tilesparse.nn.TileSparseLinear` / ``TileSparseConv2d`` (patterns
+    ``tw``, ``tew``) or a ``MaskedLinear`` / ``MaskedConv2d`` (``ew``, ``vw``,
+    ``bw``, ``nm``) in the masked state, and prunes them to ``sparsity``:
+
+    * ``scope="global"`` (default, as the original): one threshold across all
+      selected layers (row-segment scores for tw/tew, so layers end at
+      different sparsities that together reach ``sparsity``);
+      ``scope="layer"``: every layer at ``sparsity``.
+    * ``importance``: ``"magnitude"`` or an :class:`~tilesparse.importance.Importance`
+      holding calibration statistics (Taylor, activation-weighted), or a
+      callable ``(module, fqn) -> weight-shaped scores``.
+    * ``col_sparsity`` (2-D TW): fraction of output features pruned first
+      (``"sqrt"``: ``1 - sqrt(1 - sparsity)``); ``delta`` (TEW): the residue.
+    * ``k_align``: every tile keeps a multiple of ``k_align`` input features.
+    * ``max_layer_sparsity`` (global scope): caps any one layer's sparsity; the
+      threshold is re-solved over the other layers (a global magnitude
+      threshold can otherwise prune a whole layer whose weights are small).
+
+    The returned model is the same object unless the root itself was swapped.
+    Call :func:`finalize` when the masks are final.
+    """
+    sparsity, tile, k_align, delta = _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta,
+                                                   k_align, filter_fn)
+    imp = make_importance(importance)
+    model, entries = swap_modules(model, pattern, tile, filter_fn)
+    if not entries:
+        return model
+    masks = compute_masks(entries, imp, pattern, sparsity, scope=scope, tile=tile, col_sparsity=col_sparsity,
+                          delta=delta, k_align=k_align, max_layer_sparsity=max_layer_sparsity, progress=progress)
+    for (fqn, mod), (mask, residue) in zip(entries, masks):
+        mod.set_mask(mask, residue)
+    return model
+
+
+def mask_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """NVIDIA-ASP-style guard: after every ``optimizer.step()`` the pruned
+    weights of ``model``'s masked-state sparse modules, and their optimizer
+    state, are set to zero again. (Their gradients are already exactly zero;
+    this also undoes anything else that wrote there.) Returns the hook handle
+    (``handle.remove()`` to undo). :class:`~tilesparse.Pruner` does the same
+    in its ``step()``."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    mods = [m for m in model.modules() if isinstance(m, _SPARSE)]
+
+    def hook(opt, args, kwargs):
+        with torch.no_grad():
+            for m in mods:
+                m.apply_mask(opt)
+
+    return optimizer.register_step_post_hook(hook)
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Converts every tile-sparse module of ``model`` to the packed final state
+    (Masked* modules keep their mask). Returns ``model``. Build the optimizer
+    afterwards: the packed Parameters are new."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for mod in model.modules():
+        if isinstance(mod, _SPARSE):
+            mod.finalize()
+    return model
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """Replaces every sparse module by a plain ``nn.Linear`` / ``nn.Conv2d``
+    holding its pruned weight. Returns the (possibly new) root."""
+    targets = [(fqn, mod) for fqn, mod in model.named_modules() if isinstance(mod, _SPARSE)]
+    for fqn, mod in targets:
+        model = _set_submodule(model, fqn, mod.to_dense())
+    return model
+
+
+def sparsity_summary(model: nn.Module) -> Dict[str, Dict[str, float]]:
+    """``{fqn: {"sparsity": s, "numel": n}}`` of every sparse module, plus
+    ``"__total__"`` over them (weights of the GEMMs only)."""
+    out: Dict[str, Dict[str, float]] = {}
+    pruned = total = 0
+    for fqn, mod in model.named_modules():
+        if isinstance(mod, _SPARSE):
+            g, n_g, k = _gemm_dims(mod)
+            n = g * n_g * k
+            out[fqn] = {"sparsity": mod.sparsity, "numel": n}
+            pruned += mod.sparsity * n
+            total += n
+    out["__total__"] = {"sparsity": pruned / total if total else 0.0, "numel": total}
+    return out

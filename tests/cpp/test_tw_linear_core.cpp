@@ -1,0 +1,332 @@
+// Catch2 tests of the torch-free CPU tile GEMM orchestration
+// (csrc/core/tw_linear_cpu.h, and the AVX-512 kernels of
+// csrc/core/tw_linear_avx512.h when the CPU has them): forward, grad_input and
+// grad_values against naive dense masked loops written here, for 1-D and 2-D
+// layouts, tiles keeping no or all rows, M not a multiple of the block, and
+// several ways of splitting the parallel loop.
+//
+// Everything that depends on the kernels' signatures lives in this one file
+// (they are being optimised); the references only use the packed format.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/tile_layout.h"
+#include "core/tw_linear_avx512.h"
+#include "core/tw_linear_cpu.h"
+
+using namespace tilesparse::core;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Problems and references
+// ---------------------------------------------------------------------------
+struct Problem {
+  std::string name;
+  int64_t n, k, tile;
+  OwnedLayout layout;
+  LayoutView view() const { return layout.view(tile); }
+};
+
+// A random tile-wise layout built from a mask: kept features (col_density)
+// regrouped into tiles, random rows per tile; tile 0 keeps every row (the
+// kernels' no-gather path). With drop_tile >= 0 that tile's rows are removed
+// afterwards (k_t = 0, which build_layout never produces).
+Problem make_problem(const std::string& name, int64_t n, int64_t k, int64_t tile, double col_density,
+                     double row_density, uint64_t seed, int64_t drop_tile = -1) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::unique_ptr<bool[]> mask(new bool[std::max<int64_t>(1, n * k)]());
+  std::vector<int64_t> cols;
+  for (int64_t c = 0; c < n; ++c)
+    if (c == 0 || u(rng) < col_density) cols.push_back(c);
+  for (size_t start = 0; start < cols.size(); start += tile) {
+    std::vector<bool> keep(k);
+    bool any = false;
+    for (int64_t r = 0; r < k; ++r) any |= (keep[r] = start == 0 || u(rng) < row_density);
+    if (!any) keep[rng() % k] = true;
+    for (size_t j = start; j < std::min(cols.size(), start + tile); ++j)
+      for (int64_t r = 0; r < k; ++r) mask[cols[j] * k + r] = keep[r];
+  }
+  Problem p{name, n, k, tile, {}};
+  const std::string err = build_layout(mask.get(), n, k, tile, p.layout);
+  REQUIRE(err.empty());
+  if (drop_tile >= 0 && drop_tile + 1 < static_cast<int64_t>(p.layout.row_offsets.size())) {
+    auto& ro = p.layout.row_offsets;
+    auto& rows = p.layout.rows;
+    const int32_t lo = ro[drop_tile], hi = ro[drop_tile + 1];
+    rows.erase(rows.begin() + lo, rows.begin() + hi);
+    for (size_t t = drop_tile + 1; t < ro.size(); ++t) ro[t] -= hi - lo;
+  }
+  REQUIRE(validate_layout(p.view(), n, k).empty());
+  return p;
+}
+
+std::vector<Problem> problems() {
+  std::vector<Problem> out;
+  out.push_back(make_problem("1d, N % tile != 0", 37, 19, 8, 1.0, 0.4, 1));
+  out.push_back(make_problem("2d, non-contiguous tiles", 41, 23, 4, 0.6, 0.5, 2));
+  out.push_back(make_problem("2d with a tile keeping no rows", 30, 12, 4, 0.7, 0.5, 3, /*drop_tile=*/1));
+  out.push_back(make_problem("K = 1", 9, 1, 4, 0.8, 1.0, 4));
+  out.push_back(make_problem("single partial tile", 5, 16, 8, 1.0, 0.5, 5));
+  out.push_back(make_problem("dense", 12, 7, 4, 1.0, 1.0, 6));
+  out.push_back(make_problem("tile 1", 10, 9, 1, 0.7, 0.3, 7));
+  // large K: the row block shrinks to 32 rows for double
+  out.push_back(make_problem("large K", 20, 3000, 8, 0.8, 0.3, 8));
+  return out;
+}
+
+// Dense W[n, k] (zeros where pruned) from the packed values, by the format's
+// definition, with naive loops.
+template <typename T>
+std::vector<double> dense_weight(const Problem& p, const std::vector<T>& values) {
+  const auto& l = p.layout;
+  std::vector<double> w(p.n * p.k, 0.0);
+  const int64_t T_ = static_cast<int64_t>(l.row_offsets.size()) - 1;
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t g = std::min<int64_t>(p.tile, l.cols.size() - t * p.tile);
+    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
+    for (int64_t j = 0; j < g; ++j)
+      for (int64_t r = 0; r < kt; ++r)
+        w[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]] =
+            static_cast<double>(values[p.tile * l.row_offsets[t] + j * kt + r]);
+  }
+  return w;
+}
+
+// Packed values of a dense [n, k] matrix, by the format's definition.
+std::vector<double> packed(const Problem& p, const std::vector<double>& dense) {
+  const auto& l = p.layout;
+  std::vector<double> v(num_values(p.view()), 0.0);
+  const int64_t T_ = static_cast<int64_t>(l.row_offsets.size()) - 1;
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t g = std::min<int64_t>(p.tile, l.cols.size() - t * p.tile);
+    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
+    for (int64_t j = 0; j < g; ++j)
+      for (int64_t r = 0; r < kt; ++r)
+        v[p.tile * l.row_offsets[t] + j * kt + r] = dense[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]];
+  }
+  return v;
+}
+
+template <typename T>
+std::vector<T> random_vector(int64_t size, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal;
+  std::vector<T> v(size);
+  for (auto& x : v) x = static_cast<T>(normal(rng));
+  return v;
+}
+
+template <typename T>
+std::vector<double> as_double(const std::vector<T>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+// |actual - expected| <= tol * (1 + |expected|) elementwise, NaN fails.
+template <typename T>
+void require_close(const std::vector<T>& actual, const std::vector<double>& expected, double tol,
+                   const std::string& what) {
+  REQUIRE(actual.size() == expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double a = static_cast<double>(actual[i]);
+    if (!(std::fabs(a - expected[i]) <= tol * (1.0 + std::fabs(expected[i])))) {
+      FAIL(what << "[" << i << "] = " << a << ", expected " << expected[i]);
+    }
+  }
+}
+
+// y = x @ W^T + bias, gx = gy @ W, gW = gy^T @ x with naive loops in double.
+struct Reference {
+  std::vector<double> y, gx, gv;
+};
+
+template <typename T>
+Reference reference(const Problem& p, int64_t m, const std::vector<T>& x, const std::vector<T>& values,
+                    const std::vector<T>* bias, const std::vector<T>& gy) {
+  const auto w = dense_weight(p, values);
+  Reference r;
+  r.y.assign(m * p.n, 0.0);
+  r.gx.assign(m * p.k, 0.0);
+  std::vector<double> gw(p.n * p.k, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < p.n; ++c) {
+      double acc = bias ? static_cast<double>((*bias)[c]) : 0.0;
+      for (int64_t q = 0; q < p.k; ++q) acc += static_cast<double>(x[i * p.k + q]) * w[c * p.k + q];
+      r.y[i * p.n + c] = acc;
+      const double g = static_cast<double>(gy[i * p.n + c]);
+      for (int64_t q = 0; q < p.k; ++q) {
+        r.gx[i * p.k + q] += g * w[c * p.k + q];
+        gw[c * p.k + q] += g * static_cast<double>(x[i * p.k + q]);
+      }
+    }
+  r.gv = packed(p, gw);
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// The ways of running the parallel loop
+// ---------------------------------------------------------------------------
+// The serial loop the header documents for tests.
+const auto serial_for = [](int64_t b, int64_t e, auto&& f) { f(b, e); };
+// One call per index, last index first: what several workers taking one chunk
+// each, finishing in any order, look like.
+const auto chunked_for = [](int64_t b, int64_t e, auto&& f) {
+  for (int64_t i = e - 1; i >= b; --i) f(i, i + 1);
+};
+
+template <typename T>
+double tolerance() {
+  return std::is_same<T, double>::value ? 1e-10 : 2e-4;
+}
+
+template <typename T>
+void run_generic(const Problem& p, int64_t m, bool with_bias, int64_t workers, bool chunked, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t nv = num_values(p.view());
+  const auto x = random_vector<T>(m * p.k, rng);
+  const auto values = random_vector<T>(nv, rng);
+  const auto bias = random_vector<T>(p.n, rng);
+  const auto gy = random_vector<T>(m * p.n, rng);
+  const Reference ref = reference<T>(p, m, x, values, with_bias ? &bias : nullptr, gy);
+  const T nan = std::numeric_limits<T>::quiet_NaN();  // outputs must be fully written
+  std::vector<T> y(m * p.n, nan), gx(m * p.k, nan), gv(nv, nan);
+  const LayoutView l = p.view();
+  auto gemm = naive_gemm<T>;
+  if (chunked) {
+    tw_linear_forward<T>(l, x.data(), m, p.k, values.data(), with_bias ? bias.data() : nullptr, y.data(), p.n,
+                         workers, gemm, chunked_for);
+    tw_linear_grad_input<T>(l, gy.data(), m, p.n, values.data(), gx.data(), p.k, workers, gemm, chunked_for);
+    tw_linear_grad_values<T>(l, gy.data(), x.data(), m, p.n, p.k, gv.data(), workers, gemm, chunked_for);
+  } else {
+    tw_linear_forward<T>(l, x.data(), m, p.k, values.data(), with_bias ? bias.data() : nullptr, y.data(), p.n,
+                         workers, gemm, serial_for);
+    tw_linear_grad_input<T>(l, gy.data(), m, p.n, values.data(), gx.data(), p.k, workers, gemm, serial_for);
+    tw_linear_grad_values<T>(l, gy.data(), x.data(), m, p.n, p.k, gv.data(), workers, gemm, serial_for);
+  }
+  const double tol = tolerance<T>() * std::sqrt(static_cast<double>(std::max<int64_t>({p.k, p.n, m, 1})));
+  require_close(y, ref.y, tol, "y");
+  require_close(gx, ref.gx, tol, "grad_input");
+  require_close(gv, ref.gv, tol, "grad_values");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Generic path (tw_linear_cpu.h) with naive_gemm
+// ---------------------------------------------------------------------------
+TEST_CASE("naive_gemm implements the documented Gemm contract", "[tw_linear]") {
+  // A [2, 3], B [3, 2] (row-major), C = A @ B + beta * C, with transposed storage.
+  const double a[6] = {1, 2, 3, 4, 5, 6}, at[6] = {1, 4, 2, 5, 3, 6};
+  const double b[6] = {1, 0, 0, 1, 1, 1}, bt[6] = {1, 0, 1, 0, 1, 1};
+  const double expected[4] = {4, 5, 10, 11};
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      double c[4] = {1, 1, 1, 1};
+      naive_gemm<double>(ta, tb, 2, 2, 3, ta ? at : a, ta ? 2 : 3, tb ? bt : b, tb ? 3 : 2, 0.0, c, 2);
+      for (int i = 0; i < 4; ++i) CHECK(c[i] == expected[i]);
+      naive_gemm<double>(ta, tb, 2, 2, 3, ta ? at : a, ta ? 2 : 3, tb ? bt : b, tb ? 3 : 2, 1.0, c, 2);
+      for (int i = 0; i < 4; ++i) CHECK(c[i] == 2 * expected[i]);
+    }
+}
+
+TEST_CASE("m_block_size stays within [1, 256] and splits M across workers", "[tw_linear]") {
+  for (int64_t m : {1, 2, 15, 17, 100, 255, 256, 257, 1000, 100000})
+    for (int64_t k : {1, 64, 768, 3000, 100000})
+      for (int64_t workers : {1, 2, 3, 8, 64}) {
+        const int64_t mb = m_block_size(m, k, 8, workers);
+        INFO("m=" << m << " k=" << k << " workers=" << workers << " block=" << mb);
+        CHECK(mb >= 1);
+        CHECK(mb <= 256);
+        CHECK(mb <= (m + workers - 1) / workers);
+      }
+}
+
+TEST_CASE("generic tile GEMM matches the dense masked reference", "[tw_linear]") {
+  const auto all = problems();
+  for (const Problem& p : all) {
+    for (int64_t m : {0, 1, 17, 300}) {
+      if (p.k > 1000 && m > 100) continue;  // keep the naive reference cheap
+      for (int64_t workers : {1, 3}) {
+        for (bool with_bias : {true, false}) {
+          for (bool chunked : {false, true}) {
+            INFO(p.name << ": m=" << m << " workers=" << workers << " bias=" << with_bias << " chunked=" << chunked);
+            run_generic<double>(p, m, with_bias, workers, chunked, 1000 + m + workers);
+            run_generic<float>(p, m, with_bias, workers, chunked, 2000 + m + workers);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("generic tile GEMM: M not a multiple of small row blocks (large K)", "[tw_linear]") {
+  // k = 3000 doubles: 32-row blocks, so m = 100 is 3 full blocks and a 4-row one
+  const Problem p = make_problem("large K", 16, 3000, 4, 0.7, 0.2, 9);
+  REQUIRE(m_block_size(100, 3000, sizeof(double), 1) == 32);
+  for (bool chunked : {false, true}) run_generic<double>(p, 100, true, 1, chunked, 11);
+  run_generic<double>(p, 100, true, 5, true, 12);
+}
+
+TEST_CASE("generic tile GEMM on the empty layout writes bias or zeros", "[tw_linear]") {
+  Problem p{"empty", 6, 5, 4, {}};
+  p.layout.row_offsets = {0};
+  run_generic<double>(p, 7, true, 2, false, 3);
+  run_generic<double>(p, 7, false, 2, true, 4);
+}
+
+// ---------------------------------------------------------------------------
+// AVX-512 path (float32), when the CPU has it
+// ---------------------------------------------------------------------------
+TEST_CASE("AVX-512 kernels match the dense masked reference", "[tw_linear][avx512]") {
+  if (!avx512::available()) {
+    WARN("no AVX-512 on this CPU: AVX-512 kernels not tested");
+    return;
+  }
+  const avx512::ParallelFn serial = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
+    f(b, e);
+  };
+  const avx512::ParallelFn chunked = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
+    for (int64_t i = e - 1; i >= b; --i) f(i, i + 1);
+  };
+  auto all = problems();
+  all.push_back(make_problem("wide tiles", 70, 40, 16, 0.7, 0.3, 21));
+  for (const Problem& p : all) {
+    for (int64_t m : {0, 1, 13, 300}) {
+      if (p.k > 1000 && m > 100) continue;
+      for (int64_t workers : {1, 3}) {
+        for (bool with_bias : {true, false}) {
+          for (const avx512::ParallelFn* pf : {&serial, &chunked}) {
+            INFO(p.name << ": m=" << m << " workers=" << workers << " bias=" << with_bias
+                        << " chunked=" << (pf == &chunked));
+            std::mt19937_64 rng(3000 + m + workers);
+            const int64_t nv = num_values(p.view());
+            const auto x = random_vector<float>(m * p.k, rng);
+            const auto values = random_vector<float>(nv, rng);
+            const auto bias = random_vector<float>(p.n, rng);
+            const auto gy = random_vector<float>(m * p.n, rng);
+            const Reference ref = reference<float>(p, m, x, values, with_bias ? &bias : nullptr, gy);
+            const float nan = std::numeric_limits<float>::quiet_NaN();
+            std::vector<float> y(m * p.n, nan), gx(m * p.k, nan), gv(nv, nan);
+            const LayoutView l = p.view();
+            avx512::forward(l, x.data(), m, p.k, values.data(), with_bias ? bias.data() : nullptr, y.data(), p.n,
+                            workers, *pf);
+            avx512::grad_input(l, gy.data(), m, p.n, values.data(), gx.data(), p.k, workers, *pf);
+            avx512::grad_values(l, gy.data(), x.data(), m, p.n, p.k, gv.data(), *pf);
+            const double tol = 2e-4 * std::sqrt(static_cast<double>(std::max<int64_t>({p.k, p.n, m, 1})));
+            require_close(y, ref.y, tol, "y");
+            require_close(gx, ref.gx, tol, "grad_input");
+            require_close(gv, ref.gv, tol, "grad_values");
+          }
+        }
+      }
+    }
+  }
+}
