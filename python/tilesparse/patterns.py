@@ -226,6 +226,27 @@ def vw_mask(scores: Tensor, sparsity: float, vector: int = 16) -> Tensor:
     return out.to(scores.device)
 
 
+def _block_scores(s: Tensor, bh: int, bwid: int):
+    """Per-block mean squared score and element count of ``s[N, K]`` cut into
+    ``bh x bwid`` blocks (edge blocks partial), flattened row-major."""
+    n, k = s.shape
+    nb_r, nb_c = -(-n // bh), -(-k // bwid)
+    padded = s.new_zeros(nb_r * bh, nb_c * bwid)
+    padded[:n, :k] = s
+    count = torch.zeros_like(padded)
+    count[:n, :k] = 1
+    ss = (padded ** 2).view(nb_r, bh, nb_c, bwid).sum((1, 3)).flatten()
+    cnt = count.view(nb_r, bh, nb_c, bwid).sum((1, 3)).flatten()
+    return ss / cnt.clamp_min(1), cnt
+
+
+def _expand_blocks(keep: Tensor, n: int, k: int, bh: int, bwid: int) -> Tensor:
+    """The ``[N, K]`` element mask of a per-block keep vector from _block_scores."""
+    nb_r, nb_c = -(-n // bh), -(-k // bwid)
+    full = keep.view(nb_r, 1, nb_c, 1).expand(nb_r, bh, nb_c, bwid).reshape(nb_r * bh, nb_c * bwid)
+    return full[:n, :k].contiguous()
+
+
 def bw_mask(scores: Tensor, sparsity: float, block: Union[int, Sequence[int]] = 32, *,
             at_most: bool = False) -> Tensor:
     """Block-wise: the mask is a union of whole ``block`` blocks of ``W[N, K]``
@@ -239,24 +260,16 @@ def bw_mask(scores: Tensor, sparsity: float, block: Union[int, Sequence[int]] = 
     _check_pos_int("block", bwid)
     s = _as_double_cpu(scores)
     n, k = s.shape
-    nb_r, nb_c = -(-n // bh), -(-k // bwid)
-    padded = s.new_zeros(nb_r * bh, nb_c * bwid)
-    padded[:n, :k] = s
-    count = torch.zeros_like(padded)
-    count[:n, :k] = 1
-    blk_ss = (padded ** 2).view(nb_r, bh, nb_c, bwid).sum((1, 3)).flatten()
-    blk_n = count.view(nb_r, bh, nb_c, bwid).sum((1, 3)).flatten()
-    score = blk_ss / blk_n.clamp_min(1)
+    score, blk_n = _block_scores(s, bh, bwid)
     order = torch.argsort(score, stable=True)
     if at_most:
         cum = torch.cumsum(blk_n[order], 0)
         p = int((cum <= sparsity * n * k + 1e-9).sum())
     else:
         p = _closest_prefix(blk_n[order], sparsity * n * k)
-    keep = torch.ones(nb_r * nb_c, dtype=torch.bool)
+    keep = torch.ones(score.numel(), dtype=torch.bool)
     keep[order[:p]] = False
-    full = keep.view(nb_r, 1, nb_c, 1).expand(nb_r, bh, nb_c, bwid).reshape(nb_r * bh, nb_c * bwid)
-    return full[:n, :k].contiguous().to(scores.device)
+    return _expand_blocks(keep, n, k, bh, bwid).to(scores.device)
 
 
 def nm_mask(scores: Tensor, n: int = 2, m: int = 4) -> Tensor:
@@ -379,30 +392,20 @@ def _ew_global(mats: List[Tensor], sparsity: float) -> List[Tensor]:
 def _bw_global(mats: List[Tensor], sparsity: float, block) -> List[Tensor]:
     # Threshold on the block score (mean squared score) across all weights.
     bh, bwid = (block, block) if isinstance(block, int) else tuple(block)
-    scores, elems, shapes = [], [], []
+    scores, elems = [], []
     for s in mats:
-        n, k = s.shape
-        nb_r, nb_c = -(-n // bh), -(-k // bwid)
-        padded = s.new_zeros(nb_r * bh, nb_c * bwid)
-        padded[:n, :k] = s
-        count = torch.zeros_like(padded)
-        count[:n, :k] = 1
-        ss = (padded ** 2).view(nb_r, bh, nb_c, bwid).sum((1, 3)).flatten()
-        cnt = count.view(nb_r, bh, nb_c, bwid).sum((1, 3)).flatten()
-        scores.append(ss / cnt.clamp_min(1))
+        sc, cnt = _block_scores(s, bh, bwid)
+        scores.append(sc)
         elems.append(cnt)
-        shapes.append((n, k, nb_r, nb_c))
     allsc, alle = torch.cat(scores), torch.cat(elems)
     order = torch.argsort(allsc, stable=True)
     p = _closest_prefix(alle[order], sparsity * float(sum(s.numel() for s in mats)))
     keep_all = torch.ones(allsc.numel(), dtype=torch.bool)
     keep_all[order[:p]] = False
     out, start = [], 0
-    for (n, k, nb_r, nb_c) in shapes:
-        keep = keep_all[start:start + nb_r * nb_c]
-        start += nb_r * nb_c
-        full = keep.view(nb_r, 1, nb_c, 1).expand(nb_r, bh, nb_c, bwid).reshape(nb_r * bh, nb_c * bwid)
-        out.append(full[:n, :k].contiguous())
+    for s, sc in zip(mats, scores):
+        out.append(_expand_blocks(keep_all[start:start + sc.numel()], *s.shape, bh, bwid))
+        start += sc.numel()
     return out
 
 
