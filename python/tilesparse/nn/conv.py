@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from ._base import MaskedMixin, TileSparseBase, check_positive_int
-from .linear import _adopt, _fake_sparsity_mask
+from .linear import _finish_from_dense, _source_weight
 
 __all__ = ["TileSparseConv2d", "MaskedConv2d"]
 
@@ -178,24 +178,13 @@ class TileSparseConv2d(TileSparseBase):
         GEMM weight ``[N_g, K]`` is pruned separately at ``sparsity``."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
-        ao = _fake_sparsity_mask(conv)
-        if ao is not None:
-            weight = ao[0]
-            if mask is None and sparsity is None:
-                mask = ao[1]
-                tile = ao[2] if ao[2] is not None else tile
-        else:
-            weight = conv.weight
+        weight, mask, tile = _source_weight(conv, mask, sparsity, tile)
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
         mod._setup(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation, conv.groups, conv.padding_mode, tile)
-        _adopt(mod, weight, conv.bias, copy)
-        if mask is not None:
-            mod.set_mask(mask, residue)
-        elif sparsity is not None:
-            mod.prune(sparsity, col_sparsity=col_sparsity, delta=delta, k_align=k_align, scores=scores)
-        return mod
+        return _finish_from_dense(mod, weight, conv.bias, copy, mask, residue, sparsity, col_sparsity=col_sparsity,
+                                  delta=delta, k_align=k_align, scores=scores)
 
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the pruned weight (zeros where pruned)."""

@@ -25,6 +25,30 @@ def _fake_sparsity_mask(module: nn.Module):
     return None
 
 
+def _source_weight(module: nn.Module, mask: Optional[Tensor], sparsity: Optional[float], tile: int):
+    """(weight, mask, tile) for ``from_dense``: the raw weight of ``module``, and
+    the mask/tile of its torch.ao.pruning parametrization when the caller gave
+    neither a mask nor a sparsity."""
+    ao = _fake_sparsity_mask(module)
+    if ao is None:
+        return module.weight, mask, tile
+    if mask is None and sparsity is None:
+        mask = ao[1]
+        tile = ao[2] if ao[2] is not None else tile
+    return ao[0], mask, tile
+
+
+def _finish_from_dense(mod: "TileSparseBase", weight: Tensor, bias: Optional[Tensor], copy: bool,
+                       mask: Optional[Tensor], residue: Optional[Tensor], sparsity: Optional[float], **prune_kw):
+    """Adopts the dense parameters, then applies ``mask`` or prunes at ``sparsity``."""
+    _adopt(mod, weight, bias, copy)
+    if mask is not None:
+        mod.set_mask(mask, residue)
+    elif sparsity is not None:
+        mod.prune(sparsity, **prune_kw)
+    return mod
+
+
 class TileSparseLinear(TileSparseBase):
     r"""``y = x W^T + b`` with ``W[out_features, in_features]`` pruned tile-wise.
 
@@ -123,24 +147,13 @@ class TileSparseLinear(TileSparseBase):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
-        ao = _fake_sparsity_mask(linear)
-        if ao is not None:
-            weight = ao[0]
-            if mask is None and sparsity is None:
-                mask = ao[1]
-                tile = ao[2] if ao[2] is not None else tile
-        else:
-            weight = linear.weight
+        weight, mask, tile = _source_weight(linear, mask, sparsity, tile)
         out_f, in_f = weight.shape
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
         mod._setup(in_f, out_f, tile)
-        _adopt(mod, weight, linear.bias, copy)
-        if mask is not None:
-            mod.set_mask(mask, residue)
-        elif sparsity is not None:
-            mod.prune(sparsity, col_sparsity=col_sparsity, delta=delta, k_align=k_align, scores=scores)
-        return mod
+        return _finish_from_dense(mod, weight, linear.bias, copy, mask, residue, sparsity, col_sparsity=col_sparsity,
+                                  delta=delta, k_align=k_align, scores=scores)
 
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the pruned weight (zeros where pruned)."""
