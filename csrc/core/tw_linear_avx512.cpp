@@ -32,13 +32,21 @@ std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(ne
 // the edge chunk pays for masks.
 template <bool Indexed, bool Full>
 TS_AVX512 void micro_impl(const float* a, int64_t lda, const int32_t* idx, int64_t len, const float* b, int64_t h,
-                          float* out, int64_t ldo) {
+                          float* out, int64_t ldo, bool accumulate) {
   const __mmask16 m0 = h >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << h) - 1);
   const __mmask16 m1 = h >= 32 ? 0xFFFF : h <= 16 ? 0 : static_cast<__mmask16>((1u << (h - 16)) - 1);
   const __mmask16 m2 = h >= 48 ? 0xFFFF : h <= 32 ? 0 : static_cast<__mmask16>((1u << (h - 32)) - 1);
   __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
          c22 = c00, c30 = c00, c31 = c00, c32 = c00, c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00,
          c52 = c00, c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
+  if (accumulate) {  // continue a sum over an earlier chunk of the reduction
+#define TS_LOAD(j)                                                 \
+  c##j##0 = _mm512_maskz_loadu_ps(m0, out + (j) * ldo);            \
+  c##j##1 = _mm512_maskz_loadu_ps(m1, out + (j) * ldo + 16);       \
+  c##j##2 = _mm512_maskz_loadu_ps(m2, out + (j) * ldo + 32);
+    TS_LOAD(0) TS_LOAD(1) TS_LOAD(2) TS_LOAD(3) TS_LOAD(4) TS_LOAD(5) TS_LOAD(6) TS_LOAD(7)
+#undef TS_LOAD
+  }
 #pragma GCC unroll 2
   for (int64_t p = 0; p < len; ++p) {
     const float* ap = a + (Indexed ? static_cast<int64_t>(idx[p]) : p) * lda;
@@ -79,10 +87,15 @@ TS_AVX512 void micro_impl(const float* a, int64_t lda, const int32_t* idx, int64
 
 template <bool Indexed>
 void micro(const float* a, int64_t lda, const int32_t* idx, int64_t len, const float* b, int64_t h, float* out,
-           int64_t ldo) {
-  if (h == VL) micro_impl<Indexed, true>(a, lda, idx, len, b, h, out, ldo);
-  else micro_impl<Indexed, false>(a, lda, idx, len, b, h, out, ldo);
+           int64_t ldo, bool accumulate = false) {
+  if (h == VL) micro_impl<Indexed, true>(a, lda, idx, len, b, h, out, ldo, accumulate);
+  else micro_impl<Indexed, false>(a, lda, idx, len, b, h, out, ldo, accumulate);
 }
+
+// Reduction chunk of the forward kernel: the KC gathered rows of one 48-row
+// chunk (3 cache lines each) stay in L1 while every panel of the tile streams
+// past them.
+constexpr int64_t KC = 128;
 
 // Rows per M-block: a multiple of VL whose K-major block (width floats per
 // row of the block) stays in L2 next to the packed panels.
@@ -173,11 +186,13 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
         if (kt == 0) continue;
         const int32_t* rows = l.rows + l.row_offsets[t];
         const int32_t* cols = l.cols + t * l.tile;
-        for (int64_t q = 0; q < panels(g); ++q) {
-          const float* bq = bp.data() + off[t] + q * kt * NB;
-          for (int64_t i = 0; i < w; i += VL)
-            micro<true>(xt.get() + i, w, rows, kt, bq, std::min(VL, w - i), yt.get() + q * NB * w + i, w);
-        }
+        for (int64_t i = 0; i < w; i += VL)
+          for (int64_t p0 = 0; p0 < kt; p0 += KC) {
+            const int64_t len = std::min(KC, kt - p0);
+            for (int64_t q = 0; q < panels(g); ++q)
+              micro<true>(xt.get() + i, w, rows + p0, len, bp.data() + off[t] + (q * kt + p0) * NB,
+                          std::min(VL, w - i), yt.get() + q * NB * w + i, w, p0 > 0);
+          }
         const bool contiguous = l.cols_contiguous(t);
         for (int64_t i = 0; i < w; ++i) {
           float* yr = yb + i * n;
