@@ -1,0 +1,106 @@
+// ATen-side helpers shared by the CUDA operators: layout validation on the
+// device (with a cache, so a layout is checked once, not on every call),
+// the kernels' view of a layout, and small launch utilities.
+//
+// Bounds safety has two layers:
+//  1. Every kernel clamps every index it reads through (tw_device.cuh), so no
+//     layout, however malformed, makes a kernel access memory out of bounds.
+//  2. check_layout_cuda() raises the CPU operators' error ("invalid tile
+//     layout: ...", same text) for a malformed layout: two small kernels check
+//     the indices, one device->host copy (a sync) reads the verdict, and on a
+//     failure the indices are copied to the host and core::validate_layout
+//     names the offending entry. A layout that passed is remembered (keyed by
+//     the index tensors' identity, data pointer and version counter; weak
+//     references, so a freed tensor never matches), so steady-state calls do
+//     not sync. Inside CUDA-graph capture no check runs (layer 1 still holds).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cstdint>
+
+#include "../ops/checks.h"
+#include "tw_device.cuh"
+
+namespace tilesparse::cuda {
+
+struct LayoutInfo {
+  bool known = false;      // false: not checked (graph capture); sizes below unknown
+  int64_t num_values = 0;  // sum_t g_t * k_t
+  int64_t max_rows = 0;    // max_t k_t
+};
+
+// Checks the layout against (n, k) as core::validate_layout does on the CPU,
+// raising ValueError "invalid tile layout: ..." when it is malformed.
+LayoutInfo check_layout_cuda(const LayoutArgs& l, int64_t n, int64_t k);
+
+inline DevLayout dev_layout(const LayoutArgs& l) {
+  return DevLayout{l.cols.data_ptr<int32_t>(), l.row_offsets.data_ptr<int32_t>(), l.rows.data_ptr<int32_t>(),
+                   l.cols.numel(), l.row_offsets.numel() - 1, l.rows.numel(), l.view.tile};
+}
+
+// Product of all but the last dimension.
+inline int64_t leading_numel(const at::Tensor& t) {
+  int64_t m = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) m *= t.size(d);
+  return m;
+}
+
+// t as [m, last] with unit stride along last (a view when possible);
+// *ld receives the row stride.
+inline at::Tensor rows_view(const at::Tensor& t, int64_t m, int64_t last, int64_t* ld) {
+  at::Tensor t2 = t.reshape({m, last});
+  if (last > 1 && t2.stride(1) != 1) t2 = t2.contiguous();
+  if (m > 1 && t2.stride(0) < 0) t2 = t2.contiguous();
+  *ld = m > 1 ? t2.stride(0) : last;
+  return t2;
+}
+
+// Base 16-byte aligned and rows of whole 16-byte units (2-byte elements).
+inline bool vec16_ok(const void* p, int64_t ld) {
+  return (reinterpret_cast<uintptr_t>(p) % 16) == 0 && (ld % 8) == 0;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline int max_smem_optin() {
+  return static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+}
+inline int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, int bytes) {
+  TORCH_CHECK(bytes <= max_smem_optin(), "tilesparse: kernel needs ", bytes,
+              " bytes of shared memory, the device allows ", max_smem_optin());
+  if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  }
+}
+
+// Launches are split along grid.y, which is limited to 65535 blocks.
+constexpr int64_t kMaxGridY = 65535;
+
+// A layout that keeps every weight is the identity (cols = arange(N), every
+// tile keeps rows = arange(K)), so its values are W itself, row-major [N, K]:
+// the operators then run cuBLAS, as the CPU ones run BLAS. Only known once
+// the layout was checked (not inside graph capture, where the kernels run).
+inline bool keeps_everything(const LayoutInfo& info, int64_t n, int64_t k) {
+  return info.known && n > 0 && k > 0 && info.num_values == n * k;
+}
+
+// The values' checks of the CPU operators (dimension, device, dtype, count).
+inline void check_values_cuda(const at::Tensor& values, const at::Tensor& ref, const LayoutInfo& info) {
+  TS_CHECK_DIM(values, 1);
+  TS_CHECK_SAME_DEVICE(values, ref);
+  TORCH_CHECK_TYPE(values.scalar_type() == ref.scalar_type(), "values must have the dtype of ", "the input (",
+                   ref.scalar_type(), "), got ", values.scalar_type());
+  if (info.known) {
+    TORCH_CHECK_VALUE(values.numel() == info.num_values, "values must have ", info.num_values,
+                      " elements for this layout, got ", values.numel());
+  }
+}
+
+}  // namespace tilesparse::cuda

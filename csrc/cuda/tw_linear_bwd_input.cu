@@ -1,0 +1,155 @@
+// CUDA kernel of tw_linear_grad_input: gX[:, rows_t] += grad_out[:, cols_t] @ V_t
+// over all tiles. Deterministic: one block per (K-chunk, M-block) adds the
+// tiles' contributions to its chunk in fp32 (fp64) shared memory, tiles in
+// ascending order, and writes the chunk once (tw_bwd_input_kernels.cuh).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "checks_cuda.cuh"
+#include "tw_bwd_input_kernels.cuh"
+
+namespace tilesparse::cuda {
+namespace {
+
+constexpr int kBM = 128, kNB = 64, kBK = 32, kStages = 3, kWarpsM = 4, kWarpsN = 2;
+
+// Chunk width: a tile should keep about 0.8 * NB features of a chunk (the
+// kept features of a tile are spread over K with average density d), within
+// what shared memory holds.
+int choose_chunk(int64_t k, int64_t num_rows, int64_t num_tiles) {
+  constexpr int pipe = gi_mma_pipe_bytes<kBM, kNB, kBK, kStages>();
+  const int kc_max = ((max_smem_optin() - pipe) / (kBM * 4) - 4) / 8 * 8;
+  TORCH_CHECK(kc_max >= 64, "tw_linear_grad_input: the device has too little shared memory");
+  const double density = num_tiles > 0 && k > 0 ? static_cast<double>(num_rows) / (num_tiles * k) : 1.0;
+  int64_t kc = density > 0 ? static_cast<int64_t>(0.8 * kNB / density) / 8 * 8 : kc_max;
+  kc = std::max<int64_t>(64, std::min<int64_t>(kc, kc_max));
+  kc = std::min<int64_t>(kc, std::max<int64_t>(64, ceil_div(k, 8) * 8));
+  return static_cast<int>(kc);
+}
+
+at::Tensor chunk_bounds(const LayoutArgs& l, int64_t k, int kc, int nkc, cudaStream_t stream) {
+  const int64_t count = l.view.num_tiles * (nkc + 1);
+  at::Tensor bounds = at::empty({std::max<int64_t>(count, 1)}, l.cols.options());
+  if (count > 0) {
+    chunk_bounds_kernel<<<static_cast<unsigned>(ceil_div(count, 256)), 256, 0, stream>>>(
+        dev_layout(l), k, kc, nkc, bounds.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return bounds;
+}
+
+template <typename T, typename Acc>
+GradInputParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at::Tensor& values, const LayoutArgs& l,
+                                    int64_t m, int64_t n, int64_t k, at::Tensor& gx) {
+  GradInputParams<T, Acc> p;
+  p.gy = reinterpret_cast<const T*>(gy.data_ptr());
+  p.ldg = ldg;
+  p.values = reinterpret_cast<const T*>(values.data_ptr());
+  p.nv = values.numel();
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.layout = dev_layout(l);
+  p.bounds = nullptr;
+  p.nkc = 0;
+  p.kc = 0;
+  p.gx = reinterpret_cast<T*>(gx.data_ptr());
+  p.ldx = k;
+  p.mblock_offset = 0;
+  p.gy_vec = vec16_ok(p.gy, ldg);
+  p.v_vec = vec16_ok(p.values, 0);
+  p.gx_vec = vec16_ok(p.gx, k);
+  return p;
+}
+
+template <typename T>
+void run_mma(GradInputParams<T, float> p, const LayoutArgs& l, cudaStream_t stream) {
+  auto kernel = tw_grad_input_mma_kernel<T, kBM, kNB, kBK, kWarpsM, kWarpsN, kStages>;
+  p.kc = choose_chunk(p.k, p.layout.num_rows, p.layout.num_tiles);
+  p.nkc = static_cast<int32_t>(ceil_div(p.k, p.kc));
+  const at::Tensor bounds = chunk_bounds(l, p.k, p.kc, p.nkc, stream);
+  p.bounds = bounds.data_ptr<int32_t>();
+  const int smem = gi_mma_smem_bytes<kBM, kNB, kBK, kStages>(p.kc);
+  allow_smem(kernel, smem);
+  const int64_t mblocks = ceil_div(p.m, kBM);
+  for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
+    p.mblock_offset = mb;
+    const dim3 grid(static_cast<unsigned>(p.nkc), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY)));
+    kernel<<<grid, kWarpsM * kWarpsN * 32, smem, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename T>
+void run_simt(GradInputParams<T, T> p, const LayoutArgs& l, cudaStream_t stream) {
+  auto kernel = tw_grad_input_simt_kernel<T>;
+  p.kc = kGiSimtKC;
+  p.nkc = static_cast<int32_t>(ceil_div(p.k, p.kc));
+  const at::Tensor bounds = chunk_bounds(l, p.k, p.kc, p.nkc, stream);
+  p.bounds = bounds.data_ptr<int32_t>();
+  constexpr int smem = gi_simt_smem_bytes<T>();
+  allow_smem(kernel, smem);
+  const int64_t mblocks = ceil_div(p.m, kGiSimtBM);
+  for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
+    p.mblock_offset = mb;
+    const dim3 grid(static_cast<unsigned>(p.nkc), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY)));
+    kernel<<<grid, 256, smem, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+at::Tensor tw_linear_grad_input_cuda(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& cols,
+                                     const at::Tensor& row_offsets, const at::Tensor& rows, int64_t in_features,
+                                     int64_t tile) {
+  TORCH_CHECK_VALUE(grad_out.dim() >= 1, "grad_out must have at least 1 dimension, got a scalar");
+  TS_CHECK_FLOATING(grad_out);
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  const int64_t N = grad_out.size(-1), K = in_features;
+  TORCH_CHECK_VALUE(cols.numel() <= N, "grad_out must have at least as many features (last dimension, got ", N,
+                    ") as the layout keeps output features (", cols.numel(), ")");
+  const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), false);
+  const LayoutInfo info = check_layout_cuda(l, N, K);
+  check_values_cuda(values, grad_out, info);
+  const int64_t M = leading_numel(grad_out);
+  std::vector<int64_t> out_sizes(grad_out.sizes().begin(), grad_out.sizes().end());
+  out_sizes.back() = K;
+  // Allocated in its final shape, so the op returns a fresh tensor, not a view.
+  at::Tensor out = at::empty(out_sizes, grad_out.options());
+  at::Tensor gx = out.view({M, K});
+  if (N == 0 || l.cols.numel() == 0) {
+    gx.zero_();
+  } else if (keeps_everything(info, N, K)) {  // the layout is the dense weight: cuBLAS
+    at::mm_out(gx, grad_out.reshape({M, N}), values.contiguous().view({N, K}));
+  } else if (M > 0 && K > 0) {
+    int64_t ldg = N;
+    const at::Tensor gy2 = rows_view(grad_out, M, N, &ldg);
+    const at::Tensor v = values.contiguous();
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    switch (grad_out.scalar_type()) {
+      case at::kHalf:
+        run_mma<__half>(make_params<__half, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        break;
+      case at::kBFloat16:
+        run_mma<__nv_bfloat16>(make_params<__nv_bfloat16, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        break;
+      case at::kFloat:
+        run_simt<float>(make_params<float, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        break;
+      case at::kDouble:
+        run_simt<double>(make_params<double, double>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        break;
+      default:
+        TORCH_CHECK_TYPE(false, "tw_linear_grad_input on CUDA supports float16, bfloat16, float32 and float64, got ",
+                         grad_out.scalar_type());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tilesparse, CUDA, m) { m.impl("tw_linear_grad_input", &tw_linear_grad_input_cuda); }
+
+}  // namespace tilesparse::cuda

