@@ -3,16 +3,21 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+
+try:  # `make deps` installs hypothesis; a bare GPU machine may lack it (its property tests then fail to import)
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover
+    settings = None
 
 # Property tests: modest example counts (the whole suite must stay a few
 # minutes on a 2-core CPU), no per-example deadline (first calls compile or
 # warm up kernels). TILESPARSE_HYPOTHESIS_PROFILE=thorough runs more examples.
-settings.register_profile("default", max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=300, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("TILESPARSE_HYPOTHESIS_PROFILE", "default"))
+if settings is not None:
+    settings.register_profile("default", max_examples=25, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("thorough", max_examples=300, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("TILESPARSE_HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)
