@@ -64,6 +64,16 @@ def get_extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # no -std: torch.utils.cpp_extension picks the standard this torch needs (C++17, or C++20 from 2.10)
     cxx = opt + ["-fdiagnostics-color=always"]
+    link = []
+    # at::parallel_for is a header template: with torch's OpenMP backend it only
+    # runs threads in code compiled with -fopenmp (otherwise it silently runs
+    # serially). Linking -fopenmp names libgomp.so.1, which resolves to the one
+    # torch has already loaded.
+    if torch._C.has_openmp:
+        cxx += ["-fopenmp"]
+        link += ["-fopenmp"]
+    else:
+        _log("WARNING: torch is built without OpenMP: at::parallel_for uses its native thread pool")
     nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo",
                   f"--threads={os.getenv('NVCC_THREADS', '2')}"]
     if debug:
@@ -72,7 +82,8 @@ def get_extensions():
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
     ext = CUDAExtension if use_cuda else CppExtension
-    kwargs = dict(extra_compile_args={"cxx": cxx, "nvcc": nvcc} if use_cuda else {"cxx": cxx})
+    kwargs = dict(extra_compile_args={"cxx": cxx, "nvcc": nvcc} if use_cuda else {"cxx": cxx},
+                  extra_link_args=link)
     if use_cuda:
         kwargs["libraries"] = ["cublas"]
         kwargs["define_macros"] = [("TILESPARSE_WITH_CUDA", "1")]

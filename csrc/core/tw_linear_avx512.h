@@ -1,8 +1,8 @@
 // AVX-512 float32 tile-wise linear for CPUs that have it (runtime-detected):
 // the tile's kept input features are selected by the load address inside the
 // micro-kernel (the CPU analogue of gathering in the GEMM's global->shared
-// load), so no gathered copy of x is made. Other dtypes/CPUs use the generic
-// path in tw_linear_cpu.h.
+// load), so no gathered copy of x is made, and outputs land in place in y's
+// row-major layout. Other dtypes/CPUs use the generic path in tw_linear_cpu.h.
 #pragma once
 
 #include <cstdint>

@@ -298,6 +298,10 @@ TEST_CASE("AVX-512 kernels match the dense masked reference", "[tw_linear][avx51
   };
   auto all = problems();
   all.push_back(make_problem("wide tiles", 70, 40, 16, 0.7, 0.3, 21));
+  // > 1024 kept rows per tile (two reduction chunks) and tiles wider than one
+  // 64-output panel, with and without regrouped (non-contiguous) outputs
+  all.push_back(make_problem("long tiles, 1d", 150, 2600, 80, 1.0, 0.6, 22));
+  all.push_back(make_problem("long tiles, 2d", 150, 2600, 80, 0.9, 0.6, 23));
   for (const Problem& p : all) {
     for (int64_t m : {0, 1, 13, 300}) {
       if (p.k > 1000 && m > 100) continue;

@@ -186,7 +186,7 @@ def test_digits_cnn_and_run():
     assert len(res["dense"]) == 1 and res["dense"][0] > 25.0  # far above chance (10%) after 6 short epochs
     assert [(r["pattern"], r["sparsity"]) for r in res["rows"]] == [("tw", 0.75), ("ew", 0.75), ("nm", 0.5)]
     for r in res["rows"]:
-        assert len(r["oneshot"]) == 1 and 0 <= r["finetuned"][0] <= 100
+        assert len(r["oneshot"]) == 1 and len(r["refit"]) == 1 and 0 <= r["finetuned"][0] <= 100
     assert res["rows"][0]["achieved"] == pytest.approx(0.75, abs=0.02)
 
 

@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--from-json", default=None, help="rewrite the report from saved results")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the parts of an existing <out>/study_results.json that this run does not redo")
     args = ap.parse_args(argv)
 
     from . import report
@@ -80,8 +82,17 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "study_results.json")
 
+    if args.merge and os.path.exists(json_path):
+        with open(json_path) as fh:
+            old = json.load(fh)
+        for part in ("minilm", "digits", "speed"):
+            if part in old and part not in parts:
+                results[part] = old[part]
+
     def save():
-        results["meta"]["seconds"] = time.perf_counter() - t0
+        # total = the time of each part (parts may come from an earlier run with --merge)
+        results["meta"]["seconds"] = sum(results[p].get("seconds", 0.0) for p in ("minilm", "digits", "speed")
+                                         if p in results)
         with open(json_path, "w") as fh:
             json.dump(results, fh, indent=1)
 
@@ -101,7 +112,11 @@ def main(argv=None) -> int:
         tok, dense = load_minilm()
     if "minilm" in parts:
         study = MiniLMStudy(mcfg, tok, dense, progress=progress)
-        results["minilm"], kept = run_minilm(mcfg, progress, study)
+        def on_row(partial):
+            results["minilm"] = partial
+            save()
+
+        results["minilm"], kept = run_minilm(mcfg, progress, study, on_row)
         save()
         print(report.minilm_table(results["minilm"]), flush=True)
 

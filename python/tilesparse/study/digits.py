@@ -147,10 +147,22 @@ def _cases(cfg: DigitsConfig) -> List[Tuple[str, float]]:
     return out
 
 
-def run_digits(cfg: DigitsConfig = DigitsConfig(), progress: Optional[bool] = None, data=None) -> Dict:
+def run_digits(cfg: DigitsConfig = DigitsConfig(), progress: Optional[bool] = None, data=None,
+               threads: Optional[int] = 1) -> Dict:
     """Trains the dense CNN once per seed, prunes a copy with every pattern
-    and sparsity, fine-tunes it, and records one-shot and fine-tuned test
-    accuracy per seed."""
+    and sparsity, refits and fine-tunes it, and records the test accuracy of
+    each stage per seed. Runs on ``threads`` torch threads (default 1: the
+    layers are so small that more threads only add overhead)."""
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_digits(cfg, progress, data)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _run_digits(cfg: DigitsConfig, progress: Optional[bool], data) -> Dict:
     from tqdm.auto import tqdm
 
     from .data import load_digits_split
@@ -161,24 +173,32 @@ def run_digits(cfg: DigitsConfig = DigitsConfig(), progress: Optional[bool] = No
     cases = _cases(cfg)
     bar = tqdm(total=len(cfg.seeds) * (1 + len(cases)), desc="digits CNN", disable=None if progress is None
                else not progress)
+    from .minilm import InputStats, refit
+
     for seed in cfg.seeds:
         torch.manual_seed(seed)
         dense = DigitsCNN()
         train(dense, x, y, cfg.epochs, cfg.lr, seed=seed, progress=False)
         dense_acc.append(accuracy(dense, xt, yt))
+        calib = x[:cfg.calib]
+        stats = InputStats(dense, [calib[i:i + 256] for i in range(0, len(calib), 256)], digits_filter,
+                           forward=lambda m, b: m(b))
         bar.update(1)
         for pattern, s in cases:
             m = copy.deepcopy(dense)
-            prune_cnn(m, pattern, s, cfg.tile, cfg.scope, cfg.delta, cfg.importance, x[:cfg.calib], cfg.refit)
-            a0 = accuracy(m, xt, yt)
-            train(m, x, y, cfg.finetune_epochs, cfg.finetune_lr, seed=seed + 1000, progress=False)
-            finalize(m)
-            a1 = accuracy(m, xt, yt)
+            imp = stats.importance if cfg.importance == "activation" else cfg.importance
+            kw = dict(delta=cfg.delta) if pattern == "tew" else {}
+            sparsify(m, 0.5 if pattern == "nm" else s, cfg.tile, pattern, digits_filter, cfg.scope, imp, **kw)
             r = rows.setdefault((pattern, s), {"pattern": pattern, "sparsity": s, "tile": cfg.tile, "oneshot": [],
                                                "finetuned": [], "achieved": sparsity_summary(m)["__total__"]["sparsity"]})
-            r["oneshot"].append(a0)
-            r["finetuned"].append(a1)
-            bar.set_postfix(last=f"{pattern} {s:.0%}: {a0:.1f}->{a1:.1f}")
+            r["oneshot"].append(accuracy(m, xt, yt))
+            if cfg.refit:
+                refit(m, stats)
+                r.setdefault("refit", []).append(accuracy(m, xt, yt))
+            train(m, x, y, cfg.finetune_epochs, cfg.finetune_lr, seed=seed + 1000, progress=False)
+            finalize(m)
+            r["finetuned"].append(accuracy(m, xt, yt))
+            bar.set_postfix(last=f"{pattern} {s:.0%}: {r['oneshot'][-1]:.1f}->{r['finetuned'][-1]:.1f}")
             bar.update(1)
     bar.close()
     from dataclasses import asdict

@@ -77,14 +77,18 @@ def minilm_table(res: Dict) -> str:
 
 
 def digits_table(res: Dict) -> str:
-    headers = ["pattern", "sparsity", "one-shot acc (%)", "fine-tuned acc (%)", "Δ vs dense (pts)"]
+    has_refit = any("refit" in r for r in res["rows"])
+    headers = ["pattern", "sparsity", "one-shot acc (%)"] + (["+ refit acc (%)"] if has_refit else []) + \
+        ["fine-tuned acc (%)", "Δ vs dense (pts)"]
     dense_m, _ = _mean_std(res["dense"])
-    rows = [["dense", "0%", _ms(res["dense"]), _ms(res["dense"]), "0.00"]]
+    rows = [["dense", "0%", _ms(res["dense"])] + ([_ms(res["dense"])] if has_refit else []) +
+            [_ms(res["dense"]), "0.00"]]
     for r in _sorted(res["rows"]):
         ft, _ = _mean_std(r["finetuned"])
-        rows.append([PATTERN_NAMES.get(r["pattern"], r["pattern"]), _pct(r["achieved"]), _ms(r["oneshot"]),
-                     _ms(r["finetuned"]), f"{ft - dense_m:+.2f}"])
-    return md_table(headers, rows, "lrrrr")
+        rows.append([PATTERN_NAMES.get(r["pattern"], r["pattern"]), _pct(r["achieved"]), _ms(r["oneshot"])] +
+                    ([_ms(r["refit"]) if "refit" in r else ""] if has_refit else []) +
+                    [_ms(r["finetuned"]), f"{ft - dense_m:+.2f}"])
+    return md_table(headers, rows, "lr" + "r" * (len(headers) - 2))
 
 
 def speed_table(rows: List[Dict]) -> str:
@@ -244,15 +248,47 @@ def _minutes(s: float) -> str:
 
 
 def _ranking(rows: List[Dict], sparsity: float, stage: str, key) -> str:
-    rs = [r for r in rows if abs(r["sparsity"] - sparsity) < 1e-9 and stage in r and r.get("tile") in (None, rows[0].get("tile"))
-          or (abs(r["sparsity"] - sparsity) < 1e-9 and stage in r and r["pattern"] not in ("tw", "tew"))]
-    seen, out = set(), []
-    for r in sorted(rs, key=lambda r: -key(r)):
-        if r["pattern"] in seen:
-            continue
-        seen.add(r["pattern"])
-        out.append(f"{r['pattern'].upper()} {key(r):.3f}")
-    return " > ".join(out)
+    rs = [r for r in rows if abs(r["sparsity"] - sparsity) < 1e-9 and stage in r]
+    return " > ".join(f"{r['pattern'].upper()} {key(r):.3f}" for r in sorted(rs, key=lambda r: -key(r)))
+
+
+def summary(results: Dict) -> List[str]:
+    """Bullet points computed from the numbers (no hand-written claims)."""
+    out = []
+    m = results.get("minilm")
+    if m:
+        tile = m["config"]["tile"]
+        for s in sorted(set(r["sparsity"] for r in m["rows"])):
+            rs = {r["pattern"]: r for r in m["rows"] if abs(r["sparsity"] - s) < 1e-9 and r.get("tile") == tile
+                  or abs(r["sparsity"] - s) < 1e-9 and r["pattern"] not in ("tw", "tew")}
+            tw = rs.get("tw")
+            if not tw or "finetuned" not in tw:
+                continue
+            parts = [f"TW {tw['finetuned']['cosine']:.3f}"]
+            for p in ("tew", "ew", "vw", "bw", "nm"):
+                if p in rs and "finetuned" in rs[p]:
+                    parts.append(f"{p.upper()} {rs[p]['finetuned']['cosine']:.3f}")
+            stages = " -> ".join(f"{tw[k]['cosine']:.3f}" for k in ("oneshot", "refit", "finetuned") if k in tw)
+            out.append(f"MiniLM {_pct(s)}, fine-tuned cosine to dense: " + ", ".join(parts)
+                       + f" (TW one-shot -> refit -> fine-tuned: {stages}).")
+    d = results.get("digits")
+    if d:
+        dm, _ = _mean_std(d["dense"])
+        for r in _sorted([r for r in d["rows"] if r["pattern"] == "tw"]):
+            fm, fs = _mean_std(r["finetuned"])
+            om, _ = _mean_std(r["oneshot"])
+            out.append(f"Digits CNN TW {_pct(r['achieved'])}: {fm:.2f}% fine-tuned vs dense {dm:.2f}% "
+                       f"({fm - dm:+.2f} points; one-shot without refit {om:.1f}%).")
+    sp = results.get("speed")
+    if sp:
+        for s in sorted(set(r["sparsity"] for r in sp["layers"])):
+            rs = [r for r in sp["layers"] if r["sparsity"] == s]
+            out.append(f"TW layers at {_pct(s)} vs dense F.linear on this CPU: "
+                       + ", ".join(f"{r['layer']} {r['speedup']:.2f}x" for r in rs) + f" (ideal {1 / (1 - s):.1f}x).")
+        if sp.get("model"):
+            mm = sp["model"]
+            out.append(f"Whole MiniLM encoder, TW {_pct(mm['sparsity'])}: {mm['speedup']:.2f}x over dense.")
+    return out
 
 
 def write_report(results: Dict, out_dir: str, md_name: str = "study.md", prefix: str = "study_") -> str:
@@ -270,6 +306,9 @@ def write_report(results: Dict, out_dir: str, md_name: str = "study.md", prefix:
     acc = acceptance(results)
     if acc:
         lines += ["## The issue's acceptance criteria", "", acceptance_table(results), ""]
+    summ = summary(results)
+    if summ:
+        lines += ["## The numbers in brief", ""] + [f"- {x}" for x in summ] + [""]
 
     m = results.get("minilm")
     if m:
@@ -325,17 +364,22 @@ def write_report(results: Dict, out_dir: str, md_name: str = "study.md", prefix:
         lines += ["## Digits CNN (sklearn 8x8 digits)", ""]
         lines.append(
             "CNN: conv 1->32 3x3, max-pool, conv 32->64 3x3, max-pool, linear 256->128, linear 128->10 (ReLU), "
-            f"trained dense for {c['epochs']} epochs (Adam), {len(c['seeds'])} seeds. Pruned: `conv2` (GEMM N=64, "
-            "K=288) and `fc1` (N=128, K=256), magnitude scores, each layer to the target; the first convolution "
+            f"trained dense for {c['epochs']} epochs (Adam), {len(c['seeds'])} seed(s). Pruned: `conv2` (GEMM N=64, "
+            "K=288) and `fc1` (N=128, K=256); the first convolution "
             "(K=9) and the classifier (N=10) stay dense. These layers are much smaller than the original 128-wide "
-            f"tiles, so **the tile is {c['tile']}** (conv2: 2 tiles, fc1: 4 tiles). Fine-tuning: "
+            f"tiles, so **the tile is {c['tile']}** (conv2: 2 tiles, fc1: 4 tiles). The same three stages as for "
+            f"MiniLM: one-shot ({c.get('importance', 'magnitude')} scores"
+            + (f", calibration: {c['calib']} training images" if c.get("importance") == "activation" else "")
+            + ", each layer to the target), + least-squares refit of the kept weights and biases, and fine-tuning: "
             f"{c['finetune_epochs']} epochs, lr {c['finetune_lr']:g}, then `finalize` (packed TW layers) before "
             "testing. Test set: 450 images (stratified 25%); mean ± std over the seeds.")
         lines += ["", digits_table(d), ""]
         dm, _ = _mean_std(d["dense"])
+        dstages = [(s, ls, lab) for s, ls, lab in (("oneshot", ":", "one-shot"), ("refit", "--", "+ refit"),
+                                                   ("finetuned", "-", "fine-tuned")) if any(s in r for r in d["rows"])]
         f3 = plot_quality(d["rows"], os.path.join(out_dir, prefix + "digits_accuracy.png"),
                           lambda r, s: _mean_std(r[s])[0] if s in r else None, "test accuracy (%)",
-                          f"Digits CNN: accuracy vs sparsity (tile {c['tile']})", dm)
+                          f"Digits CNN: accuracy vs sparsity (tile {c['tile']})", dm, dstages)
         lines += [f"![digits accuracy]({os.path.basename(f3)})", ""]
 
     sp = results.get("speed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -70,7 +71,9 @@ def time_tw_layer(weight: Tensor, bias: Optional[Tensor], tokens: int, sparsity:
     fns = [lambda: F.linear(x, weight, bias), lambda: ops.tw_linear(x, values, layout, bias)]
     if csr:
         thr = torch.quantile(weight.abs().flatten().double()[:1 << 24], sparsity).item()
-        w_csr = (weight * (weight.abs() > thr)).to_sparse_csr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Sparse CSR tensor support is in beta state"
+            w_csr = (weight * (weight.abs() > thr)).to_sparse_csr()
         xt = x.t().contiguous()
         fns.append(lambda: torch.sparse.mm(w_csr, xt))
     t = interleaved_median(fns, repeats=repeats)
