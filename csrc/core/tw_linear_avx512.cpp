@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <unistd.h>
 #include <memory>
+#include <utility>
 #include <vector>
+
+#include <unistd.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TS_HAVE_AVX512_BUILD 1
@@ -28,30 +30,21 @@ constexpr int64_t VL = 48;
 
 std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[std::max<int64_t>(1, n)]); }
 
-// acc[j][v] = sum_p b[p * NB + j] * a[row(p) * lda + v] for v < h (h <= VL),
-// row(p) = idx[p] when Indexed (the fused gather), else p. Written to
+// acc[j][v] = sum_p b[p * NB + j] * a[p * lda + v] for v < h (h <= VL), written to
 // out[j * ldo + v]. Full (h == VL) chunks use plain loads and stores; only
 // the edge chunk pays for masks.
-template <bool Indexed, bool Full>
-TS_AVX512 void micro_impl(const float* a, int64_t lda, const int32_t* idx, int64_t len, const float* b, int64_t h,
-                          float* out, int64_t ldo, bool accumulate) {
+template <bool Full>
+TS_AVX512 void micro_impl(const float* a, int64_t lda, int64_t len, const float* b, int64_t h,
+                          float* out, int64_t ldo) {
   const __mmask16 m0 = h >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << h) - 1);
   const __mmask16 m1 = h >= 32 ? 0xFFFF : h <= 16 ? 0 : static_cast<__mmask16>((1u << (h - 16)) - 1);
   const __mmask16 m2 = h >= 48 ? 0xFFFF : h <= 32 ? 0 : static_cast<__mmask16>((1u << (h - 32)) - 1);
   __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
          c22 = c00, c30 = c00, c31 = c00, c32 = c00, c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00,
          c52 = c00, c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
-  if (accumulate) {  // continue a sum over an earlier chunk of the reduction
-#define TS_LOAD(j)                                                 \
-  c##j##0 = _mm512_maskz_loadu_ps(m0, out + (j) * ldo);            \
-  c##j##1 = _mm512_maskz_loadu_ps(m1, out + (j) * ldo + 16);       \
-  c##j##2 = _mm512_maskz_loadu_ps(m2, out + (j) * ldo + 32);
-    TS_LOAD(0) TS_LOAD(1) TS_LOAD(2) TS_LOAD(3) TS_LOAD(4) TS_LOAD(5) TS_LOAD(6) TS_LOAD(7)
-#undef TS_LOAD
-  }
 #pragma GCC unroll 2
   for (int64_t p = 0; p < len; ++p) {
-    const float* ap = a + (Indexed ? static_cast<int64_t>(idx[p]) : p) * lda;
+    const float* ap = a + p * lda;
     __m512 a0, a1, a2;
     if (Full) {
       a0 = _mm512_loadu_ps(ap);
@@ -87,11 +80,10 @@ TS_AVX512 void micro_impl(const float* a, int64_t lda, const int32_t* idx, int64
 #undef TS_STORE
 }
 
-template <bool Indexed>
-void micro(const float* a, int64_t lda, const int32_t* idx, int64_t len, const float* b, int64_t h, float* out,
-           int64_t ldo, bool accumulate = false) {
-  if (h == VL) micro_impl<Indexed, true>(a, lda, idx, len, b, h, out, ldo, accumulate);
-  else micro_impl<Indexed, false>(a, lda, idx, len, b, h, out, ldo, accumulate);
+void micro(const float* a, int64_t lda, int64_t len, const float* b, int64_t h, float* out,
+           int64_t ldo) {
+  if (h == VL) micro_impl<true>(a, lda, len, b, h, out, ldo);
+  else micro_impl<false>(a, lda, len, b, h, out, ldo);
 }
 
 int64_t panels(int64_t width) { return (width + NB - 1) / NB; }
@@ -118,6 +110,20 @@ int64_t l2_bytes() {
     return v >= (64 << 10) ? static_cast<int64_t>(v) : int64_t(1) << 20;
   }();
   return bytes;
+}
+
+// Row blocks (a multiple of FR rows) whose slice of the row-major inputs,
+// row_floats per row, fills ~3/4 of L2 while every tile streams past (bigger
+// blocks stream the packed weight from L3 fewer times). Their count is
+// rounded up to a multiple of the workers, so each gets the same rows, but
+// stays at most one block per FR rows. Returns {rows per block, blocks}.
+std::pair<int64_t, int64_t> row_blocks(int64_t m, int64_t row_floats, int64_t workers) {
+  const int64_t fit = std::max<int64_t>(1, l2_bytes() * 3 / 4 / (4 * std::max<int64_t>(1, row_floats) * FR)) * FR;
+  const int64_t mb_max = std::max<int64_t>(FR, std::min<int64_t>(fit, 40 * FR));
+  int64_t blocks = (m + mb_max - 1) / mb_max;
+  blocks = std::min((blocks + workers - 1) / workers * workers, (m + FR - 1) / FR);
+  const int64_t mb = ((m + blocks - 1) / blocks + FR - 1) / FR * FR;
+  return {mb, (m + mb - 1) / mb};
 }
 
 struct FwdOut {
@@ -309,16 +315,8 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
   std::vector<uint8_t> contiguous(l.num_tiles);
   for (int64_t t = 0; t < l.num_tiles; ++t) contiguous[t] = l.cols_contiguous(t);
 
-  // Row blocks whose slice of x fills ~3/4 of L2 while every tile streams
-  // past (bigger blocks stream the packed weight from L3 fewer times); their
-  // count a multiple of the workers so each gets the same rows. With fewer
-  // blocks than workers the tiles are split too.
-  const int64_t fit = std::max<int64_t>(1, l2_bytes() * 3 / 4 / (4 * std::max<int64_t>(1, k) * FR)) * FR;
-  const int64_t mb_max = std::max<int64_t>(FR, std::min<int64_t>(fit, 40 * FR));
-  int64_t blocks = (m + mb_max - 1) / mb_max;
-  if (blocks > 1 || m >= workers * FR) blocks = (blocks + workers - 1) / workers * workers;
-  const int64_t mb = ((m + blocks - 1) / blocks + FR - 1) / FR * FR;
-  blocks = (m + mb - 1) / mb;
+  // With fewer row blocks than workers the tiles are split too.
+  const auto [mb, blocks] = row_blocks(m, k, workers);
   const int64_t groups = blocks >= workers ? 1 : std::min<int64_t>(std::max<int64_t>(1, l.num_tiles),
                                                                     (workers + blocks - 1) / blocks);
   parallel_for(0, blocks * groups, [&](int64_t w0, int64_t w1) {
@@ -339,14 +337,9 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
           for (int64_t q = 0; q * FW < g; ++q) {
             const int64_t width = std::min(FW, g - q * FW);
             const float* bq = bp + off[t] + (q * kt + p0) * FW;
-            FwdOut o{nullptr, n, contiguous[t] ? nullptr : cols + q * FW, width, nullptr, p0 > 0};
-            if (contiguous[t]) {
-              o.y = y + cols[0] + q * FW;
-              o.bias = bias ? bias + cols[0] + q * FW : nullptr;
-            } else {
-              o.y = y;
-              o.bias = bias;
-            }
+            const int64_t c0 = contiguous[t] ? cols[0] + q * FW : 0;  // offset of the panel's first output
+            const FwdOut o{y + c0, n, contiguous[t] ? nullptr : cols + q * FW, width, bias ? bias + c0 : nullptr,
+                           p0 > 0};
             for (int64_t i = 0; i < h; i += FR)
               fwd_micro(std::min(FR, h - i), x + (i0 + i) * k, k, rows + p0, len, bq, FW, o, i0 + i, true);
           }
@@ -364,12 +357,7 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
   // micro-kernel with gy's kept outputs broadcast and V_t read in place
   // ([g, kt] row-major: 64 consecutive kept inputs of one output are one
   // panel row), accumulated into gx through the tile's kept inputs.
-  const int64_t fit = std::max<int64_t>(1, l2_bytes() * 3 / 4 / (4 * std::max<int64_t>(1, n + k) * FR)) * FR;
-  const int64_t mb_max = std::max<int64_t>(FR, std::min<int64_t>(fit, 40 * FR));
-  int64_t blocks = (m + mb_max - 1) / mb_max;
-  blocks = std::min((blocks + workers - 1) / workers * workers, (m + FR - 1) / FR);
-  const int64_t mb = ((m + blocks - 1) / blocks + FR - 1) / FR * FR;
-  blocks = (m + mb - 1) / mb;
+  const auto [mb, blocks] = row_blocks(m, n + k, workers);
   parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i0 = b * mb, h = std::min(mb, m - i0);
@@ -427,7 +415,7 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
           for (int64_t r0 = 0; r0 < kt; r0 += VL) {
             const int64_t h = std::min(VL, kt - r0);
             // tmp[j][r] = sum_i gY[i, cols_j] * X[i, rows_r]
-            micro<false>(xg.get() + r0, kt, nullptr, w, gyp.get() + q * w * NB, h, tmp, VL);
+            micro(xg.get() + r0, kt, w, gyp.get() + q * w * NB, h, tmp, VL);
             for (int64_t j = 0; j < nj; ++j) {
               float* dst = gvt + (q * NB + j) * kt + r0;
               for (int64_t r = 0; r < h; ++r) dst[r] += tmp[j * VL + r];
