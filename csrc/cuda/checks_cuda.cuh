@@ -42,13 +42,6 @@ inline DevLayout dev_layout(const LayoutArgs& l) {
                    l.cols.numel(), l.row_offsets.numel() - 1, l.rows.numel(), l.view.tile};
 }
 
-// Product of all but the last dimension.
-inline int64_t leading_numel(const at::Tensor& t) {
-  int64_t m = 1;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) m *= t.size(d);
-  return m;
-}
-
 // t as [m, last] with unit stride along last (a view when possible);
 // *ld receives the row stride.
 inline at::Tensor rows_view(const at::Tensor& t, int64_t m, int64_t last, int64_t* ld) {

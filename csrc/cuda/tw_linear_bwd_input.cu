@@ -112,7 +112,7 @@ at::Tensor tw_linear_grad_input_cuda(const at::Tensor& grad_out, const at::Tenso
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), false);
   const LayoutInfo info = check_layout_cuda(l, N, K);
   check_values_cuda(values, grad_out, info);
-  const int64_t M = leading_numel(grad_out);
+  const int64_t M = leading_rows(grad_out);
   std::vector<int64_t> out_sizes(grad_out.sizes().begin(), grad_out.sizes().end());
   out_sizes.back() = K;
   // Allocated in its final shape, so the op returns a fresh tensor, not a view.

@@ -122,14 +122,8 @@ void run_simt(GradValuesParams<T, T> p, const LayoutInfo& info, const at::Tensor
 at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& cols,
                                       const at::Tensor& row_offsets, const at::Tensor& rows, int64_t tile,
                                       int64_t num_values) {
-  TORCH_CHECK_VALUE(grad_out.dim() >= 1 && x.dim() >= 1, "grad_out and x must have at least 1 dimension");
-  TS_CHECK_FLOATING(grad_out);
-  TS_CHECK_SAME_DEVICE(x, grad_out);
-  TORCH_CHECK_TYPE(x.scalar_type() == grad_out.scalar_type(), "x must have the dtype of grad_out (",
-                   grad_out.scalar_type(), "), got ", x.scalar_type());
+  check_grad_values_inputs(grad_out, x);
   const int64_t N = grad_out.size(-1), K = x.size(-1);
-  TORCH_CHECK_VALUE(grad_out.sizes().slice(0, grad_out.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
-                    "grad_out ", grad_out.sizes(), " and x ", x.sizes(), " must share their leading dimensions");
   const c10::cuda::CUDAGuard guard(grad_out.device());
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), false);
   const LayoutInfo info = check_layout_cuda(l, N, K);
@@ -138,7 +132,7 @@ at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tens
                       " for this layout, got ", num_values);
   }
   TORCH_CHECK_VALUE(num_values >= 0, "num_values must be >= 0, got ", num_values);
-  const int64_t M = leading_numel(grad_out);
+  const int64_t M = leading_rows(grad_out);
   at::Tensor gv = at::empty({num_values}, grad_out.options());
   if (num_values == 0) return gv;
   if (M == 0 || K == 0 || N == 0) return gv.zero_();

@@ -94,12 +94,6 @@ void fill_uncovered(at::Tensor& y, const LayoutArgs& l, const at::Tensor* bias, 
   });
 }
 
-std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
-  std::vector<int64_t> out(sizes.begin(), sizes.end());
-  out.back() = last;
-  return out;
-}
-
 at::Tensor tw_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& cols,
                           const at::Tensor& row_offsets, const at::Tensor& rows, const std::optional<at::Tensor>& bias,
                           int64_t out_features, int64_t tile) {
@@ -110,15 +104,8 @@ at::Tensor tw_linear_cuda(const at::Tensor& x, const at::Tensor& values, const a
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, x.device(), false);
   const LayoutInfo info = check_layout_cuda(l, N, K);
   check_values_cuda(values, x, info);
-  if (bias) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [out_features] = [", N,
-                      "], got ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->device() == x.device(), "bias must be on the device of x (", x.device(), "), got ",
-                      bias->device());
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "bias must have the dtype of x (", x.scalar_type(),
-                     "), got ", bias->scalar_type());
-  }
-  const int64_t M = leading_numel(x);
+  check_bias(bias, x, N);
+  const int64_t M = leading_rows(x);
   // Allocated in its final shape, so the op returns a fresh tensor, not a view.
   at::Tensor out = at::empty(with_last(x.sizes(), N), x.options());
   at::Tensor y = out.view({M, N});

@@ -76,16 +76,6 @@ void check_values(const at::Tensor& values, const at::Tensor& ref, const LayoutA
                     " elements for this layout, got ", values.numel());
 }
 
-std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
-  std::vector<int64_t> out(sizes.begin(), sizes.end());
-  out.back() = last;
-  return out;
-}
-
-// Rows of the flattened [M, last] view: the product of the leading sizes
-// (reshape(-1, 0) cannot infer it when the last size is 0).
-int64_t leading_rows(const at::Tensor& t) { return c10::multiply_integers(t.sizes().slice(0, t.dim() - 1)); }
-
 at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& cols,
                          const at::Tensor& row_offsets, const at::Tensor& rows, const std::optional<at::Tensor>& bias,
                          int64_t out_features, int64_t tile) {
@@ -94,14 +84,7 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   const int64_t K = x.size(-1), N = out_features;
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, x.device(), true);
   check_values(values, x, l);
-  if (bias) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias must have shape [out_features] = [", N,
-                      "], got ", bias->sizes());
-    TORCH_CHECK_VALUE(bias->device() == x.device(), "bias must be on the device of x (", x.device(), "), got ",
-                      bias->device());
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), "bias must have the dtype of x (", x.scalar_type(),
-                     "), got ", bias->scalar_type());
-  }
+  check_bias(bias, x, N);
   const int64_t M = leading_rows(x);
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
   // Allocated in its final shape, so the op returns a fresh tensor, not a view.
@@ -164,14 +147,8 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
 at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& cols,
                                      const at::Tensor& row_offsets, const at::Tensor& rows, int64_t tile,
                                      int64_t num_values) {
-  TORCH_CHECK_VALUE(grad_out.dim() >= 1 && x.dim() >= 1, "grad_out and x must have at least 1 dimension");
-  TS_CHECK_FLOATING(grad_out);
-  TS_CHECK_SAME_DEVICE(x, grad_out);
-  TORCH_CHECK_TYPE(x.scalar_type() == grad_out.scalar_type(), "x must have the dtype of grad_out (",
-                   grad_out.scalar_type(), "), got ", x.scalar_type());
+  check_grad_values_inputs(grad_out, x);
   const int64_t N = grad_out.size(-1), K = x.size(-1);
-  TORCH_CHECK_VALUE(grad_out.sizes().slice(0, grad_out.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
-                    "grad_out ", grad_out.sizes(), " and x ", x.sizes(), " must share their leading dimensions");
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
   TORCH_CHECK_VALUE(num_values == core::num_values(l.view), "num_values must be ", core::num_values(l.view),
                     " for this layout, got ", num_values);
