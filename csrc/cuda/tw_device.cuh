@@ -5,16 +5,18 @@
 // global->shared tile loader.
 #pragma once
 
+#include <cstdint>
+
+// The CUDA headers and the PTX wrappers (cp.async, ldmatrix, mma.sync). The
+// host emulation (tests/cuda_emulation) compiles this very source as host C++:
+// it defines TILESPARSE_PTX_EMULATION and supplies its own versions of both
+// (the 16-bit float types, threadIdx & co., and the warp-level primitives)
+// before including any kernel header.
+#ifndef TILESPARSE_PTX_EMULATION
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
-// The PTX wrappers (cp.async, ldmatrix, mma.sync). A host emulation of the
-// kernels (running this very source on CPU threads) defines
-// TILESPARSE_PTX_EMULATION and supplies its own versions first.
-#ifndef TILESPARSE_PTX_EMULATION
 #include "tw_ptx.cuh"
 #endif
 
