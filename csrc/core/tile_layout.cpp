@@ -5,10 +5,14 @@
 
 namespace tilesparse::core {
 
-std::string build_layout(const bool* mask, int64_t n, int64_t k, int64_t tile, OwnedLayout& out) {
+std::string build_layout(const bool* mask, int64_t n, int64_t k, int64_t tile, int64_t pad, OwnedLayout& out) {
   std::ostringstream err;
   if (tile <= 0) {
     err << "tile must be positive, got " << tile;
+    return err.str();
+  }
+  if (pad <= 0) {
+    err << "pad must be positive, got " << pad;
     return err.str();
   }
   if (n > std::numeric_limits<int32_t>::max() || k > std::numeric_limits<int32_t>::max()) {
@@ -42,6 +46,10 @@ std::string build_layout(const bool* mask, int64_t n, int64_t k, int64_t tile, O
           return err.str();
         }
     }
+    const size_t kept = out.rows.size() - static_cast<size_t>(out.row_offsets.back());
+    if (kept > 0)
+      while ((out.rows.size() - static_cast<size_t>(out.row_offsets.back())) % static_cast<size_t>(pad) != 0)
+        out.rows.push_back(out.rows.back());
     if (out.rows.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
       err << "layout has more kept rows than the int32 index range";
       return err.str();
@@ -87,21 +95,30 @@ std::string validate_layout(const LayoutView& l, int64_t n, int64_t k) {
       return err.str();
     }
   }
+  // Within a tile: strictly increasing kept features (so at most k of them),
+  // then optionally padding that repeats the last one, and nothing after it.
   for (int64_t t = 0; t < l.num_tiles; ++t) {
     const int32_t lo = l.row_offsets[t], hi = l.row_offsets[t + 1];
-    if (hi - lo > k) {
-      err << "tile " << t << " keeps " << hi - lo << " rows but in_features is " << k;
-      return err.str();
-    }
+    int32_t pad_from = -1;
     for (int32_t i = lo; i < hi; ++i) {
       const int32_t r = l.rows[i];
       if (r < 0 || r >= k) {
         err << "rows[" << i << "] = " << r << " is out of range [0, " << k << ")";
         return err.str();
       }
-      if (i > lo && r <= l.rows[i - 1]) {
+      if (i == lo || r == l.rows[i - 1]) {
+        if (i > lo && pad_from < 0) pad_from = i;
+        continue;
+      }
+      if (r < l.rows[i - 1]) {
         err << "rows must be strictly increasing within a tile, but rows[" << i << "] = " << r << " follows "
             << l.rows[i - 1] << " in tile " << t;
+        return err.str();
+      }
+      if (pad_from >= 0) {
+        err << "rows must be strictly increasing within a tile, but rows[" << pad_from << "] = " << l.rows[pad_from]
+            << " repeats the entry before it and is followed by rows[" << i << "] = " << r << " in tile " << t
+            << " (only padding at a tile's end may repeat its last kept feature)";
         return err.str();
       }
     }
@@ -112,6 +129,12 @@ std::string validate_layout(const LayoutView& l, int64_t n, int64_t k) {
 int64_t num_values(const LayoutView& l) {
   int64_t total = 0;
   for (int64_t t = 0; t < l.num_tiles; ++t) total += l.tile_width(t) * l.tile_rows(t);
+  return total;
+}
+
+int64_t num_kept(const LayoutView& l) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < l.num_tiles; ++t) total += l.tile_width(t) * l.tile_kept(t);
   return total;
 }
 

@@ -328,12 +328,13 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
         for (int64_t i = 0; i < h; ++i)
           for (int64_t c : bias_only) y[(i0 + i) * n + c] = bias ? bias[c] : 0.f;
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
-        if (kt == 0) continue;
+        // panels are [kt][FW] (kt slots); the reduction skips the padding slots
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
+        if (kr == 0) continue;
         const int32_t* rows = l.rows + l.row_offsets[t];
         const int32_t* cols = l.cols + t * l.tile;
-        for (int64_t p0 = 0; p0 < kt; p0 += FKC) {
-          const int64_t len = std::min(FKC, kt - p0);
+        for (int64_t p0 = 0; p0 < kr; p0 += FKC) {
+          const int64_t len = std::min(FKC, kr - p0);
           for (int64_t q = 0; q * FW < g; ++q) {
             const int64_t width = std::min(FW, g - q * FW);
             const float* bq = bp + off[t] + (q * kt + p0) * FW;
@@ -363,13 +364,13 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
       const int64_t i0 = b * mb, h = std::min(mb, m - i0);
       std::fill(gx + i0 * k, gx + (i0 + h) * k, 0.f);
       for (int64_t t = 0; t < l.num_tiles; ++t) {
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
-        if (kt == 0 || g == 0) continue;
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
+        if (kr == 0 || g == 0) continue;
         const int32_t* rows = l.rows + l.row_offsets[t];
         const int32_t* cols = l.cols + t * l.tile;
-        const float* v = values + l.value_offset(t);
-        for (int64_t q = 0; q * FW < kt; ++q) {
-          const int64_t width = std::min(FW, kt - q * FW);
+        const float* v = values + l.value_offset(t);  // [g, kt]: kr weights, then padding
+        for (int64_t q = 0; q * FW < kr; ++q) {
+          const int64_t width = std::min(FW, kr - q * FW);
           const int32_t* qr = rows + q * FW;
           const bool contiguous = qr[width - 1] - qr[0] == width - 1;
           FwdOut o{contiguous ? gx + qr[0] : gx, k, contiguous ? nullptr : qr, width, nullptr, true};
@@ -396,14 +397,15 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i0 = b * mb, w = std::min(mb, m - i0);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
-        if (kt == 0) continue;
+        // gv_t[:, :kr] only: the padding slots keep their zero gradient
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
+        if (kr == 0) continue;
         const int32_t* rows = l.rows + l.row_offsets[t];
         const int32_t* cols = l.cols + t * l.tile;
-        for (int64_t i = 0; i < w; ++i) {  // x[:, rows_t] of the block, [w, kt]
+        for (int64_t i = 0; i < w; ++i) {  // x[:, rows_t] of the block, [w, kr] (leading dimension kt)
           const float* xr = x + (i0 + i) * k;
           float* d = xg.get() + i * kt;
-          for (int64_t r = 0; r < kt; ++r) d[r] = xr[rows[r]];
+          for (int64_t r = 0; r < kr; ++r) d[r] = xr[rows[r]];
         }
         for (int64_t q = 0; q < panels(g); ++q)  // gY[:, cols_t] as panels [w][NB]
           for (int64_t i = 0; i < w; ++i)
@@ -412,8 +414,8 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
         float* gvt = gv + l.value_offset(t);  // [g, kt]
         for (int64_t q = 0; q < panels(g); ++q) {
           const int64_t nj = std::min(NB, g - q * NB);
-          for (int64_t r0 = 0; r0 < kt; r0 += VL) {
-            const int64_t h = std::min(VL, kt - r0);
+          for (int64_t r0 = 0; r0 < kr; r0 += VL) {
+            const int64_t h = std::min(VL, kr - r0);
             // tmp[j][r] = sum_i gY[i, cols_j] * X[i, rows_r]
             micro(xg.get() + r0, kt, w, gyp.get() + q * w * NB, h, tmp, VL);
             for (int64_t j = 0; j < nj; ++j) {

@@ -73,17 +73,18 @@ inline int64_t max_tile_rows(const LayoutView& l) {
   return mk;
 }
 
-// The block's kept input features of tile t as a row-major [w, kt] operand:
-// x itself when the tile keeps every feature, else gathered into buf.
+// The block's kept input features of tile t as a row-major [w, kr] operand
+// (kr = tile_kept(t)): x itself when the tile keeps every feature, else
+// gathered into buf.
 template <typename T>
 const T* tile_input(const LayoutView& l, int64_t t, const T* xb, int64_t k, int64_t w, T* buf, int64_t* ld) {
-  const int64_t kt = l.tile_rows(t);
-  if (kt == k) {  // rows are strictly increasing in [0, k): all of them, in order
+  const int64_t kr = l.tile_kept(t);
+  if (kr == k) {  // kept rows are strictly increasing in [0, k): all of them, in order
     *ld = k;
     return xb;
   }
-  gather_cols(xb, k, w, l.rows + l.row_offsets[t], kt, buf);
-  *ld = kt;
+  gather_cols(xb, k, w, l.rows + l.row_offsets[t], kr, buf);
+  *ld = kr;
   return buf;
 }
 
@@ -101,6 +102,10 @@ const T* tile_grad_out(const LayoutView& l, int64_t t, const T* gyb, int64_t n, 
   return buf;
 }
 
+// In the three kernels below a tile's values block is [g, kt] (kt slots,
+// the leading dimension) of which the first kr = tile_kept(t) columns are
+// weights; padding slots are skipped (docs/format.md).
+//
 // Forward: y[m, n] = x[m, k] @ W^T + bias (bias may be null). `workers`
 // sizes the M-blocks; the parallel loop decides the real threads.
 template <typename T, typename Gemm, typename ParallelFor>
@@ -120,16 +125,16 @@ void tw_linear_forward(const LayoutView& l, const T* x, int64_t m, int64_t k, co
         else std::fill(yb + i * n, yb + (i + 1) * n, T(0));
       }
       for (int64_t t = 0; t < l.num_tiles; ++t) {
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
-        if (kt == 0) continue;
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
+        if (kr == 0) continue;
         int64_t lda = 0;
         const T* a = tile_input(l, t, xb, k, w, xbuf.get(), &lda);
         const T* v = values + l.value_offset(t);
         const int32_t* cols = l.cols + t * l.tile;
         if (l.cols_contiguous(t)) {  // Y[:, cols_t] += X[:, rows_t] @ V_t^T in place
-          gemm(false, true, w, g, kt, a, lda, v, kt, T(1), yb + cols[0], n);
+          gemm(false, true, w, g, kr, a, lda, v, kt, T(1), yb + cols[0], n);
         } else {  // 2-D TW: regrouped features, scattered after the GEMM
-          gemm(false, true, w, g, kt, a, lda, v, kt, T(0), ybuf.get(), g);
+          gemm(false, true, w, g, kr, a, lda, v, kt, T(0), ybuf.get(), g);
           scatter_add_cols(ybuf.get(), w, cols, g, yb, n);
         }
       }
@@ -151,16 +156,16 @@ void tw_linear_grad_input(const LayoutView& l, const T* gy, int64_t m, int64_t n
       T* gxb = gx + i0 * k;
       std::fill(gxb, gxb + w * k, T(0));
       for (int64_t t = 0; t < l.num_tiles; ++t) {
-        const int64_t kt = l.tile_rows(t);
-        if (kt == 0) continue;
+        const int64_t kt = l.tile_rows(t), kr = l.tile_kept(t);
+        if (kr == 0) continue;
         int64_t lda = 0;
         const T* a = tile_grad_out(l, t, gy + i0 * n, n, w, gbuf.get(), &lda);
         const T* v = values + l.value_offset(t);
-        if (kt == k) {  // gX += gY_t @ V_t in place
+        if (kr == k) {  // gX += gY_t @ V_t in place
           gemm(false, false, w, k, l.tile_width(t), a, lda, v, kt, T(1), gxb, k);
-        } else {  // tmp[w, kt] = gY_t @ V_t, scattered to the kept input features
-          gemm(false, false, w, kt, l.tile_width(t), a, lda, v, kt, T(0), tmp.get(), kt);
-          scatter_add_cols(tmp.get(), w, l.rows + l.row_offsets[t], kt, gxb, k);
+        } else {  // tmp[w, kr] = gY_t @ V_t, scattered to the kept input features
+          gemm(false, false, w, kr, l.tile_width(t), a, lda, v, kt, T(0), tmp.get(), kr);
+          scatter_add_cols(tmp.get(), w, l.rows + l.row_offsets[t], kr, gxb, k);
         }
       }
     }
@@ -187,13 +192,13 @@ void tw_linear_grad_values(const LayoutView& l, const T* gy, const T* x, int64_t
       for (int64_t b = p * blocks / parts; b < (p + 1) * blocks / parts; ++b) {
         const int64_t i0 = b * mb, w = std::min(mb, m - i0);
         for (int64_t t = 0; t < l.num_tiles; ++t) {
-          const int64_t kt = l.tile_rows(t);
-          if (kt == 0) continue;
+          const int64_t kt = l.tile_rows(t), kr = l.tile_kept(t);
+          if (kr == 0) continue;
           int64_t lda = 0, ldb = 0;
           const T* a = tile_grad_out(l, t, gy + i0 * n, n, w, gbuf.get(), &lda);
           const T* xt = tile_input(l, t, x + i0 * k, k, w, xbuf.get(), &ldb);
-          // gv_t[g, kt] += gY_t^T @ X[:, rows_t]
-          gemm(true, false, l.tile_width(t), kt, w, a, lda, xt, ldb, T(1), acc + l.value_offset(t), kt);
+          // gv_t[g, :kr] += gY_t^T @ X[:, rows_t]; padding slots stay zero
+          gemm(true, false, l.tile_width(t), kr, w, a, lda, xt, ldb, T(1), acc + l.value_offset(t), kt);
         }
       }
     }

@@ -21,6 +21,9 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "../ops/checks.h"
 #include "tw_device.cuh"
@@ -29,8 +32,9 @@ namespace tilesparse::cuda {
 
 struct LayoutInfo {
   bool known = false;      // false: not checked (graph capture); sizes below unknown
-  int64_t num_values = 0;  // sum_t g_t * k_t
-  int64_t max_rows = 0;    // max_t k_t
+  int64_t num_values = 0;  // sum_t g_t * slots_t (the length of values)
+  int64_t max_rows = 0;    // max_t slots_t
+  int64_t num_kept = 0;    // sum_t g_t * kept_t (padding excluded)
 };
 
 // Checks the layout against (n, k) as core::validate_layout does on the CPU,
@@ -64,24 +68,47 @@ inline int max_smem_optin() {
 }
 inline int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
-template <typename Kernel>
-void allow_smem(Kernel kernel, int bytes) {
+// Raises a kernel's dynamic shared-memory limit past the default 48 KiB, once
+// per (kernel, device) and size: cudaFuncSetAttribute is not free, and the
+// launchers call this before every launch.
+inline void allow_smem(const void* kernel, int bytes) {
   TORCH_CHECK(bytes <= max_smem_optin(), "tilesparse: kernel needs ", bytes,
               " bytes of shared memory, the device allows ", max_smem_optin());
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  }
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> raised;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  int& done = raised[{kernel, device}];
+  if (bytes <= done) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done = bytes;
 }
 
-// Launches are split along grid.y, which is limited to 65535 blocks.
-constexpr int64_t kMaxGridY = 65535;
+// The launch callable of the torch-free launchers (tw_*_launch.cuh): the
+// current stream, the shared-memory opt-in, and a launch check after each.
+struct CudaLaunch {
+  cudaStream_t stream;
+  template <typename... P, typename... A>
+  void operator()(void (*kernel)(P...), dim3 grid, dim3 block, int smem, A&&... args) const {
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+    allow_smem(reinterpret_cast<const void*>(kernel), smem);
+    kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
-// A layout that keeps every weight is the identity (cols = arange(N), every
-// tile keeps rows = arange(K)), so its values are W itself, row-major [N, K]:
-// the operators then run cuBLAS, as the CPU ones run BLAS. Only known once
-// the layout was checked (not inside graph capture, where the kernels run).
+inline DeviceCaps device_caps() { return DeviceCaps{max_smem_optin(), num_sms()}; }
+
+
+// A layout that keeps every weight without padding is the identity (cols =
+// arange(N), every tile keeps rows = arange(K)), so its values are W itself,
+// row-major [N, K]: the operators then run cuBLAS, as the CPU ones run BLAS.
+// Only known once the layout was checked (not inside graph capture, where
+// the kernels run).
 inline bool keeps_everything(const LayoutInfo& info, int64_t n, int64_t k) {
-  return info.known && n > 0 && k > 0 && info.num_values == n * k;
+  return info.known && n > 0 && k > 0 && info.num_values == n * k && info.num_kept == n * k;
 }
 
 // The values' checks of the CPU operators (dimension, device, dtype, count).

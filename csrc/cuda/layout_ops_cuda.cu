@@ -128,7 +128,7 @@ LayoutInfo check_layout_cuda(const LayoutArgs& l, int64_t n, int64_t k) {
   if (use_cache && lookup(l, n, k, &info)) return info;
 
   const DevLayout dl = dev_layout(l);
-  at::Tensor out = at::zeros({3}, l.cols.options().dtype(at::kLong));
+  at::Tensor out = at::zeros({4}, l.cols.options().dtype(at::kLong));
   auto* o = reinterpret_cast<unsigned long long*>(out.data_ptr<int64_t>());
   const int64_t count = std::max<int64_t>(std::max(nc, nt), 1);
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(count, 256), 1024));
@@ -146,6 +146,7 @@ LayoutInfo check_layout_cuda(const LayoutArgs& l, int64_t n, int64_t k) {
   info.known = true;
   info.num_values = h[kNumValues];
   info.max_rows = h[kMaxRows];
+  info.num_kept = h[kNumKept];
   if (use_cache) insert(l, n, k, info);
   return info;
 }
@@ -207,13 +208,15 @@ at::Tensor tw_unpack_cuda(const at::Tensor& values, const at::Tensor& cols, cons
   return dense;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layout_from_mask_cuda(const at::Tensor& mask, int64_t tile) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("tilesparse::layout_from_mask", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t)>();
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layout_from_mask_cuda(const at::Tensor& mask, int64_t tile,
+                                                                     int64_t pad) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("tilesparse::layout_from_mask", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t)>();
   TS_CHECK_DTYPE(mask, at::kBool);
   TS_CHECK_DIM(mask, 2);
-  auto [c, ro, r] = op.redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), mask.detach().cpu(), tile);
+  auto [c, ro, r] = op.redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), mask.detach().cpu(), tile, pad);
   return {c.to(mask.device()), ro.to(mask.device()), r.to(mask.device())};
 }
 

@@ -36,25 +36,6 @@ struct GradInputParams {
   bool gy_vec, v_vec, gx_vec;
 };
 
-// bounds[t, c] = number of rows_t entries < c * kc (binary search; for
-// malformed, unsorted rows any value in [0, kt] results, which stays safe).
-static __global__ void chunk_bounds_kernel(DevLayout l, int64_t k, int32_t kc, int32_t nkc, int32_t* bounds) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t per = nkc + 1;
-  if (i >= l.num_tiles * per) return;
-  const int64_t t = i / per, c = i % per;
-  const int64_t lo = clamp64(l.row_offsets[t], 0, l.num_rows);
-  const int64_t hi = clamp64(l.row_offsets[t + 1], lo, l.num_rows);
-  const int64_t target = c * kc;
-  int64_t a = 0, b = hi - lo;  // first p in [a, b) with rows[lo + p] >= target
-  while (a < b) {
-    const int64_t mid = (a + b) / 2;
-    if (l.rows[lo + mid] < target) a = mid + 1;
-    else b = mid;
-  }
-  bounds[i] = static_cast<int32_t>(a);
-}
-
 // ---------------------------------------------------------------------------
 // Tensor-core kernel (T = __half or __nv_bfloat16).
 // ---------------------------------------------------------------------------
@@ -119,8 +100,9 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_grad_input_mma_ke
       const TileInfo ti = tile_info(p.layout, t, p.nv, p.k);
       if (!ti.ok) continue;
       const int32_t* b = p.bounds + t * (p.nkc + 1) + chunk;
-      const int plo = static_cast<int>(clamp64(b[0], 0, ti.kt));
-      const int phi = static_cast<int>(clamp64(b[1], plo, ti.kt));
+      // kept features only: a padding slot repeats the last kept feature's column
+      const int plo = static_cast<int>(clamp64(b[0], 0, ti.kr));
+      const int phi = static_cast<int>(clamp64(b[1], plo, ti.kr));
       if (phi > plo) {
         cur.t = t;
         cur.ti = ti;
@@ -310,8 +292,8 @@ __global__ void __launch_bounds__(256) tw_grad_input_simt_kernel(const GradInput
     const TileInfo ti = tile_info(p.layout, t, p.nv, p.k);
     if (!ti.ok) continue;
     const int32_t* b = p.bounds + t * (p.nkc + 1) + chunk;
-    const int plo = static_cast<int>(clamp64(b[0], 0, ti.kt));
-    const int phi = static_cast<int>(clamp64(b[1], plo, ti.kt));
+    const int plo = static_cast<int>(clamp64(b[0], 0, ti.kr));
+    const int phi = static_cast<int>(clamp64(b[1], plo, ti.kr));
     const int cnt = phi - plo < KC ? phi - plo : KC;
     if (cnt <= 0) continue;
     const int32_t* cols_t = p.layout.cols + t * p.layout.tile;

@@ -62,7 +62,9 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_grad_values_mma_k
   const int j0 = jc * BMJ, kk0 = kc * BNK;
   if (!ti.ok || j0 >= ti.g || kk0 >= ti.kt) return;
   const int gv = ti.g - j0 < BMJ ? ti.g - j0 : BMJ;
+  // kv slots are written; x is gathered for the kept ones only, so padding gets zero gradient
   const int kv = ti.kt - kk0 < BNK ? ti.kt - kk0 : BNK;
+  const int kvr = ti.kr - kk0 < kv ? (ti.kr - kk0 > 0 ? ti.kr - kk0 : 0) : kv;
   const int64_t ms = split * p.split_rows;
   const int64_t me = ms + p.split_rows < p.m ? ms + p.split_rows : p.m;
   const int num_k = ms < me ? static_cast<int>((me - ms + BK - 1) / BK) : 0;
@@ -77,7 +79,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_grad_values_mma_k
     const int64_t r0 = ms + static_cast<int64_t>(s) * BK;
     const int rv = me - r0 < BK ? static_cast<int>(me - r0) : BK;
     la.issue(As + (s % STAGES) * BK * LDA, gys, p.ldg, r0, rv, cols_t, 0, gv, p.n, p.gy_vec, tid);
-    lb.issue(Bs + (s % STAGES) * BK * LDB, xs, p.ldx, r0, rv, rows_t, 0, kv, p.k, p.x_vec, tid);
+    lb.issue(Bs + (s % STAGES) * BK * LDB, xs, p.ldx, r0, rv, rows_t, 0, kvr, p.k, p.x_vec, tid);
   };
   auto store = [&](int s) {
     la.store(As + (s % STAGES) * BK * LDA, tid);
@@ -167,7 +169,8 @@ __global__ void __launch_bounds__(256) tw_grad_values_simt_kernel(const GradValu
   const int j0 = jc * BJ, kk0 = kc * BKK;
   if (!ti.ok || j0 >= ti.g || kk0 >= ti.kt) return;
   const int gv = ti.g - j0 < BJ ? ti.g - j0 : BJ;
-  const int kv = ti.kt - kk0 < BKK ? ti.kt - kk0 : BKK;
+  const int kv = ti.kt - kk0 < BKK ? ti.kt - kk0 : BKK;  // slots written
+  const int kvr = ti.kr - kk0 < kv ? (ti.kr - kk0 > 0 ? ti.kr - kk0 : 0) : kv;  // kept: x gathered
   const int64_t ms = split * p.split_rows;
   const int64_t me = ms + p.split_rows < p.m ? ms + p.split_rows : p.m;
   const int32_t* cols_t = p.layout.cols + t * p.layout.tile + j0;
@@ -176,7 +179,7 @@ __global__ void __launch_bounds__(256) tw_grad_values_simt_kernel(const GradValu
   // Each thread loads a fixed column (c) of both tiles: its indices once.
   const int c = tid % 64, rr = tid / 64;
   const int64_t gcol = c < gv ? clamp_index(cols_t[c], p.n) : -1;
-  const int64_t xcol = c < kv ? clamp_index(rows_t[c], p.k) : -1;
+  const int64_t xcol = c < kvr ? clamp_index(rows_t[c], p.k) : -1;
 
   T acc[4][4];
 #pragma unroll

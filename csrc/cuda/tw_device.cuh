@@ -42,9 +42,19 @@ struct DevLayout {
 struct TileInfo {
   int64_t voff;  // offset of the tile's [g, kt] values block
   int32_t lo;    // first index of the tile's rows in `rows`
-  int32_t kt;    // kept input features
+  int32_t kt;    // slots: kept input features plus padding (the block's row length)
+  int32_t kr;    // kept input features (slots [kr, kt) are padding: not weights, skipped)
   int32_t g;     // output features (columns) of the tile
   bool ok;
+};
+
+// Launches are split along grid.y, which is limited to 65535 blocks.
+constexpr int64_t kMaxGridY = 65535;
+
+// What the launch plans need to know about the device.
+struct DeviceCaps {
+  int smem_optin;  // bytes of shared memory a block may opt in to
+  int num_sms;
 };
 
 __device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
@@ -60,14 +70,37 @@ __device__ __forceinline__ TileInfo tile_info(const DevLayout& l, int64_t t, int
   TileInfo ti;
   const int64_t lo = clamp64(l.row_offsets[t], 0, l.num_rows);
   const int64_t hi = clamp64(l.row_offsets[t + 1], lo, l.num_rows);
-  const int64_t kt = hi - lo < k ? hi - lo : k;
+  const int64_t kt = hi - lo;
   const int64_t g = clamp64(l.num_cols - t * l.tile, 0, l.tile);
   ti.voff = l.tile * lo;
   ti.lo = static_cast<int32_t>(lo);
   ti.kt = static_cast<int32_t>(kt);
+  // padding repeats the last kept feature (docs/format.md)
+  int64_t kr = kt;
+  while (kr > 1 && l.rows[lo + kr - 1] == l.rows[lo + kr - 2]) --kr;
+  ti.kr = static_cast<int32_t>(kr);
   ti.g = static_cast<int32_t>(g);
   ti.ok = kt > 0 && g > 0 && ti.voff + g * kt <= nv;
   return ti;
+}
+
+// bounds[t, c] = number of rows_t entries (slots) < c * kc, for c in [0, nkc] (binary search; for
+// malformed, unsorted rows any value in [0, kt] results, which stays safe).
+static __global__ void chunk_bounds_kernel(DevLayout l, int64_t k, int32_t kc, int32_t nkc, int32_t* bounds) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t per = nkc + 1;
+  if (i >= l.num_tiles * per) return;
+  const int64_t t = i / per, c = i % per;
+  const int64_t lo = clamp64(l.row_offsets[t], 0, l.num_rows);
+  const int64_t hi = clamp64(l.row_offsets[t + 1], lo, l.num_rows);
+  const int64_t target = c * kc;
+  int64_t a = 0, b = hi - lo;  // first p in [a, b) with rows[lo + p] >= target
+  while (a < b) {
+    const int64_t mid = (a + b) / 2;
+    if (l.rows[lo + mid] < target) a = mid + 1;
+    else b = mid;
+  }
+  bounds[i] = static_cast<int32_t>(a);
 }
 
 // ---------------------------------------------------------------------------

@@ -64,8 +64,9 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_fwd_mma_kernel(co
   const TileInfo ti = tile_info(p.layout, t, p.nv, p.k);
   if (j0 >= ti.g) return;  // no columns here (also: tiles past the layout)
   const int gv = ti.g - j0 < BN ? ti.g - j0 : BN;
-  const int kt = ti.ok ? ti.kt : 0;
-  const int num_k = (kt + BK - 1) / BK;
+  // the reduction runs over the kr kept features; kt (slots) is V_t's row length
+  const int kr = ti.ok ? ti.kr : 0, kt = ti.kt;
+  const int num_k = (kr + BK - 1) / BK;
   const int rows_valid = p.m - m0 < BM ? static_cast<int>(p.m - m0) : BM;
   const int32_t* cols_t = p.layout.cols + t * p.layout.tile + j0;
   const int32_t* rows_t = p.layout.rows + ti.lo;
@@ -77,8 +78,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_fwd_mma_kernel(co
   TileLoader<BN, BK, THREADS, LDB> lb;
   auto issue = [&](int s) {
     const int kk0 = s * BK;
-    la.issue(As + (s % STAGES) * BM * LDA, xs, p.ldx, m0, rows_valid, rows_t + kk0, 0, kt - kk0, p.k, p.x_vec, tid);
-    lb.issue(Bs + (s % STAGES) * BN * LDB, vt, kt, j0, gv, nullptr, kk0, kt - kk0, kt, v_vec, tid);
+    la.issue(As + (s % STAGES) * BM * LDA, xs, p.ldx, m0, rows_valid, rows_t + kk0, 0, kr - kk0, p.k, p.x_vec, tid);
+    lb.issue(Bs + (s % STAGES) * BN * LDB, vt, kt, j0, gv, nullptr, kk0, kr - kk0, kt, v_vec, tid);
   };
   auto store = [&](int s) {
     la.store(As + (s % STAGES) * BM * LDA, tid);
@@ -198,7 +199,7 @@ __global__ void __launch_bounds__(256) tw_fwd_simt_kernel(const FwdParams<T> p) 
   const TileInfo ti = tile_info(p.layout, t, p.nv, p.k);
   if (j0 >= ti.g) return;
   const int gv = ti.g - j0 < BN ? ti.g - j0 : BN;
-  const int kt = ti.ok ? ti.kt : 0;
+  const int kr = ti.ok ? ti.kr : 0, kt = ti.kt;  // kept features; slots (V_t's row length)
   const int32_t* cols_t = p.layout.cols + t * p.layout.tile + j0;
   const int32_t* rows_t = p.layout.rows + ti.lo;
   const T* vt = p.values + ti.voff;
@@ -209,12 +210,12 @@ __global__ void __launch_bounds__(256) tw_fwd_simt_kernel(const FwdParams<T> p) 
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
 
-  for (int k0 = 0; k0 < kt; k0 += BK) {
+  for (int k0 = 0; k0 < kr; k0 += BK) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int e = tid + 256 * i, kk = e % BK, r = e / BK;
       T xv = T(0), vv = T(0);
-      if (k0 + kk < kt) {
+      if (k0 + kk < kr) {
         if (m0 + r < p.m) xv = p.x[(m0 + r) * p.ldx + clamp_index(rows_t[k0 + kk], p.k)];
         if (r < gv) vv = vt[static_cast<int64_t>(j0 + r) * kt + k0 + kk];
       }
@@ -254,7 +255,7 @@ __global__ void __launch_bounds__(256) tw_fwd_simt_kernel(const FwdParams<T> p) 
 // Output features that no tile computes get bias (or zero): covered[n] marks
 // the features of cols owned by a tile.
 // ---------------------------------------------------------------------------
-__global__ void mark_covered_kernel(const int32_t* cols, int64_t count, int64_t n, uint8_t* covered) {
+static __global__ void mark_covered_kernel(const int32_t* cols, int64_t count, int64_t n, uint8_t* covered) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < count) covered[clamp_index(cols[i], n)] = 1;
 }

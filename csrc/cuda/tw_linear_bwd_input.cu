@@ -7,38 +7,14 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <limits>
+#include <type_traits>
+
 #include "checks_cuda.cuh"
-#include "tw_bwd_input_kernels.cuh"
+#include "tw_bwd_launch.cuh"
 
 namespace tilesparse::cuda {
 namespace {
-
-constexpr int kBM = 128, kNB = 64, kBK = 32, kStages = 3, kWarpsM = 4, kWarpsN = 2;
-
-// Chunk width: a tile should keep about 0.8 * NB features of a chunk (the
-// kept features of a tile are spread over K with average density d), within
-// what shared memory holds.
-int choose_chunk(int64_t k, int64_t num_rows, int64_t num_tiles) {
-  constexpr int pipe = gi_mma_pipe_bytes<kBM, kNB, kBK, kStages>();
-  const int kc_max = ((max_smem_optin() - pipe) / (kBM * 4) - 4) / 8 * 8;
-  TORCH_CHECK(kc_max >= 64, "tw_linear_grad_input: the device has too little shared memory");
-  const double density = num_tiles > 0 && k > 0 ? static_cast<double>(num_rows) / (num_tiles * k) : 1.0;
-  int64_t kc = density > 0 ? static_cast<int64_t>(0.8 * kNB / density) / 8 * 8 : kc_max;
-  kc = std::max<int64_t>(64, std::min<int64_t>(kc, kc_max));
-  kc = std::min<int64_t>(kc, std::max<int64_t>(64, ceil_div(k, 8) * 8));
-  return static_cast<int>(kc);
-}
-
-at::Tensor chunk_bounds(const LayoutArgs& l, int64_t k, int kc, int nkc, cudaStream_t stream) {
-  const int64_t count = l.view.num_tiles * (nkc + 1);
-  at::Tensor bounds = at::empty({std::max<int64_t>(count, 1)}, l.cols.options());
-  if (count > 0) {
-    chunk_bounds_kernel<<<static_cast<unsigned>(ceil_div(count, 256)), 256, 0, stream>>>(
-        dev_layout(l), k, kc, nkc, bounds.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  return bounds;
-}
 
 template <typename T, typename Acc>
 GradInputParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at::Tensor& values, const LayoutArgs& l,
@@ -64,40 +40,14 @@ GradInputParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at:
   return p;
 }
 
-template <typename T>
-void run_mma(GradInputParams<T, float> p, const LayoutArgs& l, cudaStream_t stream) {
-  auto kernel = tw_grad_input_mma_kernel<T, kBM, kNB, kBK, kWarpsM, kWarpsN, kStages>;
-  p.kc = choose_chunk(p.k, p.layout.num_rows, p.layout.num_tiles);
-  p.nkc = static_cast<int32_t>(ceil_div(p.k, p.kc));
-  const at::Tensor bounds = chunk_bounds(l, p.k, p.kc, p.nkc, stream);
-  p.bounds = bounds.data_ptr<int32_t>();
-  const int smem = gi_mma_smem_bytes<kBM, kNB, kBK, kStages>(p.kc);
-  allow_smem(kernel, smem);
-  const int64_t mblocks = ceil_div(p.m, kBM);
-  for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
-    p.mblock_offset = mb;
-    const dim3 grid(static_cast<unsigned>(p.nkc), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY)));
-    kernel<<<grid, kWarpsM * kWarpsN * 32, smem, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-template <typename T>
-void run_simt(GradInputParams<T, T> p, const LayoutArgs& l, cudaStream_t stream) {
-  auto kernel = tw_grad_input_simt_kernel<T>;
-  p.kc = kGiSimtKC;
-  p.nkc = static_cast<int32_t>(ceil_div(p.k, p.kc));
-  const at::Tensor bounds = chunk_bounds(l, p.k, p.kc, p.nkc, stream);
-  p.bounds = bounds.data_ptr<int32_t>();
-  constexpr int smem = gi_simt_smem_bytes<T>();
-  allow_smem(kernel, smem);
-  const int64_t mblocks = ceil_div(p.m, kGiSimtBM);
-  for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
-    p.mblock_offset = mb;
-    const dim3 grid(static_cast<unsigned>(p.nkc), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY)));
-    kernel<<<grid, 256, smem, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+template <typename T, typename Acc>
+void run(GradInputParams<T, Acc> p, const LayoutArgs& l, cudaStream_t stream) {
+  constexpr bool half = !std::is_same_v<T, Acc>;
+  const GradInputPlan plan = plan_grad_input(p.k, p.layout.num_rows, p.layout.num_tiles, half, device_caps());
+  TORCH_CHECK(plan.kc > 0, "tw_linear_grad_input: the device has too little shared memory (",
+              device_caps().smem_optin, " bytes per block)");
+  at::Tensor bounds = at::empty({std::max<int64_t>(plan.bounds_count, 1)}, l.cols.options());
+  run_grad_input(plan, p, bounds.data_ptr<int32_t>(), CudaLaunch{stream});
 }
 
 at::Tensor tw_linear_grad_input_cuda(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& cols,
@@ -129,16 +79,16 @@ at::Tensor tw_linear_grad_input_cuda(const at::Tensor& grad_out, const at::Tenso
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     switch (grad_out.scalar_type()) {
       case at::kHalf:
-        run_mma<__half>(make_params<__half, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        run(make_params<__half, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
         break;
       case at::kBFloat16:
-        run_mma<__nv_bfloat16>(make_params<__nv_bfloat16, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        run(make_params<__nv_bfloat16, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
         break;
       case at::kFloat:
-        run_simt<float>(make_params<float, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        run(make_params<float, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
         break;
       case at::kDouble:
-        run_simt<double>(make_params<double, double>(gy2, ldg, v, l, M, N, K, gx), l, stream);
+        run(make_params<double, double>(gy2, ldg, v, l, M, N, K, gx), l, stream);
         break;
       default:
         TORCH_CHECK_TYPE(false, "tw_linear_grad_input on CUDA supports float16, bfloat16, float32 and float64, got ",

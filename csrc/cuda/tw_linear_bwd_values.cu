@@ -7,32 +7,14 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <type_traits>
 
 #include "checks_cuda.cuh"
-#include "tw_bwd_values_kernels.cuh"
+#include "tw_bwd_launch.cuh"
 
 namespace tilesparse::cuda {
 namespace {
-
-constexpr int kBK = 32, kBNK = 128, kStages = 3;
-
-template <typename T>
-struct ToHalf16 {
-  __device__ uint16_t operator()(float v) const { return Half16<T>::from_float(v); }
-};
-struct Same {
-  template <typename A>
-  __device__ A operator()(A v) const {
-    return v;
-  }
-};
-
-// Splits of M so that about two blocks per SM are busy; at least 512 rows each.
-int64_t choose_splits(int64_t m, int64_t active_blocks) {
-  const int64_t want = ceil_div(2 * num_sms(), std::max<int64_t>(active_blocks, 1));
-  return std::max<int64_t>(1, std::min({want, ceil_div(m, 512), kMaxGridY}));
-}
 
 template <typename T, typename Acc>
 GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at::Tensor& x, int64_t ldx,
@@ -58,65 +40,17 @@ GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at
   return p;
 }
 
-// Shared driver: grid, splits, workspace, reduction. Launch(p, grid) runs the kernel.
-template <typename T, typename Acc, typename Launch, typename Convert>
-void run(GradValuesParams<T, Acc> p, const LayoutInfo& info, int bj, int bk, int row_step, Launch launch,
-         Convert convert, const at::TensorOptions& acc_opts, cudaStream_t stream) {
-  const int64_t T_ = p.layout.num_tiles;
-  p.jchunks = static_cast<int32_t>(ceil_div(p.layout.tile, bj));
-  const int64_t max_k = info.known ? info.max_rows : p.k;
-  p.kchunks = static_cast<int32_t>(std::max<int64_t>(1, ceil_div(max_k, bk)));
-  const int64_t gx = T_ * p.jchunks * p.kchunks;
-  TORCH_CHECK_VALUE(gx <= std::numeric_limits<int32_t>::max(), "tw_linear_grad_values: too many tiles");
-  if (gx == 0) {  // no tiles (only reachable for an unchecked layout inside graph capture)
-    C10_CUDA_CHECK(cudaMemsetAsync(p.out, 0, p.nv * (std::is_same_v<Acc, T> ? sizeof(T) : 2), stream));
-    return;
-  }
-  const int64_t avg_k = T_ > 0 ? p.layout.num_rows / T_ : 0;
-  const int64_t active = T_ * p.jchunks * std::max<int64_t>(1, ceil_div(avg_k, bk));
-  int64_t splits = choose_splits(p.m, active);
-  p.split_rows = ceil_div(ceil_div(p.m, splits), row_step) * row_step;
-  splits = ceil_div(p.m, p.split_rows);
+template <typename T, typename Acc>
+void run(GradValuesParams<T, Acc> p, const LayoutInfo& info, const at::TensorOptions& acc_opts, cudaStream_t stream) {
+  constexpr bool half = !std::is_same_v<T, Acc>;
+  const int64_t max_rows = info.known ? info.max_rows : p.k;
+  const GradValuesPlan plan = plan_grad_values(p.m, p.layout.tile, p.layout.num_tiles, p.layout.num_rows, max_rows,
+                                               p.nv, half, device_caps());
+  TORCH_CHECK_VALUE(p.layout.num_tiles * plan.jchunks * plan.kchunks <= std::numeric_limits<int32_t>::max(),
+                    "tw_linear_grad_values: too many tiles");
   at::Tensor ws;
-  if (splits > 1) {
-    ws = at::empty({splits, p.nv}, acc_opts);
-    p.ws = ws.data_ptr<Acc>();
-  }
-  launch(p, dim3(static_cast<unsigned>(gx), static_cast<unsigned>(splits)));
-  if (splits > 1) {
-    // half types are written as raw uint16_t, fp32/fp64 as themselves
-    using Out = std::conditional_t<std::is_same_v<Acc, T>, T, uint16_t>;
-    const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(p.nv, 256), 8 * num_sms()));
-    reduce_splits_kernel<<<blocks, 256, 0, stream>>>(p.ws, splits, p.nv, reinterpret_cast<Out*>(p.out), convert);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-template <typename T, int BMJ, int WARPS_M, int WARPS_N>
-void run_mma(GradValuesParams<T, float> p, const LayoutInfo& info, const at::TensorOptions& acc_opts,
-             cudaStream_t stream) {
-  constexpr int smem = gv_mma_smem_bytes<BMJ, kBNK, kBK, kStages>();
-  auto kernel = tw_grad_values_mma_kernel<T, BMJ, kBNK, kBK, WARPS_M, WARPS_N, kStages>;
-  allow_smem(kernel, smem);
-  run(
-      p, info, BMJ, kBNK, kBK,
-      [&](const GradValuesParams<T, float>& q, dim3 grid) {
-        kernel<<<grid, WARPS_M * WARPS_N * 32, smem, stream>>>(q);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      },
-      ToHalf16<T>(), acc_opts, stream);
-}
-
-template <typename T>
-void run_simt(GradValuesParams<T, T> p, const LayoutInfo& info, const at::TensorOptions& acc_opts,
-              cudaStream_t stream) {
-  run(
-      p, info, kGvSimtBJ, kGvSimtBK, kGvSimtBM,
-      [&](const GradValuesParams<T, T>& q, dim3 grid) {
-        tw_grad_values_simt_kernel<T><<<grid, 256, 0, stream>>>(q);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      },
-      Same(), acc_opts, stream);
+  if (plan.ws_count > 0) ws = at::empty({plan.ws_count}, acc_opts);
+  run_grad_values(plan, p, plan.ws_count > 0 ? ws.data_ptr<Acc>() : nullptr, CudaLaunch{stream});
 }
 
 at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& cols,
@@ -147,25 +81,19 @@ at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tens
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (grad_out.scalar_type()) {
     case at::kHalf:
-    case at::kBFloat16: {
-      auto go = [&](auto tag) {
-        using T = decltype(tag);
-        const auto p = make_params<T, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv);
-        const auto acc = grad_out.options().dtype(at::kFloat);
-        if (tile <= 64) run_mma<T, 64, 2, 4>(p, info, acc, stream);
-        else run_mma<T, 128, 2, 4>(p, info, acc, stream);
-      };
-      if (grad_out.scalar_type() == at::kHalf) go(__half());
-      else go(__nv_bfloat16());
+      run(make_params<__half, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info,
+          grad_out.options().dtype(at::kFloat), stream);
       break;
-    }
+    case at::kBFloat16:
+      run(make_params<__nv_bfloat16, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info,
+          grad_out.options().dtype(at::kFloat), stream);
+      break;
     case at::kFloat:
-      run_simt<float>(make_params<float, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info,
-                      grad_out.options(), stream);
+      run(make_params<float, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info, grad_out.options(), stream);
       break;
     case at::kDouble:
-      run_simt<double>(make_params<double, double>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info,
-                       grad_out.options(), stream);
+      run(make_params<double, double>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info, grad_out.options(),
+          stream);
       break;
     default:
       TORCH_CHECK_TYPE(false, "tw_linear_grad_values on CUDA supports float16, bfloat16, float32 and float64, got ",

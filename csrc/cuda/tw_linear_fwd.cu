@@ -1,97 +1,50 @@
-// CUDA kernel of tw_linear (forward): argument checks as on the CPU, then
-// one launch over (tiles x column chunks, M-blocks). fp16/bf16: tensor cores
-// (tw_fwd_mma_kernel); fp32/fp64: SIMT (tw_fwd_simt_kernel, fp32 arithmetic
-// like cuBLAS without TF32).
+// CUDA operator tw_linear (forward): argument checks as on the CPU, then the
+// torch-free plan of tw_fwd_launch.cuh on the current stream. fp16/bf16:
+// tensor cores (v2: x once per M-block; v1 where v2 does not apply);
+// fp32/fp64: SIMT (fp32 arithmetic like cuBLAS without TF32).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <optional>
-#include <vector>
+#include <type_traits>
 
 #include "checks_cuda.cuh"
-#include "tw_fwd_kernels.cuh"
+#include "tw_fwd_launch.cuh"
 
 namespace tilesparse::cuda {
 namespace {
 
-constexpr int kBM = 128, kBK = 32, kStages = 3;
-
 template <typename T>
-FwdParams<T> make_params(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const at::Tensor* bias,
-                         at::Tensor& y, const LayoutArgs& l) {
-  FwdParams<T> p;
-  p.x = reinterpret_cast<const T*>(x2.data_ptr());
-  p.ldx = ldx;
-  p.m = x2.size(0);
-  p.k = x2.size(1);
-  p.values = reinterpret_cast<const T*>(values.data_ptr());
-  p.nv = values.numel();
-  p.bias = bias != nullptr ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  p.y = reinterpret_cast<T*>(y.data_ptr());
-  p.ldy = y.size(1);
-  p.n = y.size(1);
-  p.layout = dev_layout(l);
-  p.jchunks = 1;
-  p.mblock_offset = 0;
-  p.x_vec = vec16_ok(p.x, ldx);
-  p.v_vec = vec16_ok(p.values, 0);
-  p.y_vec = vec16_ok(p.y, p.ldy);
-  return p;
-}
-
-template <typename T, int BN, int WARPS_M, int WARPS_N>
-void launch_mma(FwdParams<T> p, cudaStream_t stream) {
-  constexpr int smem = fwd_mma_smem_bytes<kBM, BN, kBK, kStages>();
-  auto kernel = tw_fwd_mma_kernel<T, kBM, BN, kBK, WARPS_M, WARPS_N, kStages>;
-  allow_smem(kernel, smem);
-  p.jchunks = static_cast<int32_t>(ceil_div(p.layout.tile, BN));
-  const int64_t gx = p.layout.num_tiles * p.jchunks;
-  TORCH_CHECK_VALUE(gx <= std::numeric_limits<int32_t>::max(), "tw_linear: too many tiles for one launch");
-  if (gx == 0) return;
-  const int64_t mblocks = ceil_div(p.m, kBM);
-  for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
-    p.mblock_offset = mb;
-    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY)));
-    kernel<<<grid, WARPS_M * WARPS_N * 32, smem, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-template <typename T>
-void launch_simt(FwdParams<T> p, cudaStream_t stream) {
-  p.jchunks = static_cast<int32_t>(ceil_div(p.layout.tile, kSimtBN));
-  const int64_t gx = p.layout.num_tiles * p.jchunks;
-  TORCH_CHECK_VALUE(gx <= std::numeric_limits<int32_t>::max(), "tw_linear: too many tiles for one launch");
-  if (gx == 0) return;
-  const int64_t mblocks = ceil_div(p.m, kSimtBM);
-  for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
-    p.mblock_offset = mb;
-    const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY)));
-    tw_fwd_simt_kernel<T><<<grid, 256, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-// Output features outside cols (2-D TW, or tiles that kept nothing) get bias or zero.
-void fill_uncovered(at::Tensor& y, const LayoutArgs& l, const at::Tensor* bias, cudaStream_t stream) {
-  const int64_t m = y.size(0), n = y.size(1);
-  const int64_t covered_count = std::min(l.cols.numel(), l.view.num_tiles * l.view.tile);
-  if (covered_count == n || m == 0 || n == 0) return;  // cols strictly increasing in [0, n): all covered
-  at::Tensor covered = at::zeros({n}, y.options().dtype(at::kByte));
-  if (covered_count > 0) {
-    mark_covered_kernel<<<static_cast<unsigned>(ceil_div(covered_count, 256)), 256, 0, stream>>>(
-        l.cols.data_ptr<int32_t>(), covered_count, n, covered.data_ptr<uint8_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const dim3 grid(static_cast<unsigned>(ceil_div(n, 256)), static_cast<unsigned>(std::min<int64_t>(m, 1024)));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "tw_linear_fill_cuda", [&] {
-    fill_uncovered_kernel<scalar_t><<<grid, 256, 0, stream>>>(
-        y.data_ptr<scalar_t>(), m, n, n, covered.data_ptr<uint8_t>(),
-        bias != nullptr ? bias->data_ptr<scalar_t>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+void forward(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const at::Tensor* bias, at::Tensor& y,
+             const LayoutArgs& l, cudaStream_t stream) {
+  FwdArgs<T> a;
+  a.x = reinterpret_cast<const T*>(x2.data_ptr());
+  a.ldx = ldx;
+  a.m = x2.size(0);
+  a.k = x2.size(1);
+  a.values = reinterpret_cast<const T*>(values.data_ptr());
+  a.nv = values.numel();
+  a.bias = bias != nullptr ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
+  a.y = reinterpret_cast<T*>(y.data_ptr());
+  a.ldy = y.size(1);
+  a.n = y.size(1);
+  a.layout = dev_layout(l);
+  a.x_vec16 = vec16_ok(a.x, ldx);
+  a.v_vec16 = vec16_ok(a.values, 0);
+  a.v_vec8 = reinterpret_cast<uintptr_t>(a.values) % 8 == 0;
+  a.y_vec16 = vec16_ok(a.y, a.ldy);
+  const bool half = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+  const FwdShape shape{a.m, a.k, a.n, l.view.tile, l.view.num_tiles, l.cols.numel(), half, a.x_vec16};
+  const FwdPlan plan = plan_fwd(shape, device_caps());
+  // one workspace allocation (caching allocator): bounds, then partials, then the covered flags
+  const int64_t bytes = plan.bounds_count * 4 + plan.ws_floats * 4 + plan.covered_bytes;
+  at::Tensor ws = at::empty({std::max<int64_t>(bytes, 1)}, y.options().dtype(at::kByte));
+  uint8_t* base = ws.data_ptr<uint8_t>();
+  const FwdWorkspace w{reinterpret_cast<int32_t*>(base), reinterpret_cast<float*>(base + plan.bounds_count * 4),
+                       base + plan.bounds_count * 4 + plan.ws_floats * 4};
+  run_fwd<T>(plan, a, w, CudaLaunch{stream});
 }
 
 at::Tensor tw_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& cols,
@@ -124,26 +77,11 @@ at::Tensor tw_linear_cuda(const at::Tensor& x, const at::Tensor& values, const a
     const at::Tensor x2 = rows_view(x, M, K, &ldx);
     const at::Tensor v = values.contiguous();
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    fill_uncovered(y, l, bp, stream);
     switch (x.scalar_type()) {
-      case at::kHalf:
-      case at::kBFloat16: {
-        auto run = [&](auto tag) {
-          using T = decltype(tag);
-          const FwdParams<T> p = make_params<T>(x2, ldx, v, bp, y, l);
-          if (tile <= 64) launch_mma<T, 64, 4, 2>(p, stream);
-          else launch_mma<T, 128, 2, 4>(p, stream);
-        };
-        if (x.scalar_type() == at::kHalf) run(__half());
-        else run(__nv_bfloat16());
-        break;
-      }
-      case at::kFloat:
-        launch_simt<float>(make_params<float>(x2, ldx, v, bp, y, l), stream);
-        break;
-      case at::kDouble:
-        launch_simt<double>(make_params<double>(x2, ldx, v, bp, y, l), stream);
-        break;
+      case at::kHalf: forward<__half>(x2, ldx, v, bp, y, l, stream); break;
+      case at::kBFloat16: forward<__nv_bfloat16>(x2, ldx, v, bp, y, l, stream); break;
+      case at::kFloat: forward<float>(x2, ldx, v, bp, y, l, stream); break;
+      case at::kDouble: forward<double>(x2, ldx, v, bp, y, l, stream); break;
       default:
         TORCH_CHECK_TYPE(false, "tw_linear on CUDA supports float16, bfloat16, float32 and float64, got ",
                          x.scalar_type());

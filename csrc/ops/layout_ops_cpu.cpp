@@ -17,13 +17,14 @@ at::Tensor to_int32_tensor(const std::vector<int32_t>& v) {
   return t;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layout_from_mask_cpu(const at::Tensor& mask, int64_t tile) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layout_from_mask_cpu(const at::Tensor& mask, int64_t tile, int64_t pad) {
   TS_CHECK_DTYPE(mask, at::kBool);
   TS_CHECK_DIM(mask, 2);
   TORCH_CHECK_VALUE(tile > 0, "tile must be positive, got ", tile);
+  TORCH_CHECK_VALUE(pad > 0, "pad must be positive, got ", pad);
   const at::Tensor m = mask.contiguous();
   core::OwnedLayout out;
-  const std::string err = core::build_layout(m.data_ptr<bool>(), m.size(0), m.size(1), tile, out);
+  const std::string err = core::build_layout(m.data_ptr<bool>(), m.size(0), m.size(1), tile, pad, out);
   TORCH_CHECK_VALUE(err.empty(), err);
   return {to_int32_tensor(out.cols), to_int32_tensor(out.row_offsets), to_int32_tensor(out.rows)};
 }

@@ -19,7 +19,9 @@ TORCH_LIBRARY(tilesparse, m) {
   m.def("tile_mask_threshold(Tensor scores, int tile, float threshold, float? col_threshold=None, int k_align=1) -> Tensor");
 
   // ---- packed tile format -----------------------------------------------------
-  m.def("layout_from_mask(Tensor mask, int tile) -> (Tensor cols, Tensor row_offsets, Tensor rows)");
+  // pad: each tile's slots are padded to a multiple of pad by repeating its
+  // last kept feature (docs/format.md); padding slots are not weights.
+  m.def("layout_from_mask(Tensor mask, int tile, int pad=8) -> (Tensor cols, Tensor row_offsets, Tensor rows)");
   m.def("tw_pack(Tensor weight, Tensor cols, Tensor row_offsets, Tensor rows, int tile, int num_values) -> Tensor");
   m.def("tw_unpack(Tensor values, Tensor cols, Tensor row_offsets, Tensor rows, int tile, int out_features, int in_features) -> Tensor");
 

@@ -60,11 +60,12 @@ bool use_avx512(at::ScalarType dtype) {
   return choice == nullptr || std::string(choice) != "generic";
 }
 
-// A layout that keeps every weight is the identity (cols = arange(N), every
-// tile keeps rows = arange(K)), so its values are W itself, row-major [N, K]:
-// run it as one dense GEMM.
+// A layout that keeps every weight without padding is the identity (cols =
+// arange(N), every tile keeps rows = arange(K)), so its values are W itself,
+// row-major [N, K]: run it as one dense GEMM. (Slots alone can reach N * K
+// with padding, hence both counts.)
 bool keeps_everything(const LayoutArgs& l, int64_t N, int64_t K) {
-  return N > 0 && K > 0 && core::num_values(l.view) == N * K;
+  return N > 0 && K > 0 && core::num_values(l.view) == N * K && core::num_kept(l.view) == N * K;
 }
 
 void check_values(const at::Tensor& values, const at::Tensor& ref, const LayoutArgs& l) {

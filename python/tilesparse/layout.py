@@ -14,8 +14,15 @@ class TileLayout:
 
     Tile ``t`` owns output features ``cols[t*tile:(t+1)*tile]`` and keeps the
     input features ``rows[row_offsets[t]:row_offsets[t+1]]``; its values are a
-    dense ``[g_t, k_t]`` block, so the tile is one dense GEMM.
+    dense ``[g_t, k_t]`` block, so the tile is one dense GEMM. ``k_t`` counts
+    slots: the kept features, then padding that repeats the last one up to a
+    multiple of ``PAD`` (so the GPU copies whole 16-byte chunks). Padding slots
+    are not weights: the operators ignore their values and give them zero
+    gradient (docs/format.md).
     """
+
+    #: Slots per tile are padded to a multiple of this by :meth:`from_mask`.
+    PAD = 8
 
     cols: Tensor
     row_offsets: Tensor
@@ -33,7 +40,7 @@ class TileLayout:
         """
         if not isinstance(mask, Tensor):
             raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-        cols, row_offsets, rows = torch.ops.tilesparse.layout_from_mask(mask.detach().cpu(), int(tile))
+        cols, row_offsets, rows = torch.ops.tilesparse.layout_from_mask(mask.detach().cpu(), int(tile), cls.PAD)
         layout = cls._build(cols, row_offsets, rows, (mask.shape[0], mask.shape[1]), int(tile))
         return layout.to(mask.device)
 
@@ -55,17 +62,40 @@ class TileLayout:
         return self.cols.device
 
     @property
+    def num_kept(self) -> int:
+        """Kept weights (``num_values`` minus the padding slots)."""
+        return int((self.tile_widths() * self.tile_kept().to(torch.int64)).sum())
+
+    @property
     def density(self) -> float:
         n, k = self.shape
-        return self.num_values / (n * k) if n * k else 1.0
+        return self.num_kept / (n * k) if n * k else 1.0
 
     @property
     def sparsity(self) -> float:
         return 1.0 - self.density
 
     def tile_rows(self) -> Tensor:
-        """Kept input features per tile, ``[T]``."""
+        """Slots per tile (kept input features plus padding), ``[T]``."""
         return self.row_offsets[1:] - self.row_offsets[:-1]
+
+    def tile_kept(self) -> Tensor:
+        """Kept input features per tile (padding excluded), ``[T]``."""
+        rows = self.rows.to(torch.int64)
+        repeat = torch.zeros(rows.numel(), dtype=torch.int64, device=rows.device)
+        if rows.numel() > 1:
+            repeat[1:] = (rows[1:] == rows[:-1]).to(torch.int64)
+        before = torch.cat([repeat.new_zeros(1), repeat.cumsum(0)])  # before[j] = repeats at slots < j
+        lo, hi = self.row_offsets[:-1].to(torch.int64), self.row_offsets[1:].to(torch.int64)
+        # a tile's padding: the repeats at its slots after the first
+        return (hi - lo) - (before[hi] - before[torch.minimum(lo + 1, hi)])
+
+    def tile_widths(self) -> Tensor:
+        """Output features per tile, ``[T]`` (the last tile may be partial)."""
+        g = torch.full((self.num_tiles,), self.tile, dtype=torch.int64, device=self.cols.device)
+        if g.numel():
+            g[-1] = self.cols.numel() - self.tile * (g.numel() - 1)
+        return g
 
     # ---- conversions -------------------------------------------------------
     def to(self, device: Union[str, torch.device]) -> "TileLayout":

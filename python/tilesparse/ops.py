@@ -122,10 +122,11 @@ def _(scores, tile, threshold, col_threshold=None, k_align=1):
 
 
 @torch.library.register_fake("tilesparse::layout_from_mask")
-def _(mask, tile):
+def _(mask, tile, pad=8):
     torch._check(mask.dtype == torch.bool, lambda: f"mask must have dtype torch.bool, got {mask.dtype}")
     torch._check(mask.dim() == 2, lambda: f"mask must be 2-D, got shape {tuple(mask.shape)}")
     torch._check(tile > 0, lambda: f"tile must be positive, got {tile}")
+    torch._check(pad > 0, lambda: f"pad must be positive, got {pad}")
     ctx = torch.library.get_ctx()
     num_cols = ctx.new_dynamic_size()
     num_rows = ctx.new_dynamic_size()

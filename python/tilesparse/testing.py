@@ -68,25 +68,33 @@ def reference_tw_linear(x, weight, mask, bias=None):
     return y
 
 
-def reference_layout(mask: torch.Tensor, tile: int) -> Tuple[List[int], List[int], List[int]]:
-    """(cols, row_offsets, rows) of a tile-wise mask, in plain Python (docs/format.md)."""
+def reference_layout(mask: torch.Tensor, tile: int, pad: int = 8) -> Tuple[List[int], List[int], List[int]]:
+    """(cols, row_offsets, rows) of a tile-wise mask, in plain Python (docs/format.md):
+    each tile's kept features, then its last one repeated up to a multiple of ``pad`` slots."""
     mask = mask.cpu().bool()
     cols = [c for c in range(mask.shape[0]) if bool(mask[c].any())]
     row_offsets, rows = [0], []
     for start in range(0, len(cols), tile):
-        rows += [r for r in range(mask.shape[1]) if bool(mask[cols[start], r])]
+        kept = [r for r in range(mask.shape[1]) if bool(mask[cols[start], r])]
+        if kept:
+            kept += [kept[-1]] * (-len(kept) % pad)
+        rows += kept
         row_offsets.append(len(rows))
     return cols, row_offsets, rows
 
 
 def reference_pack(weight: torch.Tensor, cols: Sequence[int], row_offsets: Sequence[int], rows: Sequence[int],
                    tile: int) -> torch.Tensor:
-    """Packed values per docs/format.md, built block by block in Python."""
+    """Packed values per docs/format.md, built block by block in Python (zero in padding slots)."""
     blocks = []
     for t in range(len(row_offsets) - 1):
         tc = list(cols[t * tile:(t + 1) * tile])
         tr = list(rows[row_offsets[t]:row_offsets[t + 1]])
-        blocks.append(weight.cpu()[tc][:, tr].reshape(-1))
+        block = weight.cpu()[tc][:, tr].clone()
+        for i in range(1, len(tr)):
+            if tr[i] == tr[i - 1]:  # padding: the last kept feature repeated
+                block[:, i] = 0
+        blocks.append(block.reshape(-1))
     if not blocks:
         return weight.new_empty((0,)).cpu()
     return torch.cat(blocks)

@@ -43,9 +43,9 @@ Mask random_tw_mask(int64_t n, int64_t k, int64_t tile, double col_density, doub
   return mask;
 }
 
-OwnedLayout build(const Mask& mask, int64_t tile) {
+OwnedLayout build(const Mask& mask, int64_t tile, int64_t pad = 1) {
   OwnedLayout l;
-  const std::string err = build_layout(mask.m.get(), mask.n, mask.k, tile, l);
+  const std::string err = build_layout(mask.m.get(), mask.n, mask.k, tile, pad, l);
   INFO(err);
   REQUIRE(err.empty());
   return l;
@@ -103,14 +103,15 @@ TEST_CASE("build_layout rejects bad input with a message", "[layout]") {
   Mask mask(4, 3);
   mask.at(0, 0) = mask.at(1, 1) = true;
   OwnedLayout l;
-  CHECK_THAT(build_layout(mask.m.get(), 4, 3, 0, l), Catch::Contains("tile must be positive, got 0"));
-  CHECK_THAT(build_layout(mask.m.get(), 4, 3, -2, l), Catch::Contains("tile must be positive, got -2"));
-  const std::string err = build_layout(mask.m.get(), 4, 3, 2, l);
+  CHECK_THAT(build_layout(mask.m.get(), 4, 3, 0, 1, l), Catch::Contains("tile must be positive, got 0"));
+  CHECK_THAT(build_layout(mask.m.get(), 4, 3, -2, 1, l), Catch::Contains("tile must be positive, got -2"));
+  CHECK_THAT(build_layout(mask.m.get(), 4, 3, 1, 0, l), Catch::Contains("pad must be positive, got 0"));
+  const std::string err = build_layout(mask.m.get(), 4, 3, 2, 8, l);
   CHECK_THAT(err, Catch::Contains("not tile-wise for tile=2"));
   CHECK_THAT(err, Catch::Contains("output feature 1"));
   CHECK_THAT(err, Catch::Contains("output feature 0"));
   CHECK_THAT(err, Catch::Contains("first difference at input feature 0"));
-  CHECK(build_layout(mask.m.get(), 4, 3, 1, l).empty());  // tile 1: always tile-wise
+  CHECK(build_layout(mask.m.get(), 4, 3, 1, 8, l).empty());  // tile 1: always tile-wise
 }
 
 TEST_CASE("build_layout round trip on random masks", "[layout]") {
@@ -118,10 +119,11 @@ TEST_CASE("build_layout round trip on random masks", "[layout]") {
   for (int iter = 0; iter < 200; ++iter) {
     const int64_t n = rng() % 30, k = 1 + rng() % 20, tile = 1 + rng() % 9;
     const Mask mask = random_tw_mask(n, k, tile, 0.3 + 0.7 * (rng() % 2), 0.5, rng());
-    const OwnedLayout l = build(mask, tile);
+    const int64_t pad = iter % 2 ? 8 : 1;
+    const OwnedLayout l = build(mask, tile, pad);
     const LayoutView v = l.view(tile);
     REQUIRE(validate_layout(v, n, k).empty());
-    // unpack of all-ones is the mask again
+    // unpack of all-ones is the mask again (padding slots ignored)
     std::vector<uint8_t> ones(num_values(v), 1), dense(n * k, 0);
     unpack<uint8_t>(v, ones.data(), k, dense.data());
     int64_t kept = 0;
@@ -129,8 +131,71 @@ TEST_CASE("build_layout round trip on random masks", "[layout]") {
       REQUIRE(dense[i] == (mask.m[i] ? 1 : 0));
       kept += mask.m[i];
     }
-    REQUIRE(num_values(v) == kept);
+    REQUIRE(num_kept(v) == kept);
+    for (int64_t t = 0; t < v.num_tiles; ++t) {
+      REQUIRE(v.tile_rows(t) % pad == 0);
+      REQUIRE(v.tile_rows(t) - v.tile_kept(t) < pad);
+    }
+    if (pad == 1) REQUIRE(num_values(v) == kept);
   }
+}
+
+TEST_CASE("build_layout pads each tile to a multiple of pad with its last kept feature", "[layout]") {
+  // [5, 20] weight, tile 2: tile 0 keeps {1, 4, 19} (3 -> 8 slots), tile 1
+  // keeps 16 features (no padding), tile 2 keeps nothing but feature 4
+  // is pruned entirely, so it has no tile.
+  Mask mask(5, 20);
+  for (int c : {0, 1})
+    for (int r : {1, 4, 19}) mask.at(c, r) = true;
+  for (int c : {2, 3})
+    for (int r = 0; r < 16; ++r) mask.at(c, r) = true;
+  const OwnedLayout l = build(mask, 2, 8);
+  CHECK(l.cols == std::vector<int32_t>{0, 1, 2, 3});
+  CHECK(l.row_offsets == std::vector<int32_t>{0, 8, 24});
+  CHECK(std::vector<int32_t>(l.rows.begin(), l.rows.begin() + 8) == std::vector<int32_t>{1, 4, 19, 19, 19, 19, 19, 19});
+  const LayoutView v = l.view(2);
+  CHECK(v.tile_rows(0) == 8);
+  CHECK(v.tile_kept(0) == 3);
+  CHECK(v.tile_kept(1) == 16);
+  CHECK(num_values(v) == 2 * 8 + 2 * 16);
+  CHECK(num_kept(v) == 2 * 3 + 2 * 16);
+  REQUIRE(validate_layout(v, 5, 20).empty());
+
+  // pack writes zero into padding; unpack ignores it (even when non-zero)
+  std::vector<float> w(5 * 20);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = 1.0f + static_cast<float>(i);
+  std::vector<float> values(num_values(v), -7.f);
+  pack<float>(v, w.data(), 20, values.data());
+  for (int j = 0; j < 2; ++j) {
+    CHECK(values[j * 8 + 0] == w[j * 20 + 1]);
+    CHECK(values[j * 8 + 2] == w[j * 20 + 19]);
+    for (int r = 3; r < 8; ++r) CHECK(values[j * 8 + r] == 0.f);
+  }
+  values[5] = 123.f;  // a padding slot
+  std::vector<float> dense(5 * 20, 0.f);
+  unpack<float>(v, values.data(), 20, dense.data());
+  CHECK(dense[0 * 20 + 19] == w[19]);
+  zero_padding<float>(v, values.data());
+  CHECK(values[5] == 0.f);
+  // a mask keeping all 20 features of a [1, 20] weight pads past k (24 slots): valid
+  Mask all(1, 20);
+  for (int r = 0; r < 20; ++r) all.at(0, r) = true;
+  const OwnedLayout la = build(all, 4, 8);
+  CHECK(la.rows.size() == 24);
+  CHECK(validate_layout(la.view(4), 1, 20).empty());
+  CHECK(la.view(4).tile_kept(0) == 20);
+}
+
+TEST_CASE("validate_layout: padding only at a tile's end, only repeating its last feature", "[layout]") {
+  OwnedLayout l;
+  l.cols = {0};
+  l.row_offsets = {0, 5};
+  l.rows = {1, 3, 3, 3, 3};
+  CHECK(validate_layout(l.view(4), 1, 6).empty());
+  l.rows = {1, 3, 3, 4, 4};  // a repeat, then a new feature
+  CHECK_THAT(validate_layout(l.view(4), 1, 6), Catch::Contains("rows[2] = 3 repeats the entry before it"));
+  l.rows = {1, 3, 2, 2, 2};
+  CHECK_THAT(validate_layout(l.view(4), 1, 6), Catch::Contains("rows[2] = 2 follows 3"));
 }
 
 TEST_CASE("LayoutView helpers", "[layout]") {
@@ -190,8 +255,8 @@ TEST_CASE("validate_layout: every error path", "[layout]") {
   check(l, 4, 10, 6, "row_offsets must be non-decreasing within [0, len(rows)], but row_offsets[1:3] = [3, 11]");
   l = ok;
   l.row_offsets = {0, 3, 3, 10};
-  l.rows = {0, 2, 5, 0, 1, 2, 3, 4, 5, 5};  // tile 2 keeps 7 rows > k = 6
-  check(l, 4, 10, 6, "tile 2 keeps 7 rows but in_features is 6");
+  l.rows = {0, 2, 5, 0, 1, 2, 3, 4, 5, 6};  // tile 2 would keep 7 rows > k = 6
+  check(l, 4, 10, 6, "rows[9] = 6 is out of range [0, 6)");
   l = ok;
   l.rows[3] = 6;
   check(l, 4, 10, 6, "rows[3] = 6 is out of range [0, 6)");
@@ -203,7 +268,8 @@ TEST_CASE("validate_layout: every error path", "[layout]") {
   check(l, 4, 10, 6, "rows must be strictly increasing within a tile, but rows[1] = 0 follows 2 in tile 0");
   l = ok;
   l.rows[5] = l.rows[4];
-  check(l, 4, 10, 6, "rows must be strictly increasing within a tile, but rows[5] = 0 follows 0 in tile 2");
+  check(l, 4, 10, 6, "rows must be strictly increasing within a tile, but rows[5] = 0 repeats the entry before it "
+                     "and is followed by rows[6] = 2 in tile 2");
 }
 
 TEST_CASE("validate_layout accepts tiles that keep no rows and the empty layout", "[layout]") {

@@ -40,8 +40,9 @@ struct Problem {
 // regrouped into tiles, random rows per tile; tile 0 keeps every row (the
 // kernels' no-gather path). With drop_tile >= 0 that tile's rows are removed
 // afterwards (k_t = 0, which build_layout never produces).
+// Layouts are padded to multiples of `pad` slots (docs/format.md) unless pad = 1.
 Problem make_problem(const std::string& name, int64_t n, int64_t k, int64_t tile, double col_density,
-                     double row_density, uint64_t seed, int64_t drop_tile = -1) {
+                     double row_density, uint64_t seed, int64_t drop_tile = -1, int64_t pad = 8) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(0.0, 1.0);
   std::unique_ptr<bool[]> mask(new bool[std::max<int64_t>(1, n * k)]());
@@ -57,7 +58,7 @@ Problem make_problem(const std::string& name, int64_t n, int64_t k, int64_t tile
       for (int64_t r = 0; r < k; ++r) mask[cols[j] * k + r] = keep[r];
   }
   Problem p{name, n, k, tile, {}};
-  const std::string err = build_layout(mask.get(), n, k, tile, p.layout);
+  const std::string err = build_layout(mask.get(), n, k, tile, pad, p.layout);
   REQUIRE(err.empty());
   if (drop_tile >= 0 && drop_tile + 1 < static_cast<int64_t>(p.layout.row_offsets.size())) {
     auto& ro = p.layout.row_offsets;
@@ -81,11 +82,17 @@ std::vector<Problem> problems() {
   out.push_back(make_problem("tile 1", 10, 9, 1, 0.7, 0.3, 7));
   // large K: the row block shrinks to 32 rows for double
   out.push_back(make_problem("large K", 20, 3000, 8, 0.8, 0.3, 8));
+  out.push_back(make_problem("unpadded layout (pad 1)", 33, 21, 8, 0.8, 0.45, 9, -1, /*pad=*/1));
   return out;
 }
 
+// Slot r of a tile is padding when it repeats the slot before it (docs/format.md).
+bool is_padding(const OwnedLayout& l, int64_t t, int64_t r) {
+  return r > 0 && l.rows[l.row_offsets[t] + r] == l.rows[l.row_offsets[t] + r - 1];
+}
+
 // Dense W[n, k] (zeros where pruned) from the packed values, by the format's
-// definition, with naive loops.
+// definition, with naive loops; padding slots are not weights.
 template <typename T>
 std::vector<double> dense_weight(const Problem& p, const std::vector<T>& values) {
   const auto& l = p.layout;
@@ -96,8 +103,9 @@ std::vector<double> dense_weight(const Problem& p, const std::vector<T>& values)
     const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
     for (int64_t j = 0; j < g; ++j)
       for (int64_t r = 0; r < kt; ++r)
-        w[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]] =
-            static_cast<double>(values[p.tile * l.row_offsets[t] + j * kt + r]);
+        if (!is_padding(l, t, r))
+          w[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]] =
+              static_cast<double>(values[p.tile * l.row_offsets[t] + j * kt + r]);
   }
   return w;
 }
@@ -112,7 +120,8 @@ std::vector<double> packed(const Problem& p, const std::vector<double>& dense) {
     const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
     for (int64_t j = 0; j < g; ++j)
       for (int64_t r = 0; r < kt; ++r)
-        v[p.tile * l.row_offsets[t] + j * kt + r] = dense[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]];
+        v[p.tile * l.row_offsets[t] + j * kt + r] =
+            is_padding(l, t, r) ? 0.0 : dense[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]];
   }
   return v;
 }

@@ -166,7 +166,7 @@ def _corrupt(layout, what):
         tile = 3; pat = r"row_offsets must have ceil\(len\(cols\) / tile\) \+ 1"
     elif what == "tile_too_many_rows":
         ro = torch.tensor([0] + [7] * layout.num_tiles, dtype=torch.int32); r = torch.arange(7, dtype=torch.int32)
-        pat = "tile 0 keeps 7 rows but in_features is 6"
+        pat = r"rows\[6\] = 6 is out of range \[0, 6\)"
     elif what == "tile_zero":
         tile = 0; pat = "tile must be positive, got 0"
     elif what == "tile_negative":

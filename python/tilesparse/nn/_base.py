@@ -101,11 +101,12 @@ class TileSparseBase(nn.Module):
         cols, ros, rows, meta = [], [], [], []
         if dev.type == "meta":  # no data: the dense layout's shapes (a new module's all-ones mask)
             t = -(-self._n_g // self.tile)
+            slots = -(-self._k // TileLayout.PAD) * TileLayout.PAD  # every tile keeps all K, padded
             for g in range(self.groups):
                 cols.append(torch.empty(self._n_g, dtype=torch.int32))
                 ros.append(torch.empty(t + 1, dtype=torch.int32))
-                rows.append(torch.empty(t * self._k, dtype=torch.int32))
-                meta.append((self._n_g, t + 1, t * self._k, self._n_g * self._k))
+                rows.append(torch.empty(t * slots, dtype=torch.int32))
+                meta.append((self._n_g, t + 1, t * slots, self._n_g * slots))
         else:
             mask = self.gemm_view(self.mask).detach().cpu()
             for g in range(self.groups):
@@ -136,13 +137,18 @@ class TileSparseBase(nn.Module):
 
     @property
     def num_values(self) -> int:
-        """Kept weights: condensed tile values plus the TEW residue."""
+        """Stored values: condensed tile values (padding slots included) plus the TEW residue."""
         return sum(m[3] for m in self._meta) + self._nnz_residue
+
+    @property
+    def num_kept(self) -> int:
+        """Kept weights: the tiles' kept weights (padding excluded) plus the TEW residue."""
+        return sum(self.layout(g).num_kept for g in range(self.groups)) + self._nnz_residue
 
     @property
     def density(self) -> float:
         total = self.groups * self._n_g * self._k
-        return self.num_values / total if total else 1.0
+        return self.num_kept / total if total else 1.0
 
     @property
     def sparsity(self) -> float:

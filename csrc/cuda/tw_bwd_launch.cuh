@@ -1,0 +1,178 @@
+// Launch configuration of the two backward operators, torch-free, in the
+// style of tw_fwd_launch.cuh: plan_* decides chunking, splits and workspace;
+// run_* issues the launches through a `launch(kernel, grid, block, smem,
+// params...)` callable (the current CUDA stream, or the host emulation).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "tw_bwd_input_kernels.cuh"
+#include "tw_bwd_values_kernels.cuh"
+#include "tw_device.cuh"
+
+namespace tilesparse::cuda {
+
+inline int64_t bwd_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------------------
+// grad_input: gx[m, k] = sum_t scatter(gy[:, cols_t] @ V_t)
+// ---------------------------------------------------------------------------
+constexpr int kGiBM = 128, kGiNB = 64, kGiBK = 32, kGiStages = 3, kGiWarpsM = 4, kGiWarpsN = 2;
+
+enum class GradInputKernel : int { kSimt = 0, kMma = 1 };
+inline const char* grad_input_kernel_name(GradInputKernel k) { return k == GradInputKernel::kMma ? "mma" : "simt"; }
+
+struct GradInputPlan {
+  GradInputKernel kernel;
+  int kc;                    // chunk width of K per block
+  int nkc;                   // chunks
+  int smem;                  // dynamic shared memory per block
+  int64_t bounds_count;      // int32 workspace
+};
+
+// kc: a tile should keep about 0.8 * NB features of a chunk (kept features
+// spread over K with average density num_rows / (num_tiles * k)), within
+// what shared memory holds. Returns kc = 0 when shared memory is too small.
+inline GradInputPlan plan_grad_input(int64_t k, int64_t num_rows, int64_t num_tiles, bool half,
+                                     const DeviceCaps& caps) {
+  GradInputPlan p{};
+  if (!half) {
+    p.kernel = GradInputKernel::kSimt;
+    p.kc = kGiSimtKC;
+    p.smem = 0;  // set by run_grad_input (depends on the element size)
+  } else {
+    p.kernel = GradInputKernel::kMma;
+    constexpr int pipe = gi_mma_pipe_bytes<kGiBM, kGiNB, kGiBK, kGiStages>();
+    const int kc_max = ((caps.smem_optin - pipe) / (kGiBM * 4) - 4) / 8 * 8;
+    if (kc_max < 64) return p;  // kc = 0: the caller reports the device as too small
+    const double density = num_tiles > 0 && k > 0 ? static_cast<double>(num_rows) / (num_tiles * k) : 1.0;
+    int64_t kc = density > 0 ? static_cast<int64_t>(0.8 * kGiNB / density) / 8 * 8 : kc_max;
+    kc = std::max<int64_t>(64, std::min<int64_t>(kc, kc_max));
+    kc = std::min<int64_t>(kc, std::max<int64_t>(64, bwd_ceil_div(k, 8) * 8));
+    p.kc = static_cast<int>(kc);
+    p.smem = gi_mma_smem_bytes<kGiBM, kGiNB, kGiBK, kGiStages>(p.kc);
+  }
+  p.nkc = static_cast<int>(bwd_ceil_div(k, p.kc));
+  p.bounds_count = num_tiles * (p.nkc + 1);
+  return p;
+}
+
+template <typename T, typename Acc, typename Launch>
+void run_grad_input(const GradInputPlan& plan, GradInputParams<T, Acc> p, int32_t* bounds, Launch&& launch) {
+  const int64_t count = p.layout.num_tiles * (plan.nkc + 1);
+  if (count > 0)
+    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(bwd_ceil_div(count, 256))), dim3(256), 0, p.layout, p.k,
+           static_cast<int32_t>(plan.kc), static_cast<int32_t>(plan.nkc), bounds);
+  p.bounds = bounds;
+  p.kc = plan.kc;
+  p.nkc = plan.nkc;
+  auto go = [&](auto kernel, int bm, int threads, int smem) {
+    const int64_t mblocks = bwd_ceil_div(p.m, bm);
+    for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
+      p.mblock_offset = mb;
+      launch(kernel, dim3(static_cast<unsigned>(p.nkc), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY))),
+             dim3(threads), smem, p);
+    }
+  };
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    go(tw_grad_input_simt_kernel<T>, kGiSimtBM, 256, gi_simt_smem_bytes<T>());
+  } else {
+    go(tw_grad_input_mma_kernel<T, kGiBM, kGiNB, kGiBK, kGiWarpsM, kGiWarpsN, kGiStages>, kGiBM,
+       kGiWarpsM * kGiWarpsN * 32, plan.smem);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// grad_values: gV_t = gy[:, cols_t]^T @ x[:, rows_t], a reduction over M
+// ---------------------------------------------------------------------------
+constexpr int kGvBK = 32, kGvBNK = 128, kGvStages = 3;
+
+enum class GradValuesKernel : int { kSimt = 0, kMma64 = 1, kMma128 = 2 };
+inline const char* grad_values_kernel_name(GradValuesKernel k) {
+  return k == GradValuesKernel::kSimt ? "simt" : (k == GradValuesKernel::kMma64 ? "mma_bmj64" : "mma_bmj128");
+}
+
+struct GradValuesPlan {
+  GradValuesKernel kernel;
+  int bj, bk, row_step;   // block shape: outputs x kept features; rows per M step
+  int jchunks, kchunks;
+  int64_t splits;         // M-splits (grid.y)
+  int64_t split_rows;
+  int64_t ws_count;       // Acc workspace [splits, nv] when splits > 1
+};
+
+// max_rows: the largest tile's slot count (known once the layout was checked; else k).
+inline GradValuesPlan plan_grad_values(int64_t m, int64_t tile, int64_t num_tiles, int64_t num_rows, int64_t max_rows,
+                                       int64_t nv, bool half, const DeviceCaps& caps) {
+  GradValuesPlan p{};
+  if (half) {
+    p.kernel = tile <= 64 ? GradValuesKernel::kMma64 : GradValuesKernel::kMma128;
+    p.bj = tile <= 64 ? 64 : 128;
+    p.bk = kGvBNK;
+    p.row_step = kGvBK;
+  } else {
+    p.kernel = GradValuesKernel::kSimt;
+    p.bj = kGvSimtBJ;
+    p.bk = kGvSimtBK;
+    p.row_step = kGvSimtBM;
+  }
+  p.jchunks = static_cast<int>(bwd_ceil_div(tile, p.bj));
+  p.kchunks = static_cast<int>(std::max<int64_t>(1, bwd_ceil_div(max_rows, p.bk)));
+  // Splits of M so that about two blocks per SM are busy; at least 512 rows each.
+  const int64_t avg_k = num_tiles > 0 ? num_rows / num_tiles : 0;
+  const int64_t active = std::max<int64_t>(1, num_tiles * p.jchunks * std::max<int64_t>(1, bwd_ceil_div(avg_k, p.bk)));
+  const int64_t want = bwd_ceil_div(2 * caps.num_sms, active);
+  int64_t splits = std::max<int64_t>(1, std::min({want, bwd_ceil_div(m, 512), kMaxGridY}));
+  p.split_rows = std::max<int64_t>(p.row_step, bwd_ceil_div(bwd_ceil_div(m, splits), p.row_step) * p.row_step);
+  p.splits = std::max<int64_t>(1, bwd_ceil_div(m, p.split_rows));
+  p.ws_count = p.splits > 1 ? p.splits * nv : 0;
+  return p;
+}
+
+template <typename T>
+struct ToHalf16 {
+  __device__ uint16_t operator()(float v) const { return Half16<T>::from_float(v); }
+};
+struct SameValue {
+  template <typename A>
+  __device__ A operator()(A v) const {
+    return v;
+  }
+};
+
+template <typename T, typename Acc, typename Launch>
+void run_grad_values(const GradValuesPlan& plan, GradValuesParams<T, Acc> p, Acc* ws, Launch&& launch) {
+  const int64_t gx = p.layout.num_tiles * plan.jchunks * plan.kchunks;
+  if (gx == 0 || p.nv == 0) return;
+  p.jchunks = plan.jchunks;
+  p.kchunks = plan.kchunks;
+  p.split_rows = plan.split_rows;
+  p.ws = plan.splits > 1 ? ws : nullptr;
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(plan.splits));
+  constexpr bool simt = std::is_same_v<T, float> || std::is_same_v<T, double>;
+  if constexpr (simt) {
+    launch(tw_grad_values_simt_kernel<T>, grid, dim3(256), 0, p);
+  } else if (plan.kernel == GradValuesKernel::kMma64) {
+    launch(tw_grad_values_mma_kernel<T, 64, kGvBNK, kGvBK, 2, 4, kGvStages>, grid, dim3(256),
+           gv_mma_smem_bytes<64, kGvBNK, kGvBK, kGvStages>(), p);
+  } else {
+    launch(tw_grad_values_mma_kernel<T, 128, kGvBNK, kGvBK, 2, 4, kGvStages>, grid, dim3(256),
+           gv_mma_smem_bytes<128, kGvBNK, kGvBK, kGvStages>(), p);
+  }
+  if (plan.splits > 1) {
+    // half types are written as raw uint16_t, fp32/fp64 as themselves
+    using Out = std::conditional_t<simt, T, uint16_t>;
+    const int64_t blocks = std::min<int64_t>(bwd_ceil_div(p.nv, 256), 4096);
+    if constexpr (simt) {
+      launch(reduce_splits_kernel<T, Acc, SameValue>, dim3(static_cast<unsigned>(blocks)), dim3(256), 0,
+             const_cast<const Acc*>(p.ws), plan.splits, p.nv, reinterpret_cast<Out*>(p.out), SameValue());
+    } else {
+      launch(reduce_splits_kernel<Out, Acc, ToHalf16<T>>, dim3(static_cast<unsigned>(blocks)), dim3(256), 0,
+             const_cast<const Acc*>(p.ws), plan.splits, p.nv, reinterpret_cast<Out*>(p.out), ToHalf16<T>());
+    }
+  }
+}
+
+}  // namespace tilesparse::cuda

@@ -1,0 +1,226 @@
+// Shared helpers of the emulated kernel tests: element types, exactly sized
+// 16-byte aligned buffers (AddressSanitizer sees every overrun), random
+// tile-wise problems in the packed format, and the format's definition as a
+// dense weight (the tests' independent reference). Include after emu_cuda.h.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tile_layout.h"
+#include "cuda/tw_device.cuh"
+
+namespace tilesparse::emu_testing {
+
+// The launch callable of the torch-free launchers, running the emulation.
+struct EmuLaunch {
+  template <typename... P, typename... A>
+  void operator()(void (*kernel)(P...), dim3 grid, dim3 block, int smem, A&&... args) const {
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+    emu::launch(kernel, grid, block, static_cast<size_t>(smem), std::forward<A>(args)...);
+  }
+};
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<__nv_bfloat16> {
+  static constexpr const char* name = "bf16";
+  static constexpr bool is_half = true;
+  static constexpr double rel_tol = 1.0 / 128;  // one rounding to 8 significant bits, with margin
+  static __nv_bfloat16 from(double v) { return __float2bfloat16_rn(static_cast<float>(v)); }
+  static double to(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __nv_bfloat16 nan() { return __ushort_as_bfloat16(0x7fc0); }
+};
+template <>
+struct Elem<__half> {
+  static constexpr const char* name = "fp16";
+  static constexpr bool is_half = true;
+  static constexpr double rel_tol = 1.0 / 1024;
+  static __half from(double v) { return __float2half_rn(static_cast<float>(v)); }
+  static double to(__half v) { return __half2float(v); }
+  static __half nan() { return __ushort_as_half(0x7e00); }
+};
+template <>
+struct Elem<float> {
+  static constexpr const char* name = "fp32";
+  static constexpr bool is_half = false;
+  static constexpr double rel_tol = 1e-6;
+  static float from(double v) { return static_cast<float>(v); }
+  static double to(float v) { return v; }
+  static float nan() { return std::numeric_limits<float>::quiet_NaN(); }
+};
+template <>
+struct Elem<double> {
+  static constexpr const char* name = "fp64";
+  static constexpr bool is_half = false;
+  static constexpr double rel_tol = 1e-12;
+  static double from(double v) { return v; }
+  static double to(double v) { return v; }
+  static double nan() { return std::numeric_limits<double>::quiet_NaN(); }
+};
+
+// "Device memory": exactly `count` elements, 16-byte aligned.
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(int64_t count = 0) : n_(count) {
+    if (n_ > 0) p_.reset(static_cast<T*>(::operator new[](sizeof(T) * n_, std::align_val_t(16))));
+    if (n_ > 0) std::memset(static_cast<void*>(p_.get()), 0, sizeof(T) * n_);
+  }
+  T* data() { return p_.get(); }
+  const T* data() const { return p_.get(); }
+  int64_t size() const { return n_; }
+  T& operator[](int64_t i) { return p_[i]; }
+  const T& operator[](int64_t i) const { return p_[i]; }
+  void fill_garbage() {
+    for (int64_t i = 0; i < n_; ++i) p_[i] = Elem<T>::nan();
+  }
+  std::vector<double> as_double() const {
+    std::vector<double> v(n_);
+    for (int64_t i = 0; i < n_; ++i) v[i] = to_double(p_[i]);
+    return v;
+  }
+
+ private:
+  template <typename U>
+  static double to_double(const U& u) {
+    if constexpr (std::is_integral_v<U>) return static_cast<double>(u);
+    else return Elem<U>::to(u);
+  }
+  struct Free {
+    void operator()(T* p) const { ::operator delete[](p, std::align_val_t(16)); }
+  };
+  int64_t n_;
+  std::unique_ptr<T[], Free> p_;
+};
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T>
+DeviceBuffer<T> random_buffer(int64_t count, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal;
+  DeviceBuffer<T> b(count);
+  for (int64_t i = 0; i < count; ++i) b[i] = Elem<T>::from(normal(rng));
+  return b;
+}
+
+inline std::vector<double> abs_of(std::vector<double> v) {
+  for (double& e : v) e = std::fabs(e);
+  return v;
+}
+
+// A random tile-wise problem: output features kept with col_density (2-D TW
+// below 1), each tile keeping input features with row_density; padded to
+// `pad` slots; drop_tile >= 0 empties that tile's rows afterwards (k_t = 0).
+struct ProblemSpec {
+  int64_t n, k, tile;
+  double row_density, col_density;
+  int64_t pad;
+  int64_t drop_tile;
+  uint64_t seed;
+};
+
+struct Problem {
+  int64_t n, k, tile;
+  core::OwnedLayout layout;
+  core::LayoutView view() const { return layout.view(tile); }
+  cuda::DevLayout dev() const {
+    return cuda::DevLayout{layout.cols.data(), layout.row_offsets.data(), layout.rows.data(),
+                           static_cast<int64_t>(layout.cols.size()), static_cast<int64_t>(layout.row_offsets.size()) - 1,
+                           static_cast<int64_t>(layout.rows.size()), tile};
+  }
+};
+
+inline Problem make_problem(const ProblemSpec& s) {
+  std::mt19937_64 rng(s.seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::vector<uint8_t> mask8(std::max<int64_t>(1, s.n * s.k), 0);
+  std::vector<int64_t> cols;
+  for (int64_t c = 0; c < s.n; ++c)
+    if (c == 0 || u(rng) < s.col_density) cols.push_back(c);
+  for (size_t start = 0; start < cols.size(); start += s.tile) {
+    std::vector<bool> keep(s.k);
+    bool any = false;
+    for (int64_t r = 0; r < s.k; ++r) any |= (keep[r] = u(rng) < s.row_density);
+    if (!any && s.k > 0) keep[rng() % s.k] = true;
+    for (size_t j = start; j < std::min(cols.size(), start + s.tile); ++j)
+      for (int64_t r = 0; r < s.k; ++r) mask8[cols[j] * s.k + r] = keep[r];
+  }
+  std::unique_ptr<bool[]> mask(new bool[mask8.size()]);
+  for (size_t i = 0; i < mask8.size(); ++i) mask[i] = mask8[i] != 0;
+  Problem p{s.n, s.k, s.tile, {}};
+  const std::string err = core::build_layout(mask.get(), s.n, s.k, s.tile, s.pad, p.layout);
+  REQUIRE(err.empty());
+  if (s.drop_tile >= 0 && s.drop_tile + 1 < static_cast<int64_t>(p.layout.row_offsets.size())) {
+    auto& ro = p.layout.row_offsets;
+    auto& rows = p.layout.rows;
+    const int32_t lo = ro[s.drop_tile], hi = ro[s.drop_tile + 1];
+    rows.erase(rows.begin() + lo, rows.begin() + hi);
+    for (size_t t = s.drop_tile + 1; t < ro.size(); ++t) ro[t] -= hi - lo;
+  }
+  REQUIRE(core::validate_layout(p.view(), s.n, s.k).empty());
+  return p;
+}
+
+// Slot r of tile t is padding when it repeats the slot before it (docs/format.md).
+inline bool is_padding(const core::OwnedLayout& l, int64_t t, int64_t r) {
+  return r > 0 && l.rows[l.row_offsets[t] + r] == l.rows[l.row_offsets[t] + r - 1];
+}
+
+// Random values with NaN in every padding slot (not weights: must be ignored).
+template <typename T>
+DeviceBuffer<T> random_values(const Problem& p, std::mt19937_64& rng) {
+  DeviceBuffer<T> v = random_buffer<T>(core::num_values(p.view()), rng);
+  const auto& l = p.layout;
+  for (int64_t t = 0; t + 1 < static_cast<int64_t>(l.row_offsets.size()); ++t) {
+    const int64_t g = std::min<int64_t>(p.tile, static_cast<int64_t>(l.cols.size()) - t * p.tile);
+    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
+    for (int64_t j = 0; j < g; ++j)
+      for (int64_t r = 0; r < kt; ++r)
+        if (is_padding(l, t, r)) v[p.tile * l.row_offsets[t] + j * kt + r] = Elem<T>::nan();
+  }
+  return v;
+}
+
+// Dense W[n, k] (zeros where pruned) of packed values, by the format's definition.
+inline std::vector<double> dense_weight(const Problem& p, const std::vector<double>& values) {
+  const auto& l = p.layout;
+  std::vector<double> w(p.n * p.k, 0.0);
+  for (int64_t t = 0; t + 1 < static_cast<int64_t>(l.row_offsets.size()); ++t) {
+    const int64_t g = std::min<int64_t>(p.tile, static_cast<int64_t>(l.cols.size()) - t * p.tile);
+    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
+    for (int64_t j = 0; j < g; ++j)
+      for (int64_t r = 0; r < kt; ++r)
+        if (!is_padding(l, t, r))
+          w[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]] = values[p.tile * l.row_offsets[t] + j * kt + r];
+  }
+  return w;
+}
+
+// Packed values of a dense [n, k] matrix (zero in padding slots).
+inline std::vector<double> packed(const Problem& p, const std::vector<double>& dense) {
+  const auto& l = p.layout;
+  std::vector<double> v(core::num_values(p.view()), 0.0);
+  for (int64_t t = 0; t + 1 < static_cast<int64_t>(l.row_offsets.size()); ++t) {
+    const int64_t g = std::min<int64_t>(p.tile, static_cast<int64_t>(l.cols.size()) - t * p.tile);
+    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
+    for (int64_t j = 0; j < g; ++j)
+      for (int64_t r = 0; r < kt; ++r)
+        v[p.tile * l.row_offsets[t] + j * kt + r] =
+            is_padding(l, t, r) ? 0.0 : dense[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]];
+  }
+  return v;
+}
+
+}  // namespace tilesparse::emu_testing
