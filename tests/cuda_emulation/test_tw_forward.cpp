@@ -119,7 +119,7 @@ std::vector<FwdCase> half_cases() {
                FwdKernel::kV2Small, true, 0, nullptr, 2});
   c.push_back({"small M: M = 17 (32-row block), 2-D TW", {320, 264, 64, 0.4, 0.7, 8, -1, 7}, 17, kH100,
                FwdKernel::kV2Small});
-  c.push_back({"small M: M = 64 (64-row block), no K-split", {128, 512, 64, 0.25, 1.0, 8, -1, 8}, 64, kOneSm,
+  c.push_back({"small M: M = 64 (64-row block), no K-split", {512, 512, 64, 0.25, 1.0, 8, -1, 8}, 64, kOneSm,
                FwdKernel::kV2Small, true, 0, nullptr, 1});
   c.push_back({"v1: tile 80 (not a multiple of 64), partial last tile", {200, 96, 80, 0.45, 1.0, 8, -1, 9}, 70, kH100,
                FwdKernel::kMmaV1});
