@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -205,8 +207,9 @@ struct Launch {
   void* ctx = nullptr;
 
   std::vector<Warp> warps;
-  std::vector<int> runq;
-  size_t runq_head = 0;
+  std::deque<int> runq;  // Ready fibers
+  bool run_ahead = false;  // this barrier phase: a warp released from a collective runs first
+  uint64_t phase = 0, block_linear = 0, seed = 0;
   int live = 0, at_barrier = 0;
   Fiber* cur = nullptr;
   Context sched;
@@ -220,7 +223,7 @@ std::mutex g_launch_mutex;  // static __shared__ storage and the fiber pool are 
 std::vector<std::unique_ptr<Fiber>> g_fibers;
 Stats g_stats;
 size_t g_smem_limit = 227 * 1024;
-uint64_t g_seed = 0x5eed5eedull;
+uint64_t g_seed = 0;
 thread_local Launch* tl_launch = nullptr;
 
 char* static_lo() { return __start_emu_shared; }
@@ -278,27 +281,35 @@ void yield(Launch& l, Fiber& f, bool exiting = false) {
   asan_finish(f.asan_fake, &l.sched_bottom, &l.sched_size);
 }
 
-void make_ready(Launch& l, Fiber& f) {
+void make_ready(Launch& l, Fiber& f, bool front = false) {
   f.state = State::Ready;
-  l.runq.push_back(f.linear);
+  if (front) l.runq.push_front(f.linear);
+  else l.runq.push_back(f.linear);
 }
 
-// Every live thread reached __syncthreads: they resume in forward, reverse
-// or shuffled order (seeded), so that missing barriers show.
+// The schedule of the next barrier phase. Four modes: warps one after the
+// other in forward, reverse or shuffled order ("run-ahead": a warp released
+// from a collective goes first, so it runs to the next __syncthreads before
+// the next warp moves), or all threads in lockstep (released lanes queue
+// behind the others) in shuffled order. The mode rotates with the phase and
+// the block, so with four or more blocks every phase of a kernel sees every
+// mode; a missing barrier then shows as stale or clobbered data. The
+// shuffles come from the seed (emu::set_schedule_seed, or the environment
+// variable EMU_SCHEDULE_SEED), so a failure is reproducible.
+void pick_schedule(Launch& l, std::vector<int>& order) {
+  const uint64_t mode = (l.phase++ + l.block_linear + l.seed) % 4;
+  if (mode == 1) std::reverse(order.begin(), order.end());
+  if (mode >= 2) std::shuffle(order.begin(), order.end(), l.rng);
+  l.run_ahead = mode != 3;
+}
+
+// Every live thread reached __syncthreads.
 void release_barrier(Launch& l) {
   std::vector<int> waiting;
   waiting.reserve(l.nthreads);
   for (int i = 0; i < l.nthreads; ++i)
     if (g_fibers[i]->state == State::AtBarrier) waiting.push_back(i);
-  switch (l.rng() % 3) {
-    case 0:
-      break;
-    case 1:
-      std::reverse(waiting.begin(), waiting.end());
-      break;
-    default:
-      std::shuffle(waiting.begin(), waiting.end(), l.rng);
-  }
+  pick_schedule(l, waiting);
   for (int i : waiting) make_ready(l, *g_fibers[i]);
   for (Warp& w : l.warps) w.at_barrier = 0;
   l.at_barrier = 0;
@@ -375,8 +386,8 @@ void run_block(Launch& l) {
   const int last = l.nthreads - 32 * (nwarps - 1);  // lanes of the last warp
   if (last < 32) l.warps[nwarps - 1].exited = ~((1u << last) - 1u);
   l.runq.clear();
-  l.runq_head = 0;
   l.live = l.nthreads;
+  std::vector<int> order(l.nthreads);
   l.at_barrier = 0;
   for (int i = 0; i < l.nthreads; ++i) {
     Fiber& f = *g_fibers[i];
@@ -393,18 +404,17 @@ void run_block(Launch& l) {
     __asan_unpoison_memory_region(f.stack, kStackBytes);  // frames of the previous block's fibers
 #endif
     ctx_init(f.ctx, f.stack, kStackBytes, &fiber_main, &f);
-    make_ready(l, f);
+    order[i] = i;
   }
+  pick_schedule(l, order);
+  for (int i : order) make_ready(l, *g_fibers[i]);
   while (!l.error) {
-    if (l.runq_head == l.runq.size()) {
+    if (l.runq.empty()) {
       if (l.live > 0) l.error = std::make_exception_ptr(Error(describe_deadlock(l)));
       break;
     }
-    Fiber& f = *g_fibers[l.runq[l.runq_head++]];
-    if (l.runq_head == l.runq.size()) {
-      l.runq.clear();
-      l.runq_head = 0;
-    }
+    Fiber& f = *g_fibers[l.runq.front()];
+    l.runq.pop_front();
     l.cur = &f;
     threadIdx = f.tid;
     f.state = State::Running;
@@ -442,7 +452,7 @@ void warp_barrier(Launch& l, Fiber& f, const char* op, unsigned mask) {
     w.arrived = 0;
     w.op = nullptr;
     for (int lane = 0; lane < 32; ++lane)
-      if (others & (1u << lane)) make_ready(l, *g_fibers[f.warp * 32 + lane]);
+      if (others & (1u << lane)) make_ready(l, *g_fibers[f.warp * 32 + lane], l.run_ahead);
     return;  // the last lane to arrive goes on
   }
   f.state = State::AtWarp;
@@ -505,8 +515,9 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
   l.body = body;
   l.ctx = ctx;
   l.warps.resize((nthreads + 31) / 32);
-  l.runq.reserve(nthreads * 2);
-  l.rng.seed(g_seed);
+  l.seed = g_seed;
+  if (const char* env = std::getenv("EMU_SCHEDULE_SEED")) l.seed = std::strtoull(env, nullptr, 0);
+  l.rng.seed(l.seed);
   l.dyn_bytes = dynamic_smem_bytes;
   // Exactly the requested size (ASan flags any byte past it); 128-byte aligned.
   std::unique_ptr<unsigned char, void (*)(unsigned char*)> dyn(
@@ -522,6 +533,8 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
     for (unsigned y = 0; y < grid.y && !l.error; ++y)
       for (unsigned x = 0; x < grid.x && !l.error; ++x) {
         blockIdx = uint3{x, y, z};
+        l.block_linear = (static_cast<uint64_t>(z) * grid.y + y) * grid.x + x;
+        l.phase = 0;
         run_block(l);
       }
   tl_launch = nullptr;

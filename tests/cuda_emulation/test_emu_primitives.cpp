@@ -601,6 +601,59 @@ TEST_CASE("launch checks: block size, shared memory limit, garbage-filled shared
   CHECK(emu::stats().threads - before.threads == 6 * 32);
 }
 
+namespace {
+// Static __shared__: garbage before the first write, a valid cp.async target,
+// placed before the dynamic buffer in the shared window.
+__global__ void static_smem_kernel(const unsigned char* src, int* out) {
+  __shared__ __align__(16) unsigned char buf[64];
+  __shared__ int flag;
+  if (threadIdx.x == 0) {
+    out[0] = flag;
+    cp_async16(buf + 16, src, 16);
+    cp_async_commit();
+    cp_async_wait<0>();
+    out[1] = buf[16] + 256 * buf[31];
+    out[2] = smem_addr(buf) < smem_addr(dynamic_smem()) ? 1 : 0;
+    flag = 7;
+  }
+}
+
+// Each thread publishes a value and reads one written by a thread two warps
+// away; without the barrier the read races with the write.
+__global__ void race_kernel(int* out, bool barrier) {
+  __shared__ int s[256];
+  s[threadIdx.x] = static_cast<int>(blockIdx.x * 1000 + threadIdx.x);
+  if (barrier) __syncthreads();
+  out[blockIdx.x * 256 + threadIdx.x] = s[(threadIdx.x + 64) % 256];
+}
+}  // namespace
+
+TEST_CASE("static __shared__ variables are block-shared, garbage-filled and cp.async targets", "[emu][smem]") {
+  alignas(16) unsigned char src[16];
+  for (int i = 0; i < 16; ++i) src[i] = static_cast<unsigned char>(10 + i);
+  for (int round = 0; round < 2; ++round) {  // refilled for every block, also after a previous launch wrote it
+    int out[3] = {0, 0, 0};
+    emu::launch(static_smem_kernel, dim3(1), dim3(32), 16, src, out);
+    CHECK(out[0] == -1);
+    CHECK(out[1] == 10 + 256 * 25);
+    CHECK(out[2] == 1);
+  }
+}
+
+TEST_CASE("a missing __syncthreads shows as stale shared memory", "[emu][sync]") {
+  std::vector<int> out(4 * 256);
+  auto wrong = [&] {
+    int n = 0;
+    for (int b = 0; b < 4; ++b)
+      for (int t = 0; t < 256; ++t) n += out[b * 256 + t] != b * 1000 + (t + 64) % 256;
+    return n;
+  };
+  emu::launch(race_kernel, dim3(4), dim3(256), 0, out.data(), true);
+  CHECK(wrong() == 0);
+  emu::launch(race_kernel, dim3(4), dim3(256), 0, out.data(), false);
+  CHECK(wrong() > 0);
+}
+
 TEST_CASE("atomics of layout_kernels.cuh: validate_offsets_kernel flags and sums", "[emu][atomics]") {
   // 3 tiles of 4 columns over n = 12, k = 10; row counts 3, 0, 5.
   std::vector<int32_t> cols = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
