@@ -40,6 +40,8 @@ thread_local dim3 gridDim;
 extern "C" {
 extern char __start_emu_shared[] __attribute__((weak));
 extern char __stop_emu_shared[] __attribute__((weak));
+// Sanitizer runtimes (ASan, UBSan) provide it when linked in.
+void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
 }
 
 // ---------------------------------------------------------------------------
@@ -183,8 +185,9 @@ struct Fiber {
   Fiber& operator=(const Fiber&) = delete;
 };
 
-struct Slot {
+struct Slot {  // what a lane publishes for a collective
   uint32_t u[6];
+  float c[4];
   const void* p;
   uint64_t v;
 };
@@ -195,6 +198,9 @@ struct Warp {
   unsigned arrived = 0;
   unsigned exited = 0;  // lanes that returned or do not exist
   unsigned at_barrier = 0;
+  uint64_t generation = 0;      // warp barriers completed
+  uint64_t mma_generation = 0;  // generation whose product mma_d holds
+  float mma_d[32][4];
   Slot slot[32];
 };
 
@@ -442,7 +448,7 @@ void warp_barrier(Launch& l, Fiber& f, const char* op, unsigned mask) {
   if (w.arrived == 0) {
     w.op = op;
     w.mask = mask;
-  } else if (std::strcmp(w.op, op) != 0 || w.mask != mask) {
+  } else if ((w.op != op && std::strcmp(w.op, op) != 0) || w.mask != mask) {
     fail(std::string("lanes of one warp call different collectives: this lane calls ") + op + " (mask " + hex(mask) +
          "), lanes " + hex(w.arrived) + " wait in " + w.op + " (mask " + hex(w.mask) + ")");
   }
@@ -451,6 +457,7 @@ void warp_barrier(Launch& l, Fiber& f, const char* op, unsigned mask) {
     const unsigned others = mask & ~bit;
     w.arrived = 0;
     w.op = nullptr;
+    ++w.generation;
     for (int lane = 0; lane < 32; ++lane)
       if (others & (1u << lane)) make_ready(l, *g_fibers[f.warp * 32 + lane], l.run_ahead);
     return;  // the last lane to arrive goes on
@@ -484,6 +491,12 @@ void check_smem16(const Launch& l, const void* p, const char* op, const char* wh
 
 }  // namespace
 
+// A sanitizer report inside a kernel names the host stack only: add the CUDA thread.
+void report_cuda_thread_on_death() {
+  if (tl_launch != nullptr && tl_launch->cur != nullptr)
+    std::fprintf(stderr, "emu: the report above comes from a kernel:%s\n", where().c_str());
+}
+
 // ---------------------------------------------------------------------------
 // Interface
 // ---------------------------------------------------------------------------
@@ -502,6 +515,11 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
                 std::to_string(grid.z) + "): x in [1, 2^31 - 1], y and z in [1, 65535]");
   }
   std::lock_guard<std::mutex> lock(g_launch_mutex);
+  static const bool death_callback = [] {
+    if (&__sanitizer_set_death_callback != nullptr) __sanitizer_set_death_callback(&report_cuda_thread_on_death);
+    return true;
+  }();
+  (void)death_callback;
   if (dynamic_smem_bytes > g_smem_limit) {
     throw Error("emu::launch: " + std::to_string(dynamic_smem_bytes) + " bytes of dynamic shared memory exceed the limit of " +
                 std::to_string(g_smem_limit) + " (emu::set_smem_limit)");
@@ -689,24 +707,34 @@ void mma_m16n8(float* d, const uint32_t* a, const uint32_t* b, int k, MmaType ty
   Slot& mine = w.slot[f.lane];
   for (int i = 0; i < na; ++i) mine.u[i] = a[i];
   for (int i = 0; i < nb; ++i) mine.u[na + i] = b[i];
+  for (int i = 0; i < 4; ++i) mine.c[i] = d[i];
   warp_barrier(l, f, op, kFull);
-  auto half = [&](int src, int reg, int h) -> double {
-    const uint16_t bits = static_cast<uint16_t>(w.slot[src].u[reg] >> (16 * h));
-    return type == MmaType::f16 ? static_cast<double>(f16_to_f32(bits)) : static_cast<double>(bf16_to_f32(bits));
-  };
-  // A(row, col): lane (row % 8) * 4 + (col % 8) / 2, register (row / 8) + 2 (col / 8), half col % 2.
-  auto A = [&](int row, int col) { return half((row & 7) * 4 + ((col & 7) >> 1), (row >> 3) + 2 * (col >> 3), col & 1); };
-  // B(kk, n): lane n * 4 + (kk % 8) / 2, register kk / 8, half kk % 2.
-  auto B = [&](int kk, int n) { return half(n * 4 + ((kk & 7) >> 1), na + (kk >> 3), kk & 1); };
-  const int g = f.lane >> 2, t = f.lane & 3;
-  float out[4];
-  for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
-    double s = static_cast<double>(d[i]);
-    for (int kk = 0; kk < k; ++kk) s += A(row, kk) * B(kk, col);
-    out[i] = static_cast<float>(s);
+  // The first lane past the barrier computes the whole warp's D from every
+  // lane's fragments (what each lane would compute for itself, done once).
+  if (w.mma_generation != w.generation) {
+    w.mma_generation = w.generation;
+    auto half = [&](int src, int reg, int h) {
+      const uint16_t bits = static_cast<uint16_t>(w.slot[src].u[reg] >> (16 * h));
+      return type == MmaType::f16 ? f16_to_f32(bits) : bf16_to_f32(bits);
+    };
+    double A[16][16], B[16][8];
+    for (int row = 0; row < 16; ++row)  // lane (row % 8) * 4 + (col % 8) / 2, register row / 8 + 2 (col / 8), half col % 2
+      for (int col = 0; col < k; ++col) A[row][col] = half((row & 7) * 4 + ((col & 7) >> 1), (row >> 3) + 2 * (col >> 3), col & 1);
+    for (int kk = 0; kk < k; ++kk)  // lane n * 4 + (kk % 8) / 2, register kk / 8, half kk % 2
+      for (int n = 0; n < 8; ++n) B[kk][n] = half(n * 4 + ((kk & 7) >> 1), na + (kk >> 3), kk & 1);
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane >> 2, t = lane & 3;
+      for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+        double s = static_cast<double>(w.slot[lane].c[i]);
+        for (int kk = 0; kk < k; ++kk) s += A[row][kk] * B[kk][col];
+        w.mma_d[lane][i] = static_cast<float>(s);
+      }
+    }
+    ++g_stats.mma;
   }
-  if (f.lane == 0) ++g_stats.mma;
+  float out[4];
+  for (int i = 0; i < 4; ++i) out[i] = w.mma_d[f.lane][i];
   warp_barrier(l, f, op, kFull);
   for (int i = 0; i < 4; ++i) d[i] = out[i];
 }

@@ -569,6 +569,16 @@ __global__ void garbage_kernel(unsigned char* out) {
   if (threadIdx.x == 0) out[0] = dynamic_smem()[17];
 }
 __global__ void nothing_kernel() {}
+// Every thread of a 3-D grid of 3-D blocks records its coordinates and its lane (via a shuffle).
+__global__ void coords_kernel(int* out) {
+  const int linear = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const int lane_of_0 = __shfl_sync(0xffffffffu, linear, 0);  // warps are 32 consecutive linear ids
+  int* o = out + (block * blockDim.x * blockDim.y * blockDim.z + linear) * 3;
+  o[0] = static_cast<int>(threadIdx.x * 10000 + threadIdx.y * 100 + threadIdx.z);
+  o[1] = static_cast<int>(blockIdx.x * 10000 + blockIdx.y * 100 + blockIdx.z);
+  o[2] = linear - lane_of_0;
+}
 }  // namespace
 
 TEST_CASE("misused collectives and kernel exceptions fail the launch with a message", "[emu][errors]") {
@@ -594,6 +604,18 @@ TEST_CASE("launch checks: block size, shared memory limit, garbage-filled shared
   unsigned char b = 0;
   emu::launch(garbage_kernel, dim3(1), dim3(32), 64, &b);
   CHECK(b == 0xff);
+  std::vector<int> out(2 * 3 * 1 * 64 * 3, -1);
+  emu::launch(coords_kernel, dim3(2, 3, 1), dim3(4, 4, 4), 0, out.data());
+  for (int bz = 0, i = 0; bz < 1; ++bz)
+    for (int by = 0; by < 3; ++by)
+      for (int bx = 0; bx < 2; ++bx)
+        for (int tz = 0; tz < 4; ++tz)
+          for (int ty = 0; ty < 4; ++ty)
+            for (int tx = 0; tx < 4; ++tx, ++i) {
+              REQUIRE(out[i * 3] == tx * 10000 + ty * 100 + tz);
+              REQUIRE(out[i * 3 + 1] == bx * 10000 + by * 100 + bz);
+              REQUIRE(out[i * 3 + 2] == (i % 64) % 32);
+            }
   const emu::Stats before = emu::stats();
   emu::launch(nothing_kernel, dim3(3, 2), dim3(8, 4), 0);
   CHECK(emu::stats().launches - before.launches == 1);
