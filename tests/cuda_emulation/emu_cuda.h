@@ -244,7 +244,9 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
 [[noreturn]] void fail(const std::string& what);
 
 void syncthreads();
+int syncthreads_count(int predicate);
 void syncwarp(unsigned mask);
+unsigned ballot(const char* op, unsigned mask, int predicate);
 unsigned activemask();
 uint64_t shfl(const char* op, unsigned mask, uint64_t value, int src_lane_rule, int arg, int width);
 enum : int { kShflIdx = 0, kShflXor = 1, kShflDown = 2, kShflUp = 3 };
@@ -286,7 +288,17 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dynamic_smem_byt
 // Device functions
 // ---------------------------------------------------------------------------
 inline void __syncthreads() { emu::detail::syncthreads(); }
+inline int __syncthreads_count(int predicate) { return emu::detail::syncthreads_count(predicate); }
+inline int __syncthreads_or(int predicate) { return emu::detail::syncthreads_count(predicate) != 0; }
+inline int __syncthreads_and(int predicate) {  // every live thread's predicate is non-zero
+  return emu::detail::syncthreads_count(predicate == 0) == 0;
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::detail::syncwarp(mask); }
+inline unsigned __ballot_sync(unsigned mask, int predicate) { return emu::detail::ballot("__ballot_sync", mask, predicate); }
+inline int __any_sync(unsigned mask, int predicate) { return emu::detail::ballot("__any_sync", mask, predicate) != 0; }
+inline int __all_sync(unsigned mask, int predicate) {
+  return emu::detail::ballot("__all_sync", mask, predicate) == mask;
+}
 inline unsigned __activemask() { return emu::detail::activemask(); }
 inline void __threadfence_block() {}
 inline void __threadfence() {}

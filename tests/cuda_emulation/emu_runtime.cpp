@@ -217,6 +217,7 @@ struct Launch {
   bool run_ahead = false;  // this barrier phase: a warp released from a collective runs first
   uint64_t phase = 0, block_linear = 0, seed = 0;
   int live = 0, at_barrier = 0;
+  int bar_count = 0, bar_result = 0;  // __syncthreads_count: predicates of this phase, of the last one
   Fiber* cur = nullptr;
   Context sched;
   const void* sched_bottom = nullptr;
@@ -319,6 +320,8 @@ void release_barrier(Launch& l) {
   for (int i : waiting) make_ready(l, *g_fibers[i]);
   for (Warp& w : l.warps) w.at_barrier = 0;
   l.at_barrier = 0;
+  l.bar_result = l.bar_count;  // read by every waiter before anyone can complete the next barrier
+  l.bar_count = 0;
   ++g_stats.syncthreads;
 }
 
@@ -395,6 +398,7 @@ void run_block(Launch& l) {
   l.live = l.nthreads;
   std::vector<int> order(l.nthreads);
   l.at_barrier = 0;
+  l.bar_count = l.bar_result = 0;
   for (int i = 0; i < l.nthreads; ++i) {
     Fiber& f = *g_fibers[i];
     f.linear = i;
@@ -559,7 +563,7 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
   if (l.error) std::rethrow_exception(l.error);
 }
 
-void syncthreads() {
+int syncthreads_count(int predicate) {
   Launch& l = need("__syncthreads");
   Fiber& f = *l.cur;
   Warp& w = l.warps[f.warp];
@@ -568,8 +572,25 @@ void syncthreads() {
     fail(std::string("__syncthreads: lanes ") + hex(w.arrived) + " of this warp wait for this lane in " + w.op);
   f.state = State::AtBarrier;
   w.at_barrier |= bit;
+  l.bar_count += predicate != 0;
   if (++l.at_barrier == l.live) release_barrier(l);
   yield(l, f);
+  return l.bar_result;
+}
+
+void syncthreads() { (void)syncthreads_count(0); }
+
+unsigned ballot(const char* op, unsigned mask, int predicate) {
+  Launch& l = need(op);
+  Fiber& f = *l.cur;
+  Warp& w = l.warps[f.warp];
+  w.slot[f.lane].v = predicate != 0;
+  warp_barrier(l, f, op, mask);
+  unsigned r = 0;
+  for (int lane = 0; lane < 32; ++lane)
+    if ((mask >> lane) & 1u) r |= static_cast<unsigned>(w.slot[lane].v) << lane;
+  warp_barrier(l, f, op, mask);
+  return r;
 }
 
 void syncwarp(unsigned mask) {

@@ -522,6 +522,45 @@ TEST_CASE("__syncthreads waits only for threads that have not exited", "[emu][sy
     }
 }
 
+namespace {
+__global__ void vote_kernel(int* out) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  if (tid >= 90) return;  // exited threads do not count in __syncthreads_count
+  int* o = out + tid * 6;
+  o[0] = __syncthreads_count(tid % 4 == 1);
+  o[1] = __syncthreads_or(tid == 77);
+  o[2] = __syncthreads_and(tid < 89);
+  if (tid < 64) {  // full warps only: the third warp has exited lanes
+    o[3] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+    o[4] = __any_sync(0xffffffffu, lane == 31 && tid >= 32);
+    if (lane < 16) o[5] = __all_sync(0x0000ffffu, tid < 32 || lane < 8);
+  }
+}
+}  // namespace
+
+TEST_CASE("__syncthreads_count/or/and and warp votes", "[emu][sync]") {
+  std::vector<int> out(96 * 6, -7);
+  emu::launch(vote_kernel, dim3(1), dim3(96), 0, out.data());
+  unsigned every_third = 0;
+  for (int l = 0; l < 32; l += 3) every_third |= 1u << l;
+  for (int t = 0; t < 96; ++t) {
+    const int* o = out.data() + t * 6;
+    INFO("thread " << t);
+    if (t >= 90) {
+      CHECK(o[0] == -7);
+      continue;
+    }
+    CHECK(o[0] == 23);  // tids 1, 5, ..., 89
+    CHECK(o[1] == 1);
+    CHECK(o[2] == 0);  // tid 89 says no
+    if (t < 64) {
+      CHECK(static_cast<unsigned>(o[3]) == every_third);
+      CHECK(o[4] == (t >= 32 ? 1 : 0));
+      CHECK(o[5] == ((t & 31) < 16 ? (t < 32 ? 1 : 0) : -7));
+    }
+  }
+}
+
 TEST_CASE("shuffles exchange values between the lanes of a warp", "[emu][shfl]") {
   const int n = 64;
   std::vector<int> in(n), out(n * 8);
