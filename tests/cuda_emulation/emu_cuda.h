@@ -10,17 +10,22 @@
 //
 // Execution model (emu_runtime.cpp):
 //  - Blocks run one at a time, on the calling thread. The threads of a block
-//    are fibers (own stacks, cooperative switches): a thread runs until it
-//    reaches a barrier or a warp collective, then the next runnable thread
-//    runs. Barriers and collectives therefore behave as on the GPU; after each
-//    __syncthreads the threads resume in a different (seeded, reproducible)
-//    order, so code that reads shared memory written by another thread
-//    without a barrier between is likely to see stale data.
+//    are fibers, each with its own stack, that switch cooperatively: a thread
+//    runs until it reaches a barrier or a warp collective, then the next
+//    runnable thread runs. Barriers and collectives therefore behave as on
+//    the GPU.
+//  - The schedule changes with every barrier phase and every block. Warps
+//    run one after the other in forward, reverse or shuffled order, or all
+//    threads run interleaved. The shuffles are seeded and reproducible
+//    (emu::set_schedule_seed, or EMU_SCHEDULE_SEED). Code that reads shared
+//    memory another thread writes, with no barrier between, sees stale or
+//    clobbered data.
 //  - __syncthreads waits for the block's live threads; a thread that has
 //    returned no longer counts (as on sm_70+).
 //  - Warp collectives (shuffles, __syncwarp, ldmatrix, mma) really exchange
 //    data: each lane publishes its operands, a warp barrier, each lane
-//    computes its own result from the others' operands, a second barrier. A
+//    computes its result from the others' operands (mma: the first lane past
+//    the barrier computes the whole D once), a second barrier. A
 //    collective that names a lane that has exited (or does not exist, in a
 //    partial last warp), lanes that call different collectives, or a
 //    deadlock (no thread can run) fails the launch with a message.
