@@ -63,7 +63,8 @@
 // ---------------------------------------------------------------------------
 // CUDA keywords
 // ---------------------------------------------------------------------------
-#define __global__
+// inline: kernels defined in headers may be included by several test files.
+#define __global__ inline
 #define __device__
 #define __host__
 #define __forceinline__ inline
