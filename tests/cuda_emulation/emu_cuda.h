@@ -71,6 +71,7 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static __attribute__((section("emu_shared")))
+#define __constant__ inline  // an inline variable: one definition across test files
 // __restrict__ is a GNU keyword already.
 
 // ---------------------------------------------------------------------------
