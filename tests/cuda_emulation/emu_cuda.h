@@ -10,17 +10,22 @@
 //
 // Execution model (emu_runtime.cpp):
 //  - Blocks run one at a time, on the calling thread. The threads of a block
-//    are fibers (own stacks, cooperative switches): a thread runs until it
-//    reaches a barrier or a warp collective, then the next runnable thread
-//    runs. Barriers and collectives therefore behave as on the GPU; after each
-//    __syncthreads the threads resume in a different (seeded, reproducible)
-//    order, so code that reads shared memory written by another thread
-//    without a barrier between is likely to see stale data.
+//    are fibers, each with its own stack, that switch cooperatively: a thread
+//    runs until it reaches a barrier or a warp collective, then the next
+//    runnable thread runs. Barriers and collectives therefore behave as on
+//    the GPU.
+//  - The schedule changes with every barrier phase and every block. Warps
+//    run one after the other in forward, reverse or shuffled order, or all
+//    threads run interleaved. The shuffles are seeded and reproducible
+//    (emu::set_schedule_seed, or EMU_SCHEDULE_SEED). Code that reads shared
+//    memory another thread writes, with no barrier between, sees stale or
+//    clobbered data.
 //  - __syncthreads waits for the block's live threads; a thread that has
 //    returned no longer counts (as on sm_70+).
 //  - Warp collectives (shuffles, __syncwarp, ldmatrix, mma) really exchange
 //    data: each lane publishes its operands, a warp barrier, each lane
-//    computes its own result from the others' operands, a second barrier. A
+//    computes its result from the others' operands (mma: the first lane past
+//    the barrier computes the whole D once), a second barrier. A
 //    collective that names a lane that has exited (or does not exist, in a
 //    partial last warp), lanes that call different collectives, or a
 //    deadlock (no thread can run) fails the launch with a message.
@@ -58,13 +63,15 @@
 // ---------------------------------------------------------------------------
 // CUDA keywords
 // ---------------------------------------------------------------------------
-#define __global__
+// inline: kernels defined in headers may be included by several test files.
+#define __global__ inline
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static __attribute__((section("emu_shared")))
+#define __constant__ inline  // an inline variable: one definition across test files
 // __restrict__ is a GNU keyword already.
 
 // ---------------------------------------------------------------------------
@@ -244,7 +251,9 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
 [[noreturn]] void fail(const std::string& what);
 
 void syncthreads();
+int syncthreads_count(int predicate);
 void syncwarp(unsigned mask);
+unsigned ballot(const char* op, unsigned mask, int predicate);
 unsigned activemask();
 uint64_t shfl(const char* op, unsigned mask, uint64_t value, int src_lane_rule, int arg, int width);
 enum : int { kShflIdx = 0, kShflXor = 1, kShflDown = 2, kShflUp = 3 };
@@ -286,7 +295,17 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t dynamic_smem_byt
 // Device functions
 // ---------------------------------------------------------------------------
 inline void __syncthreads() { emu::detail::syncthreads(); }
+inline int __syncthreads_count(int predicate) { return emu::detail::syncthreads_count(predicate); }
+inline int __syncthreads_or(int predicate) { return emu::detail::syncthreads_count(predicate) != 0; }
+inline int __syncthreads_and(int predicate) {  // every live thread's predicate is non-zero
+  return emu::detail::syncthreads_count(predicate == 0) == 0;
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::detail::syncwarp(mask); }
+inline unsigned __ballot_sync(unsigned mask, int predicate) { return emu::detail::ballot("__ballot_sync", mask, predicate); }
+inline int __any_sync(unsigned mask, int predicate) { return emu::detail::ballot("__any_sync", mask, predicate) != 0; }
+inline int __all_sync(unsigned mask, int predicate) {
+  return emu::detail::ballot("__all_sync", mask, predicate) == mask;
+}
 inline unsigned __activemask() { return emu::detail::activemask(); }
 inline void __threadfence_block() {}
 inline void __threadfence() {}

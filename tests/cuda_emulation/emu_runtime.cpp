@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -38,6 +40,8 @@ thread_local dim3 gridDim;
 extern "C" {
 extern char __start_emu_shared[] __attribute__((weak));
 extern char __stop_emu_shared[] __attribute__((weak));
+// Sanitizer runtimes (ASan, UBSan) provide it when linked in.
+void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
 }
 
 // ---------------------------------------------------------------------------
@@ -181,8 +185,9 @@ struct Fiber {
   Fiber& operator=(const Fiber&) = delete;
 };
 
-struct Slot {
+struct Slot {  // what a lane publishes for a collective
   uint32_t u[6];
+  float c[4];
   const void* p;
   uint64_t v;
 };
@@ -193,6 +198,9 @@ struct Warp {
   unsigned arrived = 0;
   unsigned exited = 0;  // lanes that returned or do not exist
   unsigned at_barrier = 0;
+  uint64_t generation = 0;      // warp barriers completed
+  uint64_t mma_generation = 0;  // generation whose product mma_d holds
+  float mma_d[32][4];
   Slot slot[32];
 };
 
@@ -205,9 +213,11 @@ struct Launch {
   void* ctx = nullptr;
 
   std::vector<Warp> warps;
-  std::vector<int> runq;
-  size_t runq_head = 0;
+  std::deque<int> runq;  // Ready fibers
+  bool run_ahead = false;  // this barrier phase: a warp released from a collective runs first
+  uint64_t phase = 0, block_linear = 0, seed = 0;
   int live = 0, at_barrier = 0;
+  int bar_count = 0, bar_result = 0;  // __syncthreads_count: predicates of this phase, of the last one
   Fiber* cur = nullptr;
   Context sched;
   const void* sched_bottom = nullptr;
@@ -220,7 +230,7 @@ std::mutex g_launch_mutex;  // static __shared__ storage and the fiber pool are 
 std::vector<std::unique_ptr<Fiber>> g_fibers;
 Stats g_stats;
 size_t g_smem_limit = 227 * 1024;
-uint64_t g_seed = 0x5eed5eedull;
+uint64_t g_seed = 0;
 thread_local Launch* tl_launch = nullptr;
 
 char* static_lo() { return __start_emu_shared; }
@@ -278,30 +288,40 @@ void yield(Launch& l, Fiber& f, bool exiting = false) {
   asan_finish(f.asan_fake, &l.sched_bottom, &l.sched_size);
 }
 
-void make_ready(Launch& l, Fiber& f) {
+void make_ready(Launch& l, Fiber& f, bool front = false) {
   f.state = State::Ready;
-  l.runq.push_back(f.linear);
+  if (front) l.runq.push_front(f.linear);
+  else l.runq.push_back(f.linear);
 }
 
-// Every live thread reached __syncthreads: they resume in forward, reverse
-// or shuffled order (seeded), so that missing barriers show.
+// The schedule of the next barrier phase. Four modes: warps one after the
+// other in forward, reverse or shuffled order ("run-ahead": a warp released
+// from a collective goes first, so it runs to the next __syncthreads before
+// the next warp moves), or all threads in lockstep (released lanes queue
+// behind the others) in shuffled order. The mode rotates with the phase and
+// the block, so with four or more blocks every phase of a kernel sees every
+// mode; a missing barrier then shows as stale or clobbered data. The
+// shuffles come from the seed (emu::set_schedule_seed, or the environment
+// variable EMU_SCHEDULE_SEED), so a failure is reproducible.
+void pick_schedule(Launch& l, std::vector<int>& order) {
+  const uint64_t mode = (l.phase++ + l.block_linear + l.seed) % 4;
+  if (mode == 1) std::reverse(order.begin(), order.end());
+  if (mode >= 2) std::shuffle(order.begin(), order.end(), l.rng);
+  l.run_ahead = mode != 3;
+}
+
+// Every live thread reached __syncthreads.
 void release_barrier(Launch& l) {
   std::vector<int> waiting;
   waiting.reserve(l.nthreads);
   for (int i = 0; i < l.nthreads; ++i)
     if (g_fibers[i]->state == State::AtBarrier) waiting.push_back(i);
-  switch (l.rng() % 3) {
-    case 0:
-      break;
-    case 1:
-      std::reverse(waiting.begin(), waiting.end());
-      break;
-    default:
-      std::shuffle(waiting.begin(), waiting.end(), l.rng);
-  }
+  pick_schedule(l, waiting);
   for (int i : waiting) make_ready(l, *g_fibers[i]);
   for (Warp& w : l.warps) w.at_barrier = 0;
   l.at_barrier = 0;
+  l.bar_result = l.bar_count;  // read by every waiter before anyone can complete the next barrier
+  l.bar_count = 0;
   ++g_stats.syncthreads;
 }
 
@@ -375,9 +395,10 @@ void run_block(Launch& l) {
   const int last = l.nthreads - 32 * (nwarps - 1);  // lanes of the last warp
   if (last < 32) l.warps[nwarps - 1].exited = ~((1u << last) - 1u);
   l.runq.clear();
-  l.runq_head = 0;
   l.live = l.nthreads;
+  std::vector<int> order(l.nthreads);
   l.at_barrier = 0;
+  l.bar_count = l.bar_result = 0;
   for (int i = 0; i < l.nthreads; ++i) {
     Fiber& f = *g_fibers[i];
     f.linear = i;
@@ -393,18 +414,17 @@ void run_block(Launch& l) {
     __asan_unpoison_memory_region(f.stack, kStackBytes);  // frames of the previous block's fibers
 #endif
     ctx_init(f.ctx, f.stack, kStackBytes, &fiber_main, &f);
-    make_ready(l, f);
+    order[i] = i;
   }
+  pick_schedule(l, order);
+  for (int i : order) make_ready(l, *g_fibers[i]);
   while (!l.error) {
-    if (l.runq_head == l.runq.size()) {
+    if (l.runq.empty()) {
       if (l.live > 0) l.error = std::make_exception_ptr(Error(describe_deadlock(l)));
       break;
     }
-    Fiber& f = *g_fibers[l.runq[l.runq_head++]];
-    if (l.runq_head == l.runq.size()) {
-      l.runq.clear();
-      l.runq_head = 0;
-    }
+    Fiber& f = *g_fibers[l.runq.front()];
+    l.runq.pop_front();
     l.cur = &f;
     threadIdx = f.tid;
     f.state = State::Running;
@@ -432,7 +452,7 @@ void warp_barrier(Launch& l, Fiber& f, const char* op, unsigned mask) {
   if (w.arrived == 0) {
     w.op = op;
     w.mask = mask;
-  } else if (std::strcmp(w.op, op) != 0 || w.mask != mask) {
+  } else if ((w.op != op && std::strcmp(w.op, op) != 0) || w.mask != mask) {
     fail(std::string("lanes of one warp call different collectives: this lane calls ") + op + " (mask " + hex(mask) +
          "), lanes " + hex(w.arrived) + " wait in " + w.op + " (mask " + hex(w.mask) + ")");
   }
@@ -441,8 +461,9 @@ void warp_barrier(Launch& l, Fiber& f, const char* op, unsigned mask) {
     const unsigned others = mask & ~bit;
     w.arrived = 0;
     w.op = nullptr;
+    ++w.generation;
     for (int lane = 0; lane < 32; ++lane)
-      if (others & (1u << lane)) make_ready(l, *g_fibers[f.warp * 32 + lane]);
+      if (others & (1u << lane)) make_ready(l, *g_fibers[f.warp * 32 + lane], l.run_ahead);
     return;  // the last lane to arrive goes on
   }
   f.state = State::AtWarp;
@@ -474,6 +495,12 @@ void check_smem16(const Launch& l, const void* p, const char* op, const char* wh
 
 }  // namespace
 
+// A sanitizer report inside a kernel names the host stack only: add the CUDA thread.
+void report_cuda_thread_on_death() {
+  if (tl_launch != nullptr && tl_launch->cur != nullptr)
+    std::fprintf(stderr, "emu: the report above comes from a kernel:%s\n", where().c_str());
+}
+
 // ---------------------------------------------------------------------------
 // Interface
 // ---------------------------------------------------------------------------
@@ -492,6 +519,11 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
                 std::to_string(grid.z) + "): x in [1, 2^31 - 1], y and z in [1, 65535]");
   }
   std::lock_guard<std::mutex> lock(g_launch_mutex);
+  static const bool death_callback = [] {
+    if (&__sanitizer_set_death_callback != nullptr) __sanitizer_set_death_callback(&report_cuda_thread_on_death);
+    return true;
+  }();
+  (void)death_callback;
   if (dynamic_smem_bytes > g_smem_limit) {
     throw Error("emu::launch: " + std::to_string(dynamic_smem_bytes) + " bytes of dynamic shared memory exceed the limit of " +
                 std::to_string(g_smem_limit) + " (emu::set_smem_limit)");
@@ -505,8 +537,9 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
   l.body = body;
   l.ctx = ctx;
   l.warps.resize((nthreads + 31) / 32);
-  l.runq.reserve(nthreads * 2);
-  l.rng.seed(g_seed);
+  l.seed = g_seed;
+  if (const char* env = std::getenv("EMU_SCHEDULE_SEED")) l.seed = std::strtoull(env, nullptr, 0);
+  l.rng.seed(l.seed);
   l.dyn_bytes = dynamic_smem_bytes;
   // Exactly the requested size (ASan flags any byte past it); 128-byte aligned.
   std::unique_ptr<unsigned char, void (*)(unsigned char*)> dyn(
@@ -522,13 +555,15 @@ void run_launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Body body, voi
     for (unsigned y = 0; y < grid.y && !l.error; ++y)
       for (unsigned x = 0; x < grid.x && !l.error; ++x) {
         blockIdx = uint3{x, y, z};
+        l.block_linear = (static_cast<uint64_t>(z) * grid.y + y) * grid.x + x;
+        l.phase = 0;
         run_block(l);
       }
   tl_launch = nullptr;
   if (l.error) std::rethrow_exception(l.error);
 }
 
-void syncthreads() {
+int syncthreads_count(int predicate) {
   Launch& l = need("__syncthreads");
   Fiber& f = *l.cur;
   Warp& w = l.warps[f.warp];
@@ -537,8 +572,25 @@ void syncthreads() {
     fail(std::string("__syncthreads: lanes ") + hex(w.arrived) + " of this warp wait for this lane in " + w.op);
   f.state = State::AtBarrier;
   w.at_barrier |= bit;
+  l.bar_count += predicate != 0;
   if (++l.at_barrier == l.live) release_barrier(l);
   yield(l, f);
+  return l.bar_result;
+}
+
+void syncthreads() { (void)syncthreads_count(0); }
+
+unsigned ballot(const char* op, unsigned mask, int predicate) {
+  Launch& l = need(op);
+  Fiber& f = *l.cur;
+  Warp& w = l.warps[f.warp];
+  w.slot[f.lane].v = predicate != 0;
+  warp_barrier(l, f, op, mask);
+  unsigned r = 0;
+  for (int lane = 0; lane < 32; ++lane)
+    if ((mask >> lane) & 1u) r |= static_cast<unsigned>(w.slot[lane].v) << lane;
+  warp_barrier(l, f, op, mask);
+  return r;
 }
 
 void syncwarp(unsigned mask) {
@@ -676,24 +728,34 @@ void mma_m16n8(float* d, const uint32_t* a, const uint32_t* b, int k, MmaType ty
   Slot& mine = w.slot[f.lane];
   for (int i = 0; i < na; ++i) mine.u[i] = a[i];
   for (int i = 0; i < nb; ++i) mine.u[na + i] = b[i];
+  for (int i = 0; i < 4; ++i) mine.c[i] = d[i];
   warp_barrier(l, f, op, kFull);
-  auto half = [&](int src, int reg, int h) -> double {
-    const uint16_t bits = static_cast<uint16_t>(w.slot[src].u[reg] >> (16 * h));
-    return type == MmaType::f16 ? static_cast<double>(f16_to_f32(bits)) : static_cast<double>(bf16_to_f32(bits));
-  };
-  // A(row, col): lane (row % 8) * 4 + (col % 8) / 2, register (row / 8) + 2 (col / 8), half col % 2.
-  auto A = [&](int row, int col) { return half((row & 7) * 4 + ((col & 7) >> 1), (row >> 3) + 2 * (col >> 3), col & 1); };
-  // B(kk, n): lane n * 4 + (kk % 8) / 2, register kk / 8, half kk % 2.
-  auto B = [&](int kk, int n) { return half(n * 4 + ((kk & 7) >> 1), na + (kk >> 3), kk & 1); };
-  const int g = f.lane >> 2, t = f.lane & 3;
-  float out[4];
-  for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
-    double s = static_cast<double>(d[i]);
-    for (int kk = 0; kk < k; ++kk) s += A(row, kk) * B(kk, col);
-    out[i] = static_cast<float>(s);
+  // The first lane past the barrier computes the whole warp's D from every
+  // lane's fragments (what each lane would compute for itself, done once).
+  if (w.mma_generation != w.generation) {
+    w.mma_generation = w.generation;
+    auto half = [&](int src, int reg, int h) {
+      const uint16_t bits = static_cast<uint16_t>(w.slot[src].u[reg] >> (16 * h));
+      return type == MmaType::f16 ? f16_to_f32(bits) : bf16_to_f32(bits);
+    };
+    double A[16][16], B[16][8];
+    for (int row = 0; row < 16; ++row)  // lane (row % 8) * 4 + (col % 8) / 2, register row / 8 + 2 (col / 8), half col % 2
+      for (int col = 0; col < k; ++col) A[row][col] = half((row & 7) * 4 + ((col & 7) >> 1), (row >> 3) + 2 * (col >> 3), col & 1);
+    for (int kk = 0; kk < k; ++kk)  // lane n * 4 + (kk % 8) / 2, register kk / 8, half kk % 2
+      for (int n = 0; n < 8; ++n) B[kk][n] = half(n * 4 + ((kk & 7) >> 1), na + (kk >> 3), kk & 1);
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane >> 2, t = lane & 3;
+      for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+        double s = static_cast<double>(w.slot[lane].c[i]);
+        for (int kk = 0; kk < k; ++kk) s += A[row][kk] * B[kk][col];
+        w.mma_d[lane][i] = static_cast<float>(s);
+      }
+    }
+    ++g_stats.mma;
   }
-  if (f.lane == 0) ++g_stats.mma;
+  float out[4];
+  for (int i = 0; i < 4; ++i) out[i] = w.mma_d[f.lane][i];
   warp_barrier(l, f, op, kFull);
   for (int i = 0; i < 4; ++i) d[i] = out[i];
 }

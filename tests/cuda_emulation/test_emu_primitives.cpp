@@ -522,6 +522,45 @@ TEST_CASE("__syncthreads waits only for threads that have not exited", "[emu][sy
     }
 }
 
+namespace {
+__global__ void vote_kernel(int* out) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  if (tid >= 90) return;  // exited threads do not count in __syncthreads_count
+  int* o = out + tid * 6;
+  o[0] = __syncthreads_count(tid % 4 == 1);
+  o[1] = __syncthreads_or(tid == 77);
+  o[2] = __syncthreads_and(tid < 89);
+  if (tid < 64) {  // full warps only: the third warp has exited lanes
+    o[3] = static_cast<int>(__ballot_sync(0xffffffffu, lane % 3 == 0));
+    o[4] = __any_sync(0xffffffffu, lane == 31 && tid >= 32);
+    if (lane < 16) o[5] = __all_sync(0x0000ffffu, tid < 32 || lane < 8);
+  }
+}
+}  // namespace
+
+TEST_CASE("__syncthreads_count/or/and and warp votes", "[emu][sync]") {
+  std::vector<int> out(96 * 6, -7);
+  emu::launch(vote_kernel, dim3(1), dim3(96), 0, out.data());
+  unsigned every_third = 0;
+  for (int l = 0; l < 32; l += 3) every_third |= 1u << l;
+  for (int t = 0; t < 96; ++t) {
+    const int* o = out.data() + t * 6;
+    INFO("thread " << t);
+    if (t >= 90) {
+      CHECK(o[0] == -7);
+      continue;
+    }
+    CHECK(o[0] == 23);  // tids 1, 5, ..., 89
+    CHECK(o[1] == 1);
+    CHECK(o[2] == 0);  // tid 89 says no
+    if (t < 64) {
+      CHECK(static_cast<unsigned>(o[3]) == every_third);
+      CHECK(o[4] == (t >= 32 ? 1 : 0));
+      CHECK(o[5] == ((t & 31) < 16 ? (t < 32 ? 1 : 0) : -7));
+    }
+  }
+}
+
 TEST_CASE("shuffles exchange values between the lanes of a warp", "[emu][shfl]") {
   const int n = 64;
   std::vector<int> in(n), out(n * 8);
@@ -569,6 +608,16 @@ __global__ void garbage_kernel(unsigned char* out) {
   if (threadIdx.x == 0) out[0] = dynamic_smem()[17];
 }
 __global__ void nothing_kernel() {}
+// Every thread of a 3-D grid of 3-D blocks records its coordinates and its lane (via a shuffle).
+__global__ void coords_kernel(int* out) {
+  const int linear = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const int lane_of_0 = __shfl_sync(0xffffffffu, linear, 0);  // warps are 32 consecutive linear ids
+  int* o = out + (block * blockDim.x * blockDim.y * blockDim.z + linear) * 3;
+  o[0] = static_cast<int>(threadIdx.x * 10000 + threadIdx.y * 100 + threadIdx.z);
+  o[1] = static_cast<int>(blockIdx.x * 10000 + blockIdx.y * 100 + blockIdx.z);
+  o[2] = linear - lane_of_0;
+}
 }  // namespace
 
 TEST_CASE("misused collectives and kernel exceptions fail the launch with a message", "[emu][errors]") {
@@ -594,11 +643,76 @@ TEST_CASE("launch checks: block size, shared memory limit, garbage-filled shared
   unsigned char b = 0;
   emu::launch(garbage_kernel, dim3(1), dim3(32), 64, &b);
   CHECK(b == 0xff);
+  std::vector<int> out(2 * 3 * 1 * 64 * 3, -1);
+  emu::launch(coords_kernel, dim3(2, 3, 1), dim3(4, 4, 4), 0, out.data());
+  for (int bz = 0, i = 0; bz < 1; ++bz)
+    for (int by = 0; by < 3; ++by)
+      for (int bx = 0; bx < 2; ++bx)
+        for (int tz = 0; tz < 4; ++tz)
+          for (int ty = 0; ty < 4; ++ty)
+            for (int tx = 0; tx < 4; ++tx, ++i) {
+              REQUIRE(out[i * 3] == tx * 10000 + ty * 100 + tz);
+              REQUIRE(out[i * 3 + 1] == bx * 10000 + by * 100 + bz);
+              REQUIRE(out[i * 3 + 2] == (i % 64) % 32);
+            }
   const emu::Stats before = emu::stats();
   emu::launch(nothing_kernel, dim3(3, 2), dim3(8, 4), 0);
   CHECK(emu::stats().launches - before.launches == 1);
   CHECK(emu::stats().blocks - before.blocks == 6);
   CHECK(emu::stats().threads - before.threads == 6 * 32);
+}
+
+namespace {
+// Static __shared__: garbage before the first write, a valid cp.async target,
+// placed before the dynamic buffer in the shared window.
+__global__ void static_smem_kernel(const unsigned char* src, int* out) {
+  __shared__ __align__(16) unsigned char buf[64];
+  __shared__ int flag;
+  if (threadIdx.x == 0) {
+    out[0] = flag;
+    cp_async16(buf + 16, src, 16);
+    cp_async_commit();
+    cp_async_wait<0>();
+    out[1] = buf[16] + 256 * buf[31];
+    out[2] = smem_addr(buf) < smem_addr(dynamic_smem()) ? 1 : 0;
+    flag = 7;
+  }
+}
+
+// Each thread publishes a value and reads one written by a thread two warps
+// away; without the barrier the read races with the write.
+__global__ void race_kernel(int* out, bool barrier) {
+  __shared__ int s[256];
+  s[threadIdx.x] = static_cast<int>(blockIdx.x * 1000 + threadIdx.x);
+  if (barrier) __syncthreads();
+  out[blockIdx.x * 256 + threadIdx.x] = s[(threadIdx.x + 64) % 256];
+}
+}  // namespace
+
+TEST_CASE("static __shared__ variables are block-shared, garbage-filled and cp.async targets", "[emu][smem]") {
+  alignas(16) unsigned char src[16];
+  for (int i = 0; i < 16; ++i) src[i] = static_cast<unsigned char>(10 + i);
+  for (int round = 0; round < 2; ++round) {  // refilled for every block, also after a previous launch wrote it
+    int out[3] = {0, 0, 0};
+    emu::launch(static_smem_kernel, dim3(1), dim3(32), 16, src, out);
+    CHECK(out[0] == -1);
+    CHECK(out[1] == 10 + 256 * 25);
+    CHECK(out[2] == 1);
+  }
+}
+
+TEST_CASE("a missing __syncthreads shows as stale shared memory", "[emu][sync]") {
+  std::vector<int> out(4 * 256);
+  auto wrong = [&] {
+    int n = 0;
+    for (int b = 0; b < 4; ++b)
+      for (int t = 0; t < 256; ++t) n += out[b * 256 + t] != b * 1000 + (t + 64) % 256;
+    return n;
+  };
+  emu::launch(race_kernel, dim3(4), dim3(256), 0, out.data(), true);
+  CHECK(wrong() == 0);
+  emu::launch(race_kernel, dim3(4), dim3(256), 0, out.data(), false);
+  CHECK(wrong() > 0);
 }
 
 TEST_CASE("atomics of layout_kernels.cuh: validate_offsets_kernel flags and sums", "[emu][atomics]") {
