@@ -151,12 +151,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_grad_input_mma_ke
   };
 
   float acc[MT][NT][4];
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  zero_accumulators(acc);
 
   seek(0);
 #pragma unroll
@@ -183,25 +178,9 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_grad_input_mma_ke
 
     const uint16_t* as = As + slot * BM * LDA;
     const uint16_t* bs = Bs + slot * BK * LDB;
-#pragma unroll
-    for (int ks = 0; ks < BK; ks += 16) {
-      uint32_t af[MT][4], bf[NT][2];
-#pragma unroll
-      for (int i = 0; i < MT; ++i) load_a_kmajor(af[i], as, LDA, wm * WM + i * 16, ks, lane);
-#pragma unroll
-      for (int j = 0; j < NT; j += 2) {
-        uint32_t r[4];
-        load_b_nmajor(r, bs, LDB, wn * WN + j * 8, ks, lane);
-        bf[j][0] = r[0];
-        bf[j][1] = r[1];
-        bf[j + 1][0] = r[2];
-        bf[j + 1][1] = r[3];
-      }
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j) H::mma(acc[i][j], af[i], bf[j]);
-    }
+    warp_mma_slice<H, BK>(
+        acc, [&](uint32_t(&a)[4], int m, int ks) { load_a_kmajor(a, as, LDA, wm * WM + m, ks, lane); },
+        [&](uint32_t(&b)[4], int n, int ks) { load_b_nmajor(b, bs, LDB, wn * WN + n, ks, lane); });
     if (issued) {
       la.store(As + ns * BM * LDA, tid);
       lb.store(Bs + ns * BK * LDB, tid);
@@ -229,12 +208,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_grad_input_mma_ke
               accs[r * ldacc + col] += acc[i][j][2 * h + e2];
             }
         }
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+      zero_accumulators(acc);
     }
   }
   cp_async_wait<0>();

@@ -159,6 +159,47 @@ __device__ __forceinline__ void load_b_nmajor(uint32_t (&b)[4], const uint16_t* 
 }
 
 // ---------------------------------------------------------------------------
+// A warp's MT x NT grid of m16n8k16 products (fp32 accumulators).
+// ---------------------------------------------------------------------------
+template <int MT, int NT>
+__device__ __forceinline__ void zero_accumulators(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+}
+
+// acc += A @ B over one BK-deep slice in shared memory: per k16 step, the MT
+// A fragments load_a(a, m_offset, k) and the B fragments load_b(b4, n_offset, k)
+// two n-tiles at a time (the load_*_major helpers above, bound to the
+// slice's layout), then MT * NT mma.sync.
+template <typename H, int BK, int MT, int NT, typename LoadA, typename LoadB>
+__device__ __forceinline__ void warp_mma_slice(float (&acc)[MT][NT][4], LoadA&& load_a, LoadB&& load_b) {
+  static_assert(BK % 16 == 0 && NT % 2 == 0, "warp_mma_slice: BK % 16 and NT % 2 must be 0");
+#pragma unroll
+  for (int ks = 0; ks < BK; ks += 16) {
+    uint32_t af[MT][4], bf[NT][2];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) load_a(af[i], i * 16, ks);
+#pragma unroll
+    for (int j = 0; j < NT; j += 2) {
+      uint32_t r[4];
+      load_b(r, j * 8, ks);
+      bf[j][0] = r[0];
+      bf[j][1] = r[1];
+      bf[j + 1][0] = r[2];
+      bf[j + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) H::mma(acc[i][j], af[i], bf[j]);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Gathering tile loader: fills a [ROWS x COLS] shared tile (row stride LDS
 // elements) with
 //     tile[r][c] = src[(row0 + r) * ld + col(c)]

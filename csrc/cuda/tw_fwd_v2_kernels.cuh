@@ -153,12 +153,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_fwd_v2_kernel(con
   };
 
   float acc[MT][NT][4];
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  zero_accumulators(acc);
 
   // ---- mainloop over this split's chunks
   const int c_begin = static_cast<int>(blockIdx.z) * p.chunks_per_split;

@@ -716,19 +716,21 @@ TEST_CASE("a missing __syncthreads shows as stale shared memory", "[emu][sync]")
 }
 
 TEST_CASE("atomics of layout_kernels.cuh: validate_offsets_kernel flags and sums", "[emu][atomics]") {
-  // 3 tiles of 4 columns over n = 12, k = 10; row counts 3, 0, 5.
+  // 3 tiles of 4 columns over n = 12, k = 10; row counts 3, 0, 5 (+3 padding
+  // slots repeating 9 in the last tile: 8 slots, 5 kept).
   std::vector<int32_t> cols = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
-  std::vector<int32_t> offs = {0, 3, 3, 8};
-  std::vector<int32_t> rows = {1, 2, 3, 0, 4, 5, 6, 9};
-  DevLayout l{cols.data(), offs.data(), rows.data(), 12, 3, 8, 4};
-  unsigned long long out[3] = {0, 0, 0};
+  std::vector<int32_t> offs = {0, 3, 3, 11};
+  std::vector<int32_t> rows = {1, 2, 3, 0, 4, 5, 6, 9, 9, 9, 9};
+  DevLayout l{cols.data(), offs.data(), rows.data(), 12, 3, 11, 4};
+  unsigned long long out[4] = {0, 0, 0, 0};
   emu::launch(validate_offsets_kernel, dim3(2), dim3(64), 0, l, int64_t{12}, int64_t{10}, out);
   CHECK(out[kErr] == 0);
-  CHECK(out[kNumValues] == 4 * 3 + 4 * 5);
-  CHECK(out[kMaxRows] == 5);
+  CHECK(out[kNumValues] == 4 * 3 + 4 * 8);
+  CHECK(out[kMaxRows] == 8);
+  CHECK(out[kNumKept] == 4 * 3 + 4 * 5);
   offs[2] = 2;  // decreasing offsets
   cols[5] = 4;  // not strictly increasing
-  unsigned long long bad[3] = {0, 0, 0};
+  unsigned long long bad[4] = {0, 0, 0, 0};
   emu::launch(validate_offsets_kernel, dim3(1), dim3(32), 0, l, int64_t{12}, int64_t{10}, bad);
   CHECK((bad[kErr] & 2) != 0);
   CHECK((bad[kErr] & 4) != 0);
