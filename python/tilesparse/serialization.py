@@ -354,7 +354,9 @@ def load(model: nn.Module, path: Union[str, os.PathLike], *, strict: bool = True
     # 3. commit
     from .sparsify import _set_submodule
 
+    # the rest first: a tile-sparse module's loader reads a missing residue key as "no residue", so the new
+    # modules must not see this partial state dict (the old ones there are replaced next)
+    model.load_state_dict({k: v for k, v in rest.items() if k in expected}, strict=False)
     for fqn, mod in built.items():
         model = _set_submodule(model, fqn, mod)
-    model.load_state_dict({k: v for k, v in rest.items() if k in expected}, strict=False)
     return model

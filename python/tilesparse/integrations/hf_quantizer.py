@@ -7,9 +7,11 @@ See :mod:`tilesparse.integrations.transformers` for the design.
 """
 from __future__ import annotations
 
+import re
 import weakref
 from typing import Any, Dict, Optional, Tuple
 
+import torch
 from torch import nn
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING, register_quantization_config, register_quantizer
 from transformers.quantizers.base import HfQuantizer
@@ -91,6 +93,23 @@ def attach(model: nn.Module) -> None:
         raise ValueError(f"model {type(model).__name__} is already quantized with {current!r}: tilesparse cannot "
                          "record its layers in the same config")
     config.quantization_config = TileSparseConfig().bind(model)
+    # save_pretrained (transformers >= 4.5x) takes the state dict from model.hf_quantizer: that is where the
+    # finalized layers' guards are added. `is_quantized` stays unset, so .half()/.float() keep working.
+    if not isinstance(getattr(model, "hf_quantizer", None), TileSparseHfQuantizer):
+        model.hf_quantizer = TileSparseHfQuantizer(config.quantization_config, pre_quantized=True)
+
+
+GUARD = "weight"
+
+
+def _guard_keys(model: nn.Module):
+    """``<layer>.weight`` of every finalized layer: the key a dense model expects
+    there. save_pretrained stores an empty tensor under it, so that transformers
+    without tilesparse imported stops with a size mismatch on that key instead
+    of silently initialising a random weight (it only *warns* about an unknown
+    ``quant_method``); with tilesparse imported the key is ignored."""
+    return [f"{fqn}.{GUARD}" if fqn else GUARD for fqn, m in serialization.sparse_layers(model)
+            if getattr(m, "finalized", False)]
 
 
 def _resolve(model: nn.Module, fqn: str) -> str:
@@ -136,6 +155,8 @@ class TileSparseHfQuantizer(HfQuantizer):
             mod = serialization.build_empty(name, entry, device=ref.device, dtype=ref.dtype)
             _set_submodule(model, name, mod)
             self._built[name] = (mod, entry)
+        guards = {re.escape(k) + "$" for k in _guard_keys(model)}
+        model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -148,6 +169,13 @@ class TileSparseHfQuantizer(HfQuantizer):
         if isinstance(self.quantization_config, TileSparseConfig):
             self.quantization_config.bind(model)
         return model
+
+    def get_state_dict_and_metadata(self, model):
+        state = model.state_dict()
+        ref = next((t for t in state.values() if t.is_floating_point()), None)
+        for key in _guard_keys(model):
+            state[key] = torch.zeros(0, dtype=ref.dtype if ref is not None else torch.float32)
+        return state, {}
 
     def is_serializable(self, safe_serialization=None) -> bool:  # 4.x passes safe_serialization
         return True
