@@ -93,8 +93,8 @@ def attach(model: nn.Module) -> None:
         raise ValueError(f"model {type(model).__name__} is already quantized with {current!r}: tilesparse cannot "
                          "record its layers in the same config")
     config.quantization_config = TileSparseConfig().bind(model)
-    # save_pretrained (transformers >= 4.5x) takes the state dict from model.hf_quantizer: that is where the
-    # finalized layers' guards are added. `is_quantized` stays unset, so .half()/.float() keep working.
+    # save_pretrained takes the state dict from model.hf_quantizer (get_state_dict_and_metadata): that is where
+    # the finalized layers' guards are added. `is_quantized` stays unset, so .half()/.float() keep working.
     if not isinstance(getattr(model, "hf_quantizer", None), TileSparseHfQuantizer):
         model.hf_quantizer = TileSparseHfQuantizer(config.quantization_config, pre_quantized=True)
 

@@ -2,8 +2,7 @@
 
 **Round trip.** tilesparse registers itself as a transformers quantization
 method named ``"tilesparse"`` (``register_quantization_config`` /
-``register_quantizer``, public API since transformers 4.41 and unchanged in
-5.x). A model pruned with :func:`tilesparse.sparsify` or
+``register_quantizer``; tested with transformers 5.24). A model pruned with :func:`tilesparse.sparsify` or
 :class:`tilesparse.Pruner` carries a :class:`TileSparseConfig` as
 ``model.config.quantization_config``; ``save_pretrained`` writes it to
 ``config.json`` (``"quant_method": "tilesparse"`` plus the manifest of every
