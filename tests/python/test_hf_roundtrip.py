@@ -113,3 +113,20 @@ def test_masked_checkpoint_without_tilesparse_loads_the_same_dense_function(tmp_
     assert r.returncode == 0, r.stderr
     assert "tilesparse" in r.stderr
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_copied_and_pickled_models_record_their_own_state(tmp_path):
+    import copy
+
+    model = _sparse_bert("tw", final=False)
+    twin = copy.deepcopy(model)
+    tilesparse.finalize(twin)  # the copy's config follows the copy, not the original
+    states = lambda m: {e["state"] for e in m.config.quantization_config.to_dict()["layers"].values()}  # noqa: E731
+    assert states(model) == {"masked"} and states(twin) == {"final"}
+    torch.save(twin, tmp_path / "whole.pt")
+    back = torch.load(tmp_path / "whole.pt", weights_only=False)
+    back.save_pretrained(tmp_path / "m")
+    layers = json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]["layers"]
+    assert {e["state"] for e in layers.values()} == {"final"}
+    torch.testing.assert_close(AutoModel.from_pretrained(tmp_path / "m").eval()(IDS).last_hidden_state,
+                               twin(IDS).last_hidden_state, rtol=0, atol=0)

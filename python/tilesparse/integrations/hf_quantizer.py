@@ -7,6 +7,7 @@ See :mod:`tilesparse.integrations.transformers` for the design.
 """
 from __future__ import annotations
 
+import copy
 import re
 import weakref
 from typing import Any, Dict, Optional, Tuple
@@ -68,10 +69,17 @@ class TileSparseConfig(QuantizationConfigMixin):
         yield from self.to_dict().items()
 
     def __deepcopy__(self, memo):
-        # from_pretrained deep-copies configs; the copy keeps the binding (a weak reference)
-        new = TileSparseConfig(**{k: v for k, v in self.to_dict().items()})
-        new._model = self._model
+        # from_pretrained deep-copies configs; copy.deepcopy(model) must bind the copy to the model's copy
+        new = TileSparseConfig(**copy.deepcopy(self.to_dict(), memo))
+        model = self._model() if self._model is not None else None
+        if model is not None:
+            new._model = weakref.ref(memo.get(id(model), model))
         return new
+
+    def __getstate__(self):  # torch.save(model) pickles the config: a weak reference cannot be pickled
+        state = dict(self.__dict__, layers=self.current_layers())
+        state["_model"] = None
+        return state
 
     def __repr__(self) -> str:
         return f"TileSparseConfig(layers={len(self.current_layers())}, format={self.format})"
@@ -171,6 +179,10 @@ class TileSparseHfQuantizer(HfQuantizer):
         return model
 
     def get_state_dict_and_metadata(self, model):
+        # save_pretrained calls this before it writes config.json: bind the config to the model being saved
+        config = getattr(model.config, "quantization_config", None)
+        if isinstance(config, TileSparseConfig):
+            config.bind(model)
         state = model.state_dict()
         ref = next((t for t in state.values() if t.is_floating_point()), None)
         for key in _guard_keys(model):
