@@ -22,6 +22,7 @@ entries into ``config.json``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
@@ -132,11 +133,13 @@ def build_empty(fqn: str, entry: Dict[str, Any], device: Union[str, torch.device
             cfg[key] = tuple(cfg[key])
         if not isinstance(cfg["padding"], str):
             cfg["padding"] = tuple(cfg["padding"])
+    unit = int(entry.get("unit", 1))
+    if "unit" in inspect.signature(cls.__init__).parameters:
+        kw["unit"] = unit
     try:
         mod = cls(**cfg, **kw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"layer {fqn!r}: cannot build {entry['class']} from the manifest: {e}") from e
-    unit = int(entry.get("unit", 1))
     if unit != int(getattr(mod, "unit", 1)):
         if not hasattr(mod, "unit"):
             raise ValueError(f"layer {fqn!r}: saved with unit={unit}, which this tilesparse version's "

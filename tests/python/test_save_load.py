@@ -189,3 +189,19 @@ def test_masked_linear_and_grouped_conv(tmp_path):
     tilesparse.load(fresh, tmp_path / "g.safetensors")
     assert isinstance(fresh[0], TileSparseConv2d) and isinstance(fresh[2], MaskedLinear)
     torch.testing.assert_close(fresh(x), ref, rtol=0, atol=0)
+
+
+def test_unit_is_recorded_and_a_foreign_unit_is_refused(tmp_path):
+    net = _sparse("tw", final=True)
+    path = tmp_path / "u.safetensors"
+    tilesparse.save(net, path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    man = json.loads(meta["tilesparse"])
+    assert {e["unit"] for e in man["layers"].values()} == {int(getattr(net.fc1, "unit", 1))}
+    if hasattr(net.fc1, "unit"):
+        return  # this build's modules carry a unit: any recorded value is restorable
+    man["layers"]["fc2"]["unit"] = 8
+    save_file(load_file(str(path)), str(path), metadata={**meta, "tilesparse": json.dumps(man)})
+    with pytest.raises(ValueError, match=r"layer 'fc2'.*unit=8"):
+        tilesparse.load(Net(), path)
