@@ -130,3 +130,14 @@ def test_copied_and_pickled_models_record_their_own_state(tmp_path):
     assert {e["state"] for e in layers.values()} == {"final"}
     torch.testing.assert_close(AutoModel.from_pretrained(tmp_path / "m").eval()(IDS).last_hidden_state,
                                twin(IDS).last_hidden_state, rtol=0, atol=0)
+
+
+def test_registered_whichever_is_imported_first():
+    # this process imported tilesparse first (registration on transformers' import); the other order:
+    code = ("import transformers.quantizers.auto as q; assert 'tilesparse' not in q.AUTO_QUANTIZER_MAPPING; "
+            "import tilesparse; assert 'tilesparse' in q.AUTO_QUANTIZER_MAPPING; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+
+    assert AUTO_QUANTIZER_MAPPING["tilesparse"].__name__ == "TileSparseHfQuantizer"
