@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 
 import torch
 from setuptools import setup
@@ -90,7 +91,25 @@ def get_extensions():
     return [ext("tilesparse._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], **kwargs)]
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension (ninja) with a persistent object directory.
+
+    pip's editable install (PEP 660, setuptools' ``editable_wheel``) sets
+    ``build_temp`` to a fresh ``TemporaryDirectory(suffix=".build-temp")`` and
+    deletes it afterwards, so ninja never saw its previous objects and every
+    ``pip install -e .`` recompiled every source. Pinning ``build_temp`` to the
+    directory ``setup.py build_ext --inplace`` uses (``build/temp.<plat>-<tag>``)
+    keeps ``build.ninja``, ``.ninja_log``, the objects and their ``-MMD``
+    header dependencies between builds: ninja recompiles only sources whose
+    inputs (or compile command) changed.
+    """
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
 setup(
     ext_modules=get_extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
 )

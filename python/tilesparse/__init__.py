@@ -28,3 +28,11 @@ from .pruner import Pruner  # noqa: E402
 
 __all__ += ["nn", "patterns", "importance", "schedule", "TileSparseLinear", "TileSparseConv2d", "sparsify",
             "finalize", "densify", "mask_optimizer", "sparsity_summary", "Pruner"]
+
+# saving and loading (issue 12); `import tilesparse` also registers the
+# Hugging Face round trip with transformers when it is installed
+from .serialization import save, load  # noqa: E402
+from .integrations import install_transformers_hook as _install_transformers_hook  # noqa: E402
+
+_install_transformers_hook()
+__all__ += ["save", "load"]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .importance import Importance, _progress, make_importance
+from .integrations import attach_if_transformers
 from .nn import MaskedConv2d, MaskedLinear, TileSparseBase, TileSparseConv2d, TileSparseLinear
 from .patterns import TILE_PATTERNS, check_pattern, masks_for, resolve_col_sparsity
 
@@ -158,6 +159,8 @@ def swap_modules(model: nn.Module, pattern: str, tile: int, filter_fn: Optional[
         if new is not mod:
             model = _set_submodule(model, fqn, new)
         out.append((fqn, new))
+    if out:
+        attach_if_transformers(model)  # so that save_pretrained records the sparse layers
     return model, out
 
 
