@@ -48,7 +48,10 @@ def test_from_mask_matches_format(device, case):
         assert got.device == torch.device(device), name
         assert got.cpu().tolist() == want, name
     assert layout.shape == tuple(mask.shape) and layout.tile == tile
-    assert layout.num_values == int(mask.sum())
+    assert layout.num_kept == int(mask.sum())
+    assert all((b - a) % TileLayout.PAD == 0 for a, b in zip(row_offsets, row_offsets[1:]))  # padded slots
+    assert layout.num_values >= layout.num_kept
+    assert layout.tile_kept().cpu().tolist() == [len(set(rows[a:b])) for a, b in zip(row_offsets, row_offsets[1:])]
     assert layout.num_tiles == len(row_offsets) - 1
     assert layout.tile_rows().cpu().tolist() == [b - a for a, b in zip(row_offsets, row_offsets[1:])]
     assert torch.equal(layout.mask().cpu(), mask)
@@ -75,7 +78,9 @@ def test_pack_unpack_round_trip(device, case, dtype):
     values = layout.pack(w)
     assert values.dtype == dtype and values.device == w.device and values.shape == (layout.num_values,)
     assert torch.equal(values.cpu(), reference_pack(w, *reference_layout(mask, tile), tile))
-    assert torch.equal(values.cpu(), w.cpu()[mask])  # hence: packed order = row-major order of kept entries
+    c1, o1, r1 = torch.ops.tilesparse.layout_from_mask(mask, tile, 1)
+    values1 = torch.ops.tilesparse.tw_pack(w.cpu(), c1, o1, r1, tile, int(mask.sum()))
+    assert torch.equal(values1, w.cpu()[mask])  # unpadded: packed order = row-major order of kept entries
     dense = layout.unpack(values)
     assert dense.dtype == dtype and dense.shape == mask.shape
     assert torch.equal(dense.cpu(), w.cpu() * mask.to(dtype))
@@ -87,7 +92,8 @@ def test_pack_unpack_hand_built_layout_with_empty_tile():
     layout, mask = layout_with_empty_tile()
     w = torch.randn(14, 6, dtype=torch.float64)
     values = layout.pack(w)
-    assert values.numel() == int(mask.sum()) == layout.num_values
+    assert int(mask.sum()) == layout.num_kept
+    assert values.numel() == layout.num_values
     assert torch.equal(values, reference_pack(w, layout.cols.tolist(), layout.row_offsets.tolist(),
                                               layout.rows.tolist(), 4))
     assert torch.equal(layout.unpack(values), w * mask)
