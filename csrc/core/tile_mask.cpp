@@ -15,8 +15,7 @@ std::string check_mask_problem(const MaskProblem& p) {
   else if (p.k_align <= 0) err << "k_align must be positive, got " << p.k_align;
   else if (p.unit <= 0) err << "unit must be positive, got " << p.unit;
   else if (p.k_align % p.unit != 0 && p.unit % p.k_align != 0)
-    err << "k_align and unit must divide one another, got k_align="
-        << p.k_align << ", unit=" << p.unit;
+    err << "k_align and unit must divide one another, got k_align=" << p.k_align << ", unit=" << p.unit;
   return err.str();
 }
 

@@ -10,11 +10,11 @@
 //    layout and it is moved to the mask's device;
 //  * tile_mask, tile_mask_threshold, tile_segment_scores: mask selection runs
 //    once per pruning step and must equal the CPU operator exactly (ranking
-//    ties, k_align groups and unit runs, the "closer to target" greedy rule, float64 sums
-//    whose rounding depends on their order), so the scores are copied to the
-//    host, the CPU operator (csrc/core/tile_mask.cpp, the reference semantics)
-//    runs, and the result moves back to the scores' device: equal by
-//    construction, at the cost of two copies.
+//    ties, k_align groups, unit runs, the "closer to target" greedy rule,
+//    float64 sums whose rounding depends on their order), so the scores are
+//    copied to the host, the CPU operator (csrc/core/tile_mask.cpp, the
+//    reference semantics) runs, and the result moves back to the scores'
+//    device: equal by construction, at the cost of two copies.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
