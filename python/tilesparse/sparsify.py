@@ -203,8 +203,9 @@ def compute_masks(entries: Sequence[Tuple[str, nn.Module]], importance: Importan
         if not bool(out[-1][0].any()) and (out[-1][1] is None or not bool(out[-1][1].any())):
             warnings.warn(f"tilesparse: layer {fqn!r} is pruned entirely (scope={scope!r}, score_norm={score_norm!r}, "
                           f"max_layer_sparsity={max_layer_sparsity!r}); its scores are small next to the other "
-                          "layers' or its pruning unit is as large as the layer. Consider scope='layer', "
-                          "score_norm='rms' or max_layer_sparsity='auto'.", stacklevel=3)
+                          "layers' or its pruning group is as large as the layer. Consider the defaults "
+                          "score_norm='rms' and max_layer_sparsity='auto', scope='layer', or a smaller unit.",
+                          stacklevel=3)
     return out
 
 

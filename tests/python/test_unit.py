@@ -154,6 +154,26 @@ def test_global_masks_with_unit(pattern, unit, k_align):
         assert abs(sum(int(r.sum()) for _, r in out) - round(delta * total)) <= 1
 
 
+@pytest.mark.parametrize("unit,k_align", [(4, 1), (8, 1), (8, 16), (3, 6), (4, 2)])
+@pytest.mark.parametrize("col_sparsity", [0.0, 0.2])
+def test_global_threshold_of_one_layer_equals_the_count_selection(unit, k_align, col_sparsity):
+    """For a single weight (random scores, no ties) the threshold that
+    tw_global_threshold solves for, applied by tile_mask_threshold, selects
+    exactly what tile_mask selects by count: the Python group sizes (partial
+    last run, partial last tile, k_align groups) match the core's."""
+    from tilesparse.patterns import tw_global_threshold
+
+    s = _scores(75, 37, seed=unit * 10 + k_align)  # partial tile (75 = 4 x 16 + 11) and partial run
+    for sp in (0.3, 0.6, 0.85):
+        cs = col_sparsity * sp
+        thr, col_thr = tw_global_threshold([s], sp, 16, cs, k_align, unit)
+        by_thr = ops.tile_mask_threshold(s, 16, thr, col_thr, k_align, unit)
+        if cs == 0:  # the column step's count rule differs from a column threshold by design
+            assert torch.equal(by_thr, ops.tile_mask(s, 16, sp, 0.0, k_align, unit))
+        assert runs_whole(by_thr, unit) and is_tile_wise(by_thr, 16)
+        assert abs(int((~by_thr).sum()) - round(sp * s.numel())) <= 16 * max(unit, k_align) / 2 + 37 / 2
+
+
 def test_mask_for_and_tew_masks_take_unit():
     s = _scores(40, 30, 4)
     assert runs_whole(mask_for("tw", s, 0.6, 8, unit=8), 8)
