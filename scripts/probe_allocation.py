@@ -5,7 +5,7 @@ study's data and held-out cosine, for the global-scope safeguards and unit.
 
 Activation-weighted scores and the calibrated least-squares refit come from
 ``tilesparse.study.minilm`` (``InputStats``, ``refit``) until issue 11 makes
-them public; about 12 minutes on 2 busy cores. Prints one line per case:
+them public; 5-10 minutes on 2 shared cores. Prints one line per case:
 cosine before and after the refit, and the range of per-layer sparsities.
 """
 import copy
