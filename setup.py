@@ -86,7 +86,6 @@ def get_extensions():
     kwargs = dict(extra_compile_args={"cxx": cxx, "nvcc": nvcc} if use_cuda else {"cxx": cxx},
                   extra_link_args=link)
     if use_cuda:
-        kwargs["libraries"] = ["cublas"]
         kwargs["define_macros"] = [("TILESPARSE_WITH_CUDA", "1")]
     return [ext("tilesparse._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], **kwargs)]
 
