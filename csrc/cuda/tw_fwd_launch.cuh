@@ -140,8 +140,10 @@ void run_fwd(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, La
       launch(mark_covered_kernel, dim3(static_cast<unsigned>(fwd_ceil_div(count, 256))), dim3(256), 0, l.cols, count,
              a.n, w.covered);
     const dim3 grid(static_cast<unsigned>(fwd_ceil_div(a.n, 256)), static_cast<unsigned>(std::min<int64_t>(a.m, 1024)));
-    launch(fill_uncovered_kernel<T>, grid, dim3(256), 0, a.y, a.m, a.n, a.ldy, const_cast<const uint8_t*>(w.covered),
-           a.bias);
+    // 16-bit floats as their bits (0 is +0.0 in fp16 and bf16): a pure copy
+    using S = std::conditional_t<std::is_same_v<T, float> || std::is_same_v<T, double>, T, uint16_t>;
+    launch(fill_uncovered_kernel<S>, grid, dim3(256), 0, reinterpret_cast<S*>(a.y), a.m, a.n, a.ldy,
+           const_cast<const uint8_t*>(w.covered), reinterpret_cast<const S*>(a.bias));
   }
   if (l.num_tiles == 0 || a.k == 0) return;
 

@@ -57,7 +57,9 @@ def test_final_state_matches_and_shrinks(delta):
     names = dict(mod.named_parameters())
     assert names["values"].dim() == 1
     n_params = sum(p.numel() for n, p in names.items() if n != "bias")
-    assert n_params == int(keep.sum())  # exactly the kept weights
+    assert n_params == mod.num_values  # the stored slots: the kept weights plus per-tile padding to 8
+    assert mod.num_kept == int(keep.sum())  # exactly the kept weights
+    assert n_params - mod.num_kept < 8 * mod.tile * mod.layout().num_tiles  # at most 7 padding slots per tile row
     for b in ("cols", "row_offsets", "rows"):
         assert b in dict(mod.named_buffers()) and b in mod.state_dict()
     xr = x.clone().requires_grad_()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tilesparse import TileLayout, ops
 from tilesparse.testing import (FLOAT_DTYPES, assert_close_to_reference, device_params, devices,
-                                layout_with_empty_tile, random_tw_mask, reference_tw_linear)
+                                layout_with_empty_tile, random_tw_mask, reference_pack, reference_tw_linear)
 
 DEVICES = device_params()
 _ops = torch.ops.tilesparse
@@ -64,10 +64,12 @@ def _idx(layout):
     return layout.cols, layout.row_offsets, layout.rows
 
 
-def _packed(dense, mask):
-    """Packed values of a dense [N, K] tensor: the packed order is the row-major
-    order of the mask's kept entries (docs/format.md; test_layout checks it)."""
-    return dense.detach().cpu()[mask.cpu()]
+def _packed(dense, layout):
+    """Packed values of a dense [N, K] tensor in the layout's slots, built
+    block by block in plain Python (docs/format.md; zero in padding slots).
+    test_layout checks the layout's indices against reference_layout."""
+    idx = (layout.cols.cpu().tolist(), layout.row_offsets.cpu().tolist(), layout.rows.cpu().tolist())
+    return reference_pack(dense.detach().cpu(), *idx, layout.tile).to(dense.dtype)
 
 
 def _operands(mask, layout, dtype, device, lead=(5,), bias=True, seed=0):
@@ -124,7 +126,7 @@ def test_many_row_blocks(device, dtype_kernel, m, case):
         gv = _ops.tw_linear_grad_values(gy, x, *_idx(layout), layout.tile, layout.num_values)
     assert_close_to_reference(y, reference_tw_linear(x.cpu(), w, mask, b.cpu()), reduction_len=k)
     assert_close_to_reference(gx, gy.cpu().double() @ (w.double() * mask), reduction_len=n)
-    assert_close_to_reference(gv, _packed(gy.cpu().double().t() @ x.cpu().double(), mask), reduction_len=m)
+    assert_close_to_reference(gv, _packed(gy.cpu().double().t() @ x.cpu().double(), layout), reduction_len=m)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -200,7 +202,7 @@ def test_forward_and_backward_independent_of_thread_count(threads, dtype):
     n, k = mask.shape
     assert_close_to_reference(y, reference_tw_linear(x.detach(), w, mask, b), reduction_len=k)
     assert_close_to_reference(x.grad, gy.double() @ (w.double() * mask), reduction_len=n)
-    assert_close_to_reference(values.grad, _packed(gy.double().t() @ x.detach().double(), mask), reduction_len=300)
+    assert_close_to_reference(values.grad, _packed(gy.double().t() @ x.detach().double(), layout), reduction_len=300)
 
 
 # ---------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def test_backward_matches_dense_masked_reference(device, dtype_kernel, case, lea
     (reference_tw_linear(xr, wr, mask, br) * gy_).sum().backward()
     m = max(1, gy.numel() // max(1, mask.shape[0]))
     assert_close_to_reference(x.grad, xr.grad, reduction_len=mask.shape[0])
-    assert_close_to_reference(values.grad, _packed(wr.grad, mask), reduction_len=m)
+    assert_close_to_reference(values.grad, _packed(wr.grad, layout), reduction_len=m)
     assert_close_to_reference(b.grad, br.grad, reduction_len=m)
 
 
@@ -250,7 +252,7 @@ def test_backward_operators_directly(device, case, lead):
     gv = _ops.tw_linear_grad_values(gy, x, layout.cols, layout.row_offsets, layout.rows, layout.tile,
                                     layout.num_values)
     dense = gy.cpu().reshape(-1, n).t() @ x.cpu().reshape(-1, k)
-    torch.testing.assert_close(gv.cpu(), _packed(dense, mask))
+    torch.testing.assert_close(gv.cpu(), _packed(dense, layout))
 
 
 @pytest.mark.parametrize("needs", ["x", "values", "bias", "x+bias"])
@@ -267,7 +269,7 @@ def test_backward_only_requested_grads(needs):
     if x.grad is not None:
         torch.testing.assert_close(x.grad, ones @ (w * mask))
     if values.grad is not None:
-        torch.testing.assert_close(values.grad, _packed(ones.t() @ x, mask))
+        torch.testing.assert_close(values.grad, _packed(ones.t() @ x, layout))
     if b.grad is not None:
         torch.testing.assert_close(b.grad, torch.full_like(b, 4.0))
 
@@ -343,6 +345,6 @@ def test_tw_linear_property(n, k, tile, sparsity, col_share, lead, dtype, x_kind
     m = max(1, x.numel() // k)
     assert_close_to_reference(x.grad, gy.double() @ (w.double() * mask), reduction_len=n)
     gw = gy.double().reshape(-1, n).t() @ x.detach().cpu().double().reshape(-1, k)
-    assert_close_to_reference(values.grad, _packed(gw, mask), reduction_len=m)
+    assert_close_to_reference(values.grad, _packed(gw, layout), reduction_len=m)
     if bias:
         assert_close_to_reference(b.grad, gy.double().reshape(-1, n).sum(0), reduction_len=m)
