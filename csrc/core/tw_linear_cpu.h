@@ -73,12 +73,33 @@ inline int64_t max_tile_rows(const LayoutView& l) {
   return mk;
 }
 
+// Tile t keeps every input feature, in order (rows_t == arange(k)). Compared
+// entry by entry: a padded layout may hold k entries that repeat features.
+inline bool keeps_all_rows(const LayoutView& l, int64_t t, int64_t k) {
+  if (l.tile_rows(t) != k) return false;
+  const int32_t* rows = l.rows + l.row_offsets[t];
+  for (int64_t r = 0; r < k; ++r)
+    if (rows[r] != r) return false;
+  return true;
+}
+
+// The layout is the dense [n, k] weight: cols == arange(n) and every tile
+// keeps arange(k), so the packed values are W itself, row-major.
+inline bool is_dense_layout(const LayoutView& l, int64_t n, int64_t k) {
+  if (n <= 0 || k <= 0 || l.num_cols != n || num_values(l) != n * k) return false;
+  for (int64_t c = 0; c < n; ++c)
+    if (l.cols[c] != c) return false;
+  for (int64_t t = 0; t < l.num_tiles; ++t)
+    if (!keeps_all_rows(l, t, k)) return false;
+  return true;
+}
+
 // The block's kept input features of tile t as a row-major [w, kt] operand:
 // x itself when the tile keeps every feature, else gathered into buf.
 template <typename T>
 const T* tile_input(const LayoutView& l, int64_t t, const T* xb, int64_t k, int64_t w, T* buf, int64_t* ld) {
   const int64_t kt = l.tile_rows(t);
-  if (kt == k) {  // rows are strictly increasing in [0, k): all of them, in order
+  if (keeps_all_rows(l, t, k)) {
     *ld = k;
     return xb;
   }
@@ -156,7 +177,7 @@ void tw_linear_grad_input(const LayoutView& l, const T* gy, int64_t m, int64_t n
         int64_t lda = 0;
         const T* a = tile_grad_out(l, t, gy + i0 * n, n, w, gbuf.get(), &lda);
         const T* v = values + l.value_offset(t);
-        if (kt == k) {  // gX += gY_t @ V_t in place
+        if (keeps_all_rows(l, t, k)) {  // gX += gY_t @ V_t in place
           gemm(false, false, w, k, l.tile_width(t), a, lda, v, kt, T(1), gxb, k);
         } else {  // tmp[w, kt] = gY_t @ V_t, scattered to the kept input features
           gemm(false, false, w, kt, l.tile_width(t), a, lda, v, kt, T(0), tmp.get(), kt);
