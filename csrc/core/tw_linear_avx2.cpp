@@ -114,16 +114,25 @@ TS_AVX2 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, int
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_ps();
   }
+  // One base pointer per row: each broadcast is then a single load from
+  // base + idx[p] (a chain of `+ ldx` adds per kept feature would crowd the
+  // front end next to the 12 FMAs).
+  const float* xr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x + r * ldx;
+    asm("" : "+r"(xr[r]));  // opaque, so the compiler cannot fold them back into that chain
+  }
 #pragma GCC unroll 2
   for (int64_t p = 0; p < len; ++p) {
-    const float* xp = x + idx[p];
+    const int64_t ip = idx[p];
     const float* bp = b + p * ldb;
     __m256 bv[NV];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = FullB ? _mm256_loadu_ps(bp + 8 * v) : _mm256_maskload_ps(bp + 8 * v, mk[v]);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(xp + r * ldx);
+      const __m256 a = _mm256_broadcast_ss(xr[r] + ip);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(a, bv[v], c[r][v]);
     }
@@ -164,33 +173,25 @@ void fwd_micro(int64_t rows, const float* x, int64_t ldx, const int32_t* idx, in
 #undef TS_CASE
 }
 
-// out[j * ldo + r] += sum_i x[i * ldx + idx[r]] * g[i * ldg + j] for r < R,
-// j < width (<= FW): kept inputs broadcast from x in place (no gathered copy),
-// 16 output gradients per load, the R x 16 result added transposed.
-template <int R, bool FullW>
-TS_AVX2 void gv_micro_impl(const float* x, int64_t ldx, const int32_t* idx, int64_t len, const float* g,
-                           int64_t ldg, int64_t width, float* out, int64_t ldo) {
+// out[j * ldo + r] += sum_i xg[i * FR + r] * gp[i * FW + j] for r < R,
+// j < width: both operands packed (contiguous, so L1 holds them: in place,
+// rows of gy and x a multiple of 4 KiB apart all map to one L1 set), 16
+// output gradients per load, the R x 16 result added transposed.
+template <int R>
+TS_AVX2 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
   __m256 c[R][NV];
-  __m256i mk[NV];
-#pragma GCC unroll 2
-  for (int v = 0; v < NV; ++v) mk[v] = lane_mask(width - 8 * v);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_ps();
-  const float* xr[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) xr[r] = x + idx[r];
 #pragma GCC unroll 2
   for (int64_t i = 0; i < len; ++i) {
-    const float* gi = g + i * ldg;
     __m256 bv[NV];
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = FullW ? _mm256_loadu_ps(gi + 8 * v) : _mm256_maskload_ps(gi + 8 * v, mk[v]);
-    const int64_t off = i * ldx;
+    for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(gp + i * FW + 8 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(xr[r] + off);
+      const __m256 a = _mm256_broadcast_ss(xg + i * FR + r);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(a, bv[v], c[r][v]);
     }
@@ -204,17 +205,31 @@ TS_AVX2 void gv_micro_impl(const float* x, int64_t ldx, const int32_t* idx, int6
     for (int r = 0; r < R; ++r) out[j * ldo + r] += tmp[r * FW + j];
 }
 
-void gv_micro(int64_t rows, const float* x, int64_t ldx, const int32_t* idx, int64_t len, const float* g,
-              int64_t ldg, int64_t width, float* out, int64_t ldo) {
-#define TS_CASE(R)                                                                  \
-  case R:                                                                           \
-    return width == FW ? gv_micro_impl<R, true>(x, ldx, idx, len, g, ldg, width, out, ldo) \
-                       : gv_micro_impl<R, false>(x, ldx, idx, len, g, ldg, width, out, ldo);
+void gv_micro(int64_t rows, const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
   switch (rows) {
-    TS_CASE(6) TS_CASE(5) TS_CASE(4) TS_CASE(3) TS_CASE(2)
-    default: TS_CASE(1)
+    case 6: return gv_micro_impl<6>(xg, len, gp, width, out, ldo);
+    case 5: return gv_micro_impl<5>(xg, len, gp, width, out, ldo);
+    case 4: return gv_micro_impl<4>(xg, len, gp, width, out, ldo);
+    case 3: return gv_micro_impl<3>(xg, len, gp, width, out, ldo);
+    case 2: return gv_micro_impl<2>(xg, len, gp, width, out, ldo);
+    default: return gv_micro_impl<1>(xg, len, gp, width, out, ldo);
   }
-#undef TS_CASE
+}
+
+// gp[i * FW + j] = g[i * ldg + j] for i < h, j < width, zero for j >= width.
+TS_AVX2 void pack_gy_panel(const float* g, int64_t ldg, int64_t h, int64_t width, float* gp) {
+  if (width == FW) {
+    for (int64_t i = 0; i < h; ++i) {
+      _mm256_storeu_ps(gp + i * FW, _mm256_loadu_ps(g + i * ldg));
+      _mm256_storeu_ps(gp + i * FW + 8, _mm256_loadu_ps(g + i * ldg + 8));
+    }
+    return;
+  }
+  const __m256i m0 = lane_mask(width), m1 = lane_mask(width - 8);
+  for (int64_t i = 0; i < h; ++i) {
+    _mm256_storeu_ps(gp + i * FW, _mm256_maskload_ps(g + i * ldg, m0));
+    _mm256_storeu_ps(gp + i * FW + 8, _mm256_maskload_ps(g + i * ldg + 8, m1));
+  }
 }
 
 // dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block, in registers.
@@ -400,6 +415,8 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
     if (l.tile_width(t) > 0)
       for (int64_t p0 = 0; p0 < l.tile_rows(t); p0 += GPC) items.emplace_back(t, p0);
   parallel_for(0, static_cast<int64_t>(items.size()), [&](int64_t a, int64_t b) {
+    // x[:, rows] of a pass as groups of FR kept inputs, [h][FR] each; one gy panel [h][FW]
+    std::vector<float> xg((GPC + FR - 1) / FR * FR * GMB), gp(GMB * FW);
     for (int64_t it = a; it < b; ++it) {
       const auto [t, p0] = items[it];
       const int64_t g = l.tile_width(t), kt = l.tile_rows(t), len = std::min(GPC, kt - p0);
@@ -410,11 +427,20 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
       float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
       for (int64_t i0 = 0; i0 < m; i0 += GMB) {
         const int64_t h = std::min(GMB, m - i0);
+        for (int64_t r0 = 0; r0 < len; r0 += FR) {  // a group past len repeats its last feature (ignored)
+          int64_t ri[FR];
+          for (int64_t r = 0; r < FR; ++r) ri[r] = rows[r0 + std::min(r, len - r0 - 1)];
+          float* d = xg.data() + r0 * h;
+          const float* xr = x + i0 * k;
+          for (int64_t i = 0; i < h; ++i, xr += k, d += FR)
+#pragma GCC unroll 8
+            for (int64_t r = 0; r < FR; ++r) d[r] = xr[ri[r]];
+        }
         for (int64_t q = 0; q * FW < g; ++q) {
           const int64_t width = std::min(FW, g - q * FW);
+          pack_gy_panel(gsrc + i0 * ldg + q * FW, ldg, h, width, gp.data());
           for (int64_t r0 = 0; r0 < len; r0 += FR)
-            gv_micro(std::min(FR, len - r0), x + i0 * k, k, rows + r0, h, gsrc + i0 * ldg + q * FW, ldg, width,
-                     gvt + q * FW * kt + r0, kt);
+            gv_micro(std::min(FR, len - r0), xg.data() + r0 * h, h, gp.data(), width, gvt + q * FW * kt + r0, kt);
         }
       }
     }
