@@ -126,38 +126,60 @@ CpuKernel kernel_for(at::ScalarType dtype) {
 }
 
 // ---- inference cache of the AVX2 forward's packed panels -----------------
-// Without autograd recording (torch.no_grad / inference_mode) the values are
-// usually a fixed weight, and re-packing them costs as much as a small
-// layer's GEMM. Entries are keyed by the values' storage (held weakly, so a
-// freed buffer's address reused by a new tensor never matches), data pointer,
-// numel and version counter (bumped by every in-place update, also under
-// no_grad), plus a copy of the layout's indices. Least recently used entries
-// are evicted beyond TILESPARSE_CPU_PANEL_CACHE_MB (default 256; 0 disables).
-// Writes that bypass the version counter (`tensor.data.copy_(...)`) are not
-// seen: call tilesparse::cpu_panel_cache_clear after those.
+// In inference the values are a fixed weight, and re-packing them costs as
+// much as a small layer's GEMM. Entries are keyed by the values' storage
+// (held weakly, so a freed buffer's address reused by a new tensor never
+// matches), data pointer, numel and version counter (bumped by every
+// in-place update, also under no_grad and inference_mode), plus a copy of
+// the layout's indices. A version is cached the second time it is seen: in
+// training every step's values are new (the optimizer bumps the version), so
+// nothing is stored there (the autograd wrapper runs this kernel with grad
+// mode off either way, so grad mode cannot tell the two apart). Least
+// recently used entries are evicted beyond TILESPARSE_CPU_PANEL_CACHE_MB
+// (default 256; 0 disables). Writes that bypass the version counter
+// (`tensor.data.copy_(...)`) are not seen: call tilesparse::cpu_panel_cache_clear after those.
 class PanelCache {
  public:
   using Panels = core::avx2::ForwardPanels;
 
+  // The panels of `values` under layout `l`: cached, or packed into a
+  // per-thread buffer (valid until this thread's next call).
   std::shared_ptr<const Panels> get(const at::Tensor& values, const LayoutArgs& l) {
     const int64_t budget = budget_bytes();
-    if (budget <= 0 || values.is_inference() || !values.is_contiguous()) return pack(values, l);
+    if (budget <= 0 || values.is_inference()) return pack_scratch(values, l);
     Key key = make_key(values, l);
+    bool seen = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-        if (!matches(*it, key, values)) continue;
+        if (!matches(it->key, it->storage, key, values)) continue;
         entries_.splice(entries_.begin(), entries_, it);  // most recently used first
         hits_++;
         return entries_.front().panels;
       }
+      misses_++;
+      for (auto it = seen_.begin(); it != seen_.end() && !seen; ++it) {
+        if (!(it->data == key.data && it->numel == key.numel && it->version == key.version &&
+              it->tile == key.tile && it->layout_hash == key.layout_hash))
+          continue;
+        const auto alive = it->storage.lock();
+        seen = alive && alive.get() == values.storage().unsafeGetStorageImpl();
+        seen_.erase(it);
+        break;
+      }
+      if (!seen) {  // first sight of this version: remember it, cheaply
+        seen_.push_front(Seen{key.data, key.numel, key.version, key.tile, key.layout_hash,
+                              values.storage().getWeakStorageImpl()});
+        if (seen_.size() > kMaxSeen) seen_.pop_back();
+      }
     }
-    std::shared_ptr<const Panels> panels = pack(values, l);
+    if (!seen) return pack_scratch(values, l);
+    auto panels = std::make_shared<Panels>();
+    core::avx2::pack_forward(l.view, values.contiguous().data_ptr<float>(), *panels, aten_parallel_for());
     const int64_t bytes = panels->bytes() + static_cast<int64_t>(key.layout.size() * sizeof(int32_t));
-    std::lock_guard<std::mutex> lock(mu_);
-    misses_++;
     if (bytes > budget) return panels;
-    // drop entries for the same buffer (older versions) and dead buffers first
+    std::lock_guard<std::mutex> lock(mu_);
+    // entries of the same buffer (older versions) and of dead buffers go first
     entries_.remove_if([&](const Entry& e) {
       const bool drop = e.storage.expired() || e.key.data == key.data;
       if (drop) bytes_ -= e.bytes;
@@ -175,7 +197,8 @@ class PanelCache {
   void clear() {
     std::lock_guard<std::mutex> lock(mu_);
     entries_.clear();
-    bytes_ = 0;
+    seen_.clear();
+    bytes_ = hits_ = misses_ = 0;
   }
 
   // {entries, bytes, hits, misses}
@@ -190,10 +213,12 @@ class PanelCache {
   }
 
  private:
+  static constexpr size_t kMaxSeen = 256;
   struct Key {
     const void* data;
     int64_t numel, version, tile;
-    std::vector<int32_t> layout;  // cols, row_offsets, rows
+    std::vector<int32_t> layout;  // num_cols, num_tiles, cols, row_offsets, rows
+    uint64_t layout_hash;
   };
   struct Entry {
     Key key;
@@ -201,45 +226,55 @@ class PanelCache {
     std::shared_ptr<const Panels> panels;
     int64_t bytes;
   };
+  struct Seen {
+    const void* data;
+    int64_t numel, version, tile;
+    uint64_t layout_hash;
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  };
 
   static int64_t budget_bytes() {
     const char* env = std::getenv("TILESPARSE_CPU_PANEL_CACHE_MB");
     if (env == nullptr || *env == '\0') return int64_t(256) << 20;
     char* end = nullptr;
     const double mb = std::strtod(env, &end);
-    TORCH_CHECK_VALUE(end != env && *end == '\0' && mb >= 0, "TILESPARSE_CPU_PANEL_CACHE_MB must be a number >= 0, got '",
-                      env, "'");
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && mb >= 0,
+                      "TILESPARSE_CPU_PANEL_CACHE_MB must be a number >= 0 (MiB), got '", env, "'");
     return static_cast<int64_t>(mb * (1 << 20));
   }
 
   static Key make_key(const at::Tensor& values, const LayoutArgs& l) {
-    Key key{values.data_ptr(), values.numel(), values._version(), l.view.tile, {}};
-    key.layout.reserve(l.view.num_cols + l.view.num_tiles + 1 + l.view.num_rows);
-    key.layout.insert(key.layout.end(), l.view.cols, l.view.cols + l.view.num_cols);
-    key.layout.insert(key.layout.end(), l.view.row_offsets, l.view.row_offsets + l.view.num_tiles + 1);
-    key.layout.insert(key.layout.end(), l.view.rows, l.view.rows + l.view.num_rows);
-    key.layout.push_back(static_cast<int32_t>(l.view.num_cols));  // separates cols from row_offsets
-    key.layout.push_back(static_cast<int32_t>(l.view.num_tiles));
+    Key key{values.data_ptr(), values.numel(), values._version(), l.view.tile, {}, 1469598103934665603ull};
+    auto& v = key.layout;
+    v.reserve(2 + l.view.num_cols + l.view.num_tiles + 1 + l.view.num_rows);
+    v.push_back(static_cast<int32_t>(l.view.num_cols));
+    v.push_back(static_cast<int32_t>(l.view.num_tiles));
+    v.insert(v.end(), l.view.cols, l.view.cols + l.view.num_cols);
+    v.insert(v.end(), l.view.row_offsets, l.view.row_offsets + l.view.num_tiles + 1);
+    v.insert(v.end(), l.view.rows, l.view.rows + l.view.num_rows);
+    for (int32_t x : v) key.layout_hash = (key.layout_hash ^ static_cast<uint32_t>(x)) * 1099511628211ull;  // FNV-1a
     return key;
   }
 
-  static bool matches(const Entry& e, const Key& key, const at::Tensor& values) {
-    if (e.key.data != key.data || e.key.numel != key.numel || e.key.version != key.version ||
-        e.key.tile != key.tile || e.key.layout != key.layout)
+  static bool matches(const Key& e, const c10::weak_intrusive_ptr<c10::StorageImpl>& storage, const Key& key,
+                      const at::Tensor& values) {
+    if (e.data != key.data || e.numel != key.numel || e.version != key.version || e.tile != key.tile ||
+        e.layout_hash != key.layout_hash || e.layout != key.layout)
       return false;
-    const auto alive = e.storage.lock();  // the same, still living buffer
+    const auto alive = storage.lock();  // the same, still living buffer
     return alive && alive.get() == values.storage().unsafeGetStorageImpl();
   }
 
-  static std::shared_ptr<const Panels> pack(const at::Tensor& values, const LayoutArgs& l) {
-    auto panels = std::make_shared<Panels>();
-    const at::Tensor v = values.contiguous();
-    core::avx2::pack_forward(l.view, v.data_ptr<float>(), *panels, aten_parallel_for());
-    return panels;
+  static std::shared_ptr<const Panels> pack_scratch(const at::Tensor& values, const LayoutArgs& l) {
+    // reused per thread: no fresh allocation (page faults, zero fill) per call
+    thread_local Panels scratch;
+    core::avx2::pack_forward(l.view, values.contiguous().data_ptr<float>(), scratch, aten_parallel_for());
+    return std::shared_ptr<const Panels>(std::shared_ptr<const Panels>(), &scratch);  // not owned
   }
 
   std::mutex mu_;
   std::list<Entry> entries_;
+  std::list<Seen> seen_;
   int64_t bytes_ = 0, hits_ = 0, misses_ = 0;
 };
 
@@ -284,15 +319,10 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
                           bias ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), N, at::get_num_threads(),
                           aten_parallel_for());
   } else if (M > 0 && kernel == CpuKernel::kAvx2) {
-    const float* bp = bias ? b.data_ptr<float>() : nullptr;
-    if (!at::GradMode::is_enabled()) {  // inference: the packed weight is reused while the values are unchanged
-      const auto panels = PanelCache::instance().get(values, l);
-      core::avx2::forward_packed(l.view, *panels, x2.data_ptr<float>(), M, K, bp, y.data_ptr<float>(), N,
-                                 at::get_num_threads(), aten_parallel_for());
-    } else {
-      core::avx2::forward(l.view, x2.data_ptr<float>(), M, K, values.contiguous().data_ptr<float>(), bp,
-                          y.data_ptr<float>(), N, at::get_num_threads(), aten_parallel_for());
-    }
+    // the packed weight is reused while the values are unchanged (inference)
+    const auto panels = PanelCache::instance().get(values, l);
+    core::avx2::forward_packed(l.view, *panels, x2.data_ptr<float>(), M, K, bias ? b.data_ptr<float>() : nullptr,
+                               y.data_ptr<float>(), N, at::get_num_threads(), aten_parallel_for());
   } else if (M > 0) {
     const at::Tensor v = values.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tw_linear_cpu", [&] {
