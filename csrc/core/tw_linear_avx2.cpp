@@ -37,7 +37,7 @@ constexpr int64_t FKC = 256;
 // grad_values: kept inputs per work item, and rows of the reduction per pass
 // (the item's x columns of a pass stay in L2 while its 16-output gy panels
 // stream through L1).
-constexpr int64_t GPC = 48;
+constexpr int64_t GPC = 96;
 constexpr int64_t GMB = 256;
 
 // Per-core L2 size from the OS (glibc reads CPUID), 512 KiB when unknown.
@@ -362,9 +362,30 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
   if (m <= 0 || k <= 0) return;
   workers = std::max<int64_t>(1, workers);
   // gx[i, rows_t[p]] += sum_j gy[i, cols_t[j]] * V_t[j, p]: the forward's
-  // micro-kernel with gy's kept outputs broadcast and V_t read in place
-  // ([g, kt] row-major: 16 consecutive kept inputs of one output are one
-  // panel row), accumulated into gx through the tile's kept inputs.
+  // micro-kernel with gy's kept outputs broadcast and V_t as panels of 16
+  // kept inputs, [g][16] (copied from the [g, kt] rows: read in place, rows
+  // kt floats apart often share a few L1 sets, and every 6-row micro-tile
+  // re-reads them), accumulated into gx through the tile's kept inputs.
+  thread_local std::vector<float> packed;
+  std::vector<int64_t> off(l.num_tiles + 1, 0);
+  for (int64_t t = 0; t < l.num_tiles; ++t) off[t + 1] = off[t] + (l.tile_rows(t) + FW - 1) / FW * FW * l.tile_width(t);
+  packed.resize(off[l.num_tiles]);
+  float* pk = packed.data();
+  parallel_for(0, l.num_tiles, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
+      const float* v = values + l.value_offset(t);
+      for (int64_t q = 0; q * FW < kt; ++q) {
+        const int64_t width = std::min(FW, kt - q * FW);
+        float* panel = pk + off[t] + q * FW * g;
+        for (int64_t j = 0; j < g; ++j) {
+          const float* src = v + j * kt + q * FW;
+          float* dst = panel + j * FW;
+          for (int64_t c = 0; c < FW; ++c) dst[c] = c < width ? src[c] : 0.f;
+        }
+      }
+    }
+  });
   const auto [mb, blocks] = row_blocks(m, n + k, workers);
   parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -375,15 +396,14 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
         if (kt == 0 || g == 0) continue;
         const int32_t* rows = l.rows + l.row_offsets[t];
         const int32_t* cols = l.cols + t * l.tile;
-        const float* v = values + l.value_offset(t);
         for (int64_t q = 0; q * FW < kt; ++q) {
           const int64_t width = std::min(FW, kt - q * FW);
           const int32_t* qr = rows + q * FW;
           const bool contiguous = consecutive(qr, width);
           const FwdOut o{contiguous ? gx + qr[0] : gx, k, contiguous ? nullptr : qr, width, nullptr, true};
           for (int64_t i = 0; i < h; i += FR)
-            fwd_micro(std::min(FR, h - i), gy + (i0 + i) * n, n, cols, g, v + q * FW, kt, o, i0 + i,
-                      width == FW);
+            fwd_micro(std::min(FR, h - i), gy + (i0 + i) * n, n, cols, g, pk + off[t] + q * FW * g, FW, o, i0 + i,
+                      true);
         }
       }
     }
@@ -395,7 +415,6 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
   const int64_t nv = num_values(l);
   std::fill(gv, gv + nv, 0.f);
   if (m <= 0 || nv == 0) return;
-  (void)workers;  // the items below are many and equal-sized: the parallel loop balances them
   // Output gradients of regrouped (2-D) tiles, gathered once into tile order:
   // gyc[i, t * tile + j] = gy[i, cols_t[j]].
   bool all_contiguous = true;
@@ -410,31 +429,49 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
   }
   // Work items: (tile, GPC kept inputs); each owns its [g, GPC] slice of gv
   // and sums over all of m, so no two items write the same gradient.
+  // Chunks of GPC kept inputs, halved while there are too few to balance the workers.
   std::vector<std::pair<int64_t, int64_t>> items;
-  for (int64_t t = 0; t < l.num_tiles; ++t)
-    if (l.tile_width(t) > 0)
-      for (int64_t p0 = 0; p0 < l.tile_rows(t); p0 += GPC) items.emplace_back(t, p0);
+  int64_t chunk = GPC;
+  for (;; chunk /= 2) {
+    items.clear();
+    for (int64_t t = 0; t < l.num_tiles; ++t)
+      if (l.tile_width(t) > 0)
+        for (int64_t p0 = 0; p0 < l.tile_rows(t); p0 += chunk) items.emplace_back(t, p0);
+    if (chunk <= 2 * FR || static_cast<int64_t>(items.size()) >= 4 * std::max<int64_t>(1, workers)) break;
+  }
   parallel_for(0, static_cast<int64_t>(items.size()), [&](int64_t a, int64_t b) {
     // x[:, rows] of a pass as groups of FR kept inputs, [h][FR] each; one gy panel [h][FW]
     std::vector<float> xg((GPC + FR - 1) / FR * FR * GMB), gp(GMB * FW);
-    for (int64_t it = a; it < b; ++it) {
-      const auto [t, p0] = items[it];
-      const int64_t g = l.tile_width(t), kt = l.tile_rows(t), len = std::min(GPC, kt - p0);
-      const bool contiguous = all_contiguous || l.cols_contiguous(t);
-      const float* gsrc = contiguous ? gy + l.cols[t * l.tile] : gyc.data() + t * l.tile;
-      const int64_t ldg = contiguous ? n : l.num_cols;
-      const int32_t* rows = l.rows + l.row_offsets[t] + p0;
-      float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
-      for (int64_t i0 = 0; i0 < m; i0 += GMB) {
-        const int64_t h = std::min(GMB, m - i0);
+    // Row blocks outside the items: a worker's consecutive items are chunks
+    // of the same tile, so the tile's gy rows of the block stay in L2.
+    for (int64_t i0 = 0; i0 < m; i0 += GMB) {
+      const int64_t h = std::min(GMB, m - i0);
+      for (int64_t it = a; it < b; ++it) {
+        const auto [t, p0] = items[it];
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
+        const int64_t len = std::min(chunk, kt - p0);
+        const bool contiguous = all_contiguous || l.cols_contiguous(t);
+        const float* gsrc = contiguous ? gy + l.cols[t * l.tile] : gyc.data() + t * l.tile;
+        const int64_t ldg = contiguous ? n : l.num_cols;
+        const int32_t* rows = l.rows + l.row_offsets[t] + p0;
+        float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
+        // The chunk's kept inputs span x[i, rows[0] .. rows[len-1]]: rows a
+        // multiple of 4 KiB apart defeat the hardware prefetcher (it stays
+        // within a page), so the next rows' span is prefetched by hand.
+        constexpr int64_t ahead = 4;
+        const int64_t span0 = rows[0], span1 = rows[len - 1];
         for (int64_t r0 = 0; r0 < len; r0 += FR) {  // a group past len repeats its last feature (ignored)
           int64_t ri[FR];
           for (int64_t r = 0; r < FR; ++r) ri[r] = rows[r0 + std::min(r, len - r0 - 1)];
           float* d = xg.data() + r0 * h;
           const float* xr = x + i0 * k;
-          for (int64_t i = 0; i < h; ++i, xr += k, d += FR)
+          for (int64_t i = 0; i < h; ++i, xr += k, d += FR) {
+            if (r0 == 0 && i + ahead < h)
+              for (int64_t c = span0; c <= span1 + 15; c += 16)
+                __builtin_prefetch(xr + ahead * k + std::min(c, span1));
 #pragma GCC unroll 8
             for (int64_t r = 0; r < FR; ++r) d[r] = xr[ri[r]];
+          }
         }
         for (int64_t q = 0; q * FW < g; ++q) {
           const int64_t width = std::min(FW, g - q * FW);
