@@ -2,8 +2,16 @@
 """Dense F.linear vs tilesparse tw_linear, forward and backward.
 
     python benchmarks/bench_linear.py --device cpu    # fp32, M=2048 (issue 2)
+    python benchmarks/bench_linear.py --device cpu --kernel avx2 --name cpu_linear_zen3_avx2
     python benchmarks/bench_linear.py --device cuda   # bf16, CUDA events (issue 3)
     python benchmarks/bench_linear.py --device cuda --quick
+
+CPU: --kernel picks the tw_linear kernel (TILESPARSE_CPU_KERNEL; default the
+widest the CPU has); the records carry the CPU model and the kernel that ran.
+Besides the three main shapes (whose medians the summary reports), the MiniLM
+attention projection 384x384 is measured too. To measure an AVX2 machine's
+ratios on an AVX-512 one, limit the dense baseline as well:
+MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 (both recorded in meta).
 
 Both variants run in the same process on the same random data, interleaved
 (dense, sparse, dense, sparse, ...), and the median of the repeats is
@@ -41,6 +49,7 @@ from tilesparse import TileLayout, ops
 _ops = torch.ops.tilesparse
 
 CPU_SHAPES = [(2048, 2048), (768, 3072), (3072, 768)]
+CPU_EXTRA_SHAPES = [(384, 384)]  # MiniLM's attention projections (K, N)
 CUDA_SHAPES = [(768, 768), (768, 3072), (3072, 768), (1024, 4096), (4096, 1024)]
 SPARSITIES = [0.0, 0.5, 0.75, 0.9]
 
@@ -57,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kernel", choices=["auto", "avx512", "avx2", "generic"], default="auto",
+                   help="CPU tw_linear kernel (sets TILESPARSE_CPU_KERNEL; an unsupported one is an error)")
+    p.add_argument("--name", default=None, help="output file stem (default <device>_linear[_t<tile>])")
     return p.parse_args(argv)
 
 
@@ -130,7 +142,7 @@ def run(args):
         sys.exit("--device cuda: tilesparse was built without its CUDA kernels")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
     if device == "cpu":
-        shapes = [(2048, k, n) for k, n in CPU_SHAPES]
+        shapes = [(2048, k, n) for k, n in CPU_SHAPES + CPU_EXTRA_SHAPES]
         timer = CpuTimer(args)
     else:
         ms = [4096, 16384]
@@ -176,7 +188,8 @@ def run(args):
                 flops = 4 * m * k * n
             with torch.no_grad():
                 dense_ms, sparse_ms = timer.time_pair(dense_fn, sparse_fn)
-            records.append(dict(kind="timing", device=device_name(device), dtype=str(dtype).replace("torch.", ""),
+            records.append(dict(kind="timing", device=device_name(device), kernel=kernel_name(device),
+                                dtype=str(dtype).replace("torch.", ""),
                                 **{"pass": pss}, pattern="tw", M=m, K=k, N=n, sparsity=s,
                                 achieved_sparsity=round(layout.sparsity, 4), tile=args.tile, k_align=args.k_align,
                                 dense_ms=round(dense_ms, 5), sparse_ms=round(sparse_ms, 5),
@@ -216,18 +229,72 @@ def accuracy_record(x, gy, wm, layout, values, tile, device, dtype, m, k, n, s):
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name(0)
+    return cpu_model()
+
+
+def cpu_model():
+    """The CPU's marketing name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in ("avx2", "fma", "avx512f") if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def kernel_name(device):
+    """The tw_linear kernel float32 runs on (CPU), or "cuda"."""
+    return _ops.cpu_kernel() if device == "cpu" else "cuda"
+
+
+def summary(records):
+    """Median speedup over the main shapes per (pass, sparsity), and the extra shapes' own."""
+    main = {(2048, k, n) for k, n in CPU_SHAPES}
+    out = []
+    for pss in ("forward", "backward"):
+        for s in sorted({r["sparsity"] for r in records}):
+            rs = [r for r in records if r["pass"] == pss and r["sparsity"] == s]
+            med = [r["speedup"] for r in rs if (r["M"], r["K"], r["N"]) in main]
+            if med:
+                out.append(dict(**{"pass": pss}, sparsity=s, shapes="main", median_speedup=statistics.median(med)))
+            for r in rs:
+                if (r["M"], r["K"], r["N"]) not in main:
+                    out.append(dict(**{"pass": pss}, sparsity=s, shapes=f"{r['M']}x{r['K']}x{r['N']}",
+                                    median_speedup=r["speedup"]))
+    return out
+
+
 def to_markdown(meta, records, accuracy):
-    lines = [f"# tw_linear vs dense F.linear ({meta['device']}, {meta['dtype']})", "",
+    lines = [f"# tw_linear vs dense F.linear ({meta['device']}, {meta['dtype']}, kernel {meta['kernel']})", "",
              f"torch {meta['torch']}, CUDA {meta['cuda']}, tile {meta['tile']}, k_align {meta['k_align']}, "
              f"median of {meta['repeats']} runs" + (", L2 flushed for small shapes" if meta['device_kind'] == "cuda"
-                                                     else ""), "",
+                                                     else f", {meta['threads']} threads, CPU flags "
+                                                          f"{'/'.join(meta['cpu_flags'])}, env {meta['isa_env']}, "
+                                                          f"load average {meta['load_before']} before / "
+                                                          f"{meta['load_after']} after"), "",
              "| pass | M | K | N | sparsity | dense ms | tw ms | speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['pass']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | {r['dense_ms']:.4f} | "
                      f"{r['sparse_ms']:.4f} | {r['speedup']:.2f}x |")
+    if meta.get("summary"):
+        lines += ["", "Median speedup over the three main shapes (extra shapes listed alone)", "",
+                  "| pass | sparsity | shapes | speedup |", "|---|---|---|---|"]
+        for r in meta["summary"]:
+            lines.append(f"| {r['pass']} | {r['sparsity']:.2f} | {r['shapes']} | {r['median_speedup']:.2f}x |")
     if accuracy:
         lines += ["", "Accuracy (max |err| vs fp32 reference, sparsity 0.75): sparse / dense", "",
                   "| M | K | N | forward | grad_input | grad_values |", "|---|---|---|---|---|---|"]
@@ -239,17 +306,38 @@ def to_markdown(meta, records, accuracy):
     return "\n".join(lines) + "\n"
 
 
+def load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.kernel != "auto":
+        os.environ["TILESPARSE_CPU_KERNEL"] = args.kernel
+    else:
+        os.environ.pop("TILESPARSE_CPU_KERNEL", None)
+    if args.device == "cpu":
+        print(f"CPU {cpu_model()} ({'/'.join(cpu_flags())}), tw_linear kernel {kernel_name('cpu')}, "
+              f"load average {load_average()}", flush=True)
+    load_before = load_average()
     dtype, records, accuracy = run(args)
     timer_repeats = args.repeats or ((3 if args.quick else 7) if args.device == "cpu" else (20 if args.quick else 30))
     meta = dict(device=device_name(args.device), device_kind=args.device, dtype=str(dtype).replace("torch.", ""),
                 torch=torch.__version__, cuda=torch.version.cuda, tilesparse=tilesparse.__version__,
                 tile=args.tile, k_align=args.k_align, repeats=max(20, timer_repeats) if args.device == "cuda"
                 else timer_repeats, quick=args.quick, threads=torch.get_num_threads(),
-                python=platform.python_version())
+                python=platform.python_version(), kernel=kernel_name(args.device),
+                cpu_model=cpu_model() if args.device == "cpu" else None, cpu_flags=cpu_flags(),
+                isa_env={k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
+                                                    "TILESPARSE_CPU_KERNEL") if k in os.environ},
+                load_before=load_before, load_after=load_average(),
+                summary=summary(records) if args.device == "cpu" else [])
     os.makedirs(args.out_dir, exist_ok=True)
-    base = os.path.join(args.out_dir, f"{args.device}_linear" + ("" if args.tile == 128 else f"_t{args.tile}"))
+    base = os.path.join(args.out_dir, args.name or (f"{args.device}_linear" + ("" if args.tile == 128 else
+                                                                                 f"_t{args.tile}")))
     with open(base + ".json", "w") as f:
         json.dump(dict(meta, records=records, accuracy=accuracy), f, indent=1)
     md = to_markdown(meta, records, accuracy)

@@ -372,7 +372,9 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
         for (int64_t q = 0; q * FW < kr; ++q) {
           const int64_t width = std::min(FW, kr - q * FW);
           const int32_t* qr = rows + q * FW;
-          const bool contiguous = qr[width - 1] - qr[0] == width - 1;
+          // entry by entry: padded rows repeat a feature, so the span alone can mislead
+          const bool contiguous = std::adjacent_find(qr, qr + width, [](int32_t a, int32_t b) { return b != a + 1; }) ==
+                                  qr + width;
           FwdOut o{contiguous ? gx + qr[0] : gx, k, contiguous ? nullptr : qr, width, nullptr, true};
           for (int64_t i = 0; i < h; i += FR)
             fwd_micro(std::min(FR, h - i), gy + (i0 + i) * n, n, cols, g, v + q * FW, kt, o, i0 + i,

@@ -73,6 +73,27 @@ inline int64_t max_tile_rows(const LayoutView& l) {
   return mk;
 }
 
+// Tile t keeps every input feature, in order (rows_t == arange(k)). Compared
+// entry by entry: a padded layout may hold k entries that repeat features.
+inline bool keeps_all_rows(const LayoutView& l, int64_t t, int64_t k) {
+  if (l.tile_rows(t) != k) return false;
+  const int32_t* rows = l.rows + l.row_offsets[t];
+  for (int64_t r = 0; r < k; ++r)
+    if (rows[r] != r) return false;
+  return true;
+}
+
+// The layout is the dense [n, k] weight: cols == arange(n) and every tile
+// keeps arange(k), so the packed values are W itself, row-major.
+inline bool is_dense_layout(const LayoutView& l, int64_t n, int64_t k) {
+  if (n <= 0 || k <= 0 || l.num_cols != n || num_values(l) != n * k) return false;
+  for (int64_t c = 0; c < n; ++c)
+    if (l.cols[c] != c) return false;
+  for (int64_t t = 0; t < l.num_tiles; ++t)
+    if (!keeps_all_rows(l, t, k)) return false;
+  return true;
+}
+
 // The block's kept input features of tile t as a row-major [w, kr] operand
 // (kr = tile_kept(t)): x itself when the tile keeps every feature, else
 // gathered into buf.

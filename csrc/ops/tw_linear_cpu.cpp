@@ -5,11 +5,18 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <c10/util/StringUtil.h>
+
 #include <cstdlib>
 #include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "../core/tw_linear_avx2.h"
 #include "../core/tw_linear_avx512.h"
 #include "../core/tw_linear_cpu.h"
 #include "checks.h"
@@ -52,21 +59,229 @@ const core::avx512::ParallelFn& aten_parallel_for() {
   return fn;
 }
 
-// The fused AVX-512 kernels serve float32 on CPUs that have AVX-512;
-// TILESPARSE_CPU_KERNEL=generic forces the BLAS-backed path (tests, benchmarks).
-bool use_avx512(at::ScalarType dtype) {
-  if (dtype != at::kFloat || !core::avx512::available()) return false;
-  const char* choice = std::getenv("TILESPARSE_CPU_KERNEL");
-  return choice == nullptr || std::string(choice) != "generic";
+// ---- kernel choice -------------------------------------------------------
+// float32 runs the fused kernels of the widest ISA the CPU has (avx512, then
+// avx2), other dtypes the generic BLAS-backed path. TILESPARSE_CPU_KERNEL
+// (read on every call, so tests and benchmarks can switch) forces one; naming
+// a kernel this CPU cannot run is an error, never a silent fallback.
+enum class CpuKernel { kGeneric, kAvx2, kAvx512 };
+
+const char* kernel_name(CpuKernel k) {
+  switch (k) {
+    case CpuKernel::kAvx512: return "avx512";
+    case CpuKernel::kAvx2: return "avx2";
+    default: return "generic";
+  }
 }
 
-// A layout that keeps every weight without padding is the identity (cols =
-// arange(N), every tile keeps rows = arange(K)), so its values are W itself,
-// row-major [N, K]: run it as one dense GEMM. (Slots alone can reach N * K
-// with padding, hence both counts.)
-bool keeps_everything(const LayoutArgs& l, int64_t N, int64_t K) {
-  return N > 0 && K > 0 && core::num_values(l.view) == N * K && core::num_kept(l.view) == N * K;
+bool kernel_supported(CpuKernel k) {
+  switch (k) {
+    case CpuKernel::kAvx512: return core::avx512::available();
+    case CpuKernel::kAvx2: return core::avx2::available();
+    default: return true;
+  }
 }
+
+std::string cpu_features() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  auto yes = [](bool b) { return b ? "yes" : "no"; };
+  return std::string("avx512f=") + yes(__builtin_cpu_supports("avx512f")) + ", avx2=" +
+         yes(__builtin_cpu_supports("avx2")) + ", fma=" + yes(__builtin_cpu_supports("fma"));
+#else
+  return "not an x86-64 build";
+#endif
+}
+
+std::vector<std::string> supported_kernels() {
+  std::vector<std::string> out;
+  for (CpuKernel k : {CpuKernel::kAvx512, CpuKernel::kAvx2, CpuKernel::kGeneric})
+    if (kernel_supported(k)) out.emplace_back(kernel_name(k));
+  return out;
+}
+
+CpuKernel selected_kernel() {
+  const char* env = std::getenv("TILESPARSE_CPU_KERNEL");
+  const std::string choice = env ? env : "";
+  if (choice.empty() || choice == "auto") {
+    for (CpuKernel k : {CpuKernel::kAvx512, CpuKernel::kAvx2})
+      if (kernel_supported(k)) return k;
+    return CpuKernel::kGeneric;
+  }
+  for (CpuKernel k : {CpuKernel::kAvx512, CpuKernel::kAvx2, CpuKernel::kGeneric}) {
+    if (choice != kernel_name(k)) continue;
+    TORCH_CHECK(kernel_supported(k), "TILESPARSE_CPU_KERNEL=", choice, " names a kernel this CPU cannot run (",
+                cpu_features(), "); supported here: ", c10::Join(", ", supported_kernels()),
+                ". Unset TILESPARSE_CPU_KERNEL to pick the best one.");
+    return k;
+  }
+  TORCH_CHECK_VALUE(false, "TILESPARSE_CPU_KERNEL must be one of avx512, avx2, generic or auto (or unset), got '",
+                    choice, "'");
+  return CpuKernel::kGeneric;
+}
+
+// The kernel a tensor of `dtype` runs on (fused kernels are float32 only).
+CpuKernel kernel_for(at::ScalarType dtype) {
+  const CpuKernel k = selected_kernel();  // validates the variable for every dtype
+  return dtype == at::kFloat ? k : CpuKernel::kGeneric;
+}
+
+// ---- inference cache of the AVX2 forward's packed panels -----------------
+// In inference the values are a fixed weight, and re-packing them costs as
+// much as a small layer's GEMM. Entries are keyed by the values' storage
+// (held weakly, so a freed buffer's address reused by a new tensor never
+// matches), data pointer, numel and version counter (bumped by every
+// in-place update, also under no_grad and inference_mode), plus a copy of
+// the layout's indices. A version is cached the second time it is seen: in
+// training every step's values are new (the optimizer bumps the version), so
+// nothing is stored there (the autograd wrapper runs this kernel with grad
+// mode off either way, so grad mode cannot tell the two apart). Least
+// recently used entries are evicted beyond TILESPARSE_CPU_PANEL_CACHE_MB
+// (default 256; 0 disables). Writes that bypass the version counter
+// (`tensor.data.copy_(...)`) are not seen: call tilesparse::cpu_panel_cache_clear after those.
+class PanelCache {
+ public:
+  using Panels = core::avx2::ForwardPanels;
+
+  // The panels of `values` under layout `l`: cached, or packed into a
+  // per-thread buffer (valid until this thread's next call).
+  std::shared_ptr<const Panels> get(const at::Tensor& values, const LayoutArgs& l) {
+    const int64_t budget = budget_bytes();
+    if (budget <= 0 || values.is_inference()) return pack_scratch(values, l);
+    Key key = make_key(values, l);
+    bool seen = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (!matches(it->key, it->storage, key, values)) continue;
+        entries_.splice(entries_.begin(), entries_, it);  // most recently used first
+        hits_++;
+        return entries_.front().panels;
+      }
+      misses_++;
+      for (auto it = seen_.begin(); it != seen_.end() && !seen; ++it) {
+        if (!(it->data == key.data && it->numel == key.numel && it->version == key.version &&
+              it->tile == key.tile && it->layout_hash == key.layout_hash))
+          continue;
+        const auto alive = it->storage.lock();
+        seen = alive && alive.get() == values.storage().unsafeGetStorageImpl();
+        seen_.erase(it);
+        break;
+      }
+      if (!seen) {  // first sight of this version: remember it, cheaply
+        seen_.push_front(Seen{key.data, key.numel, key.version, key.tile, key.layout_hash,
+                              values.storage().getWeakStorageImpl()});
+        if (seen_.size() > kMaxSeen) seen_.pop_back();
+      }
+    }
+    if (!seen) return pack_scratch(values, l);
+    auto panels = std::make_shared<Panels>();
+    core::avx2::pack_forward(l.view, values.contiguous().data_ptr<float>(), *panels, aten_parallel_for());
+    const int64_t bytes = panels->bytes() + static_cast<int64_t>(key.layout.size() * sizeof(int32_t));
+    if (bytes > budget) return panels;
+    std::lock_guard<std::mutex> lock(mu_);
+    // entries of the same buffer (older versions) and of dead buffers go first
+    entries_.remove_if([&](const Entry& e) {
+      const bool drop = e.storage.expired() || e.key.data == key.data;
+      if (drop) bytes_ -= e.bytes;
+      return drop;
+    });
+    while (!entries_.empty() && bytes_ + bytes > budget) {
+      bytes_ -= entries_.back().bytes;
+      entries_.pop_back();
+    }
+    entries_.push_front(Entry{std::move(key), values.storage().getWeakStorageImpl(), panels, bytes});
+    bytes_ += bytes;
+    return panels;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.clear();
+    seen_.clear();
+    bytes_ = hits_ = misses_ = 0;
+  }
+
+  // {entries, bytes, hits, misses}
+  std::vector<int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {static_cast<int64_t>(entries_.size()), bytes_, hits_, misses_};
+  }
+
+  static PanelCache& instance() {
+    static PanelCache cache;
+    return cache;
+  }
+
+ private:
+  static constexpr size_t kMaxSeen = 256;
+  struct Key {
+    const void* data;
+    int64_t numel, version, tile;
+    std::vector<int32_t> layout;  // num_cols, num_tiles, cols, row_offsets, rows
+    uint64_t layout_hash;
+  };
+  struct Entry {
+    Key key;
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+    std::shared_ptr<const Panels> panels;
+    int64_t bytes;
+  };
+  struct Seen {
+    const void* data;
+    int64_t numel, version, tile;
+    uint64_t layout_hash;
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  };
+
+  static int64_t budget_bytes() {
+    const char* env = std::getenv("TILESPARSE_CPU_PANEL_CACHE_MB");
+    if (env == nullptr || *env == '\0') return int64_t(256) << 20;
+    char* end = nullptr;
+    const double mb = std::strtod(env, &end);
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && mb >= 0,
+                      "TILESPARSE_CPU_PANEL_CACHE_MB must be a number >= 0 (MiB), got '", env, "'");
+    return static_cast<int64_t>(mb * (1 << 20));
+  }
+
+  static Key make_key(const at::Tensor& values, const LayoutArgs& l) {
+    Key key{values.data_ptr(), values.numel(), values._version(), l.view.tile, {}, 1469598103934665603ull};
+    auto& v = key.layout;
+    v.reserve(2 + l.view.num_cols + l.view.num_tiles + 1 + l.view.num_rows);
+    v.push_back(static_cast<int32_t>(l.view.num_cols));
+    v.push_back(static_cast<int32_t>(l.view.num_tiles));
+    v.insert(v.end(), l.view.cols, l.view.cols + l.view.num_cols);
+    v.insert(v.end(), l.view.row_offsets, l.view.row_offsets + l.view.num_tiles + 1);
+    v.insert(v.end(), l.view.rows, l.view.rows + l.view.num_rows);
+    for (int32_t x : v) key.layout_hash = (key.layout_hash ^ static_cast<uint32_t>(x)) * 1099511628211ull;  // FNV-1a
+    return key;
+  }
+
+  static bool matches(const Key& e, const c10::weak_intrusive_ptr<c10::StorageImpl>& storage, const Key& key,
+                      const at::Tensor& values) {
+    if (e.data != key.data || e.numel != key.numel || e.version != key.version || e.tile != key.tile ||
+        e.layout_hash != key.layout_hash || e.layout != key.layout)
+      return false;
+    const auto alive = storage.lock();  // the same, still living buffer
+    return alive && alive.get() == values.storage().unsafeGetStorageImpl();
+  }
+
+  static std::shared_ptr<const Panels> pack_scratch(const at::Tensor& values, const LayoutArgs& l) {
+    // reused per thread: no fresh allocation (page faults, zero fill) per call
+    thread_local Panels scratch;
+    core::avx2::pack_forward(l.view, values.contiguous().data_ptr<float>(), scratch, aten_parallel_for());
+    return std::shared_ptr<const Panels>(std::shared_ptr<const Panels>(), &scratch);  // not owned
+  }
+
+  std::mutex mu_;
+  std::list<Entry> entries_;
+  std::list<Seen> seen_;
+  int64_t bytes_ = 0, hits_ = 0, misses_ = 0;
+};
+
+// A layout that keeps every weight is the identity (cols = arange(N), every
+// tile keeps rows = arange(K)), so its values are W itself, row-major [N, K]:
+// run it as one dense GEMM.
+bool keeps_everything(const LayoutArgs& l, int64_t N, int64_t K) { return core::is_dense_layout(l.view, N, K); }
 
 void check_values(const at::Tensor& values, const at::Tensor& ref, const LayoutArgs& l) {
   TS_CHECK_DIM(values, 1);
@@ -86,6 +301,7 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, x.device(), true);
   check_values(values, x, l);
   check_bias(bias, x, N);
+  const CpuKernel kernel = kernel_for(x.scalar_type());
   const int64_t M = leading_rows(x);
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
   // Allocated in its final shape, so the op returns a fresh tensor, not a view.
@@ -98,10 +314,15 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     const at::Tensor w = values.view({N, K});
     if (bias) at::addmm_out(y, b, x2, w.t());
     else at::mm_out(y, x2, w.t());
-  } else if (M > 0 && use_avx512(x.scalar_type())) {
+  } else if (M > 0 && kernel == CpuKernel::kAvx512) {
     core::avx512::forward(l.view, x2.data_ptr<float>(), M, K, values.contiguous().data_ptr<float>(),
                           bias ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), N, at::get_num_threads(),
                           aten_parallel_for());
+  } else if (M > 0 && kernel == CpuKernel::kAvx2) {
+    // the packed weight is reused while the values are unchanged (inference)
+    const auto panels = PanelCache::instance().get(values, l);
+    core::avx2::forward_packed(l.view, *panels, x2.data_ptr<float>(), M, K, bias ? b.data_ptr<float>() : nullptr,
+                               y.data_ptr<float>(), N, at::get_num_threads(), aten_parallel_for());
   } else if (M > 0) {
     const at::Tensor v = values.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tw_linear_cpu", [&] {
@@ -123,6 +344,7 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
                     ") as the layout keeps output features (", cols.numel(), ")");
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
   check_values(values, grad_out, l);
+  const CpuKernel kernel = kernel_for(grad_out.scalar_type());
   const int64_t M = leading_rows(grad_out);
   const at::Tensor gy = grad_out.reshape({M, N}).contiguous();
   at::Tensor out = at::empty(with_last(grad_out.sizes(), K), grad_out.options());
@@ -131,9 +353,12 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
     gx.zero_();
   } else if (keeps_everything(l, N, K)) {
     at::mm_out(gx, gy, values.view({N, K}));
-  } else if (M > 0 && K > 0 && use_avx512(gy.scalar_type())) {
+  } else if (M > 0 && K > 0 && kernel == CpuKernel::kAvx512) {
     core::avx512::grad_input(l.view, gy.data_ptr<float>(), M, N, values.contiguous().data_ptr<float>(),
                              gx.data_ptr<float>(), K, at::get_num_threads(), aten_parallel_for());
+  } else if (M > 0 && K > 0 && kernel == CpuKernel::kAvx2) {
+    core::avx2::grad_input(l.view, gy.data_ptr<float>(), M, N, values.contiguous().data_ptr<float>(),
+                           gx.data_ptr<float>(), K, at::get_num_threads(), aten_parallel_for());
   } else if (M > 0 && K > 0) {
     const at::Tensor v = values.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_input_cpu", [&] {
@@ -153,6 +378,7 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
   TORCH_CHECK_VALUE(num_values == core::num_values(l.view), "num_values must be ", core::num_values(l.view),
                     " for this layout, got ", num_values);
+  const CpuKernel kernel = kernel_for(grad_out.scalar_type());
   const int64_t M = leading_rows(grad_out);
   const at::Tensor gy = grad_out.reshape({M, N}).contiguous();
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
@@ -160,9 +386,12 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
   if (num_values > 0 && keeps_everything(l, N, K)) {
     at::Tensor gw = gv.view({N, K});
     at::mm_out(gw, gy.t(), x2);
-  } else if (num_values > 0 && use_avx512(gy.scalar_type())) {
+  } else if (num_values > 0 && kernel == CpuKernel::kAvx512) {
     core::avx512::grad_values(l.view, gy.data_ptr<float>(), x2.data_ptr<float>(), M, N, K, gv.data_ptr<float>(),
                               aten_parallel_for());
+  } else if (num_values > 0 && kernel == CpuKernel::kAvx2) {
+    core::avx2::grad_values(l.view, gy.data_ptr<float>(), x2.data_ptr<float>(), M, N, K, gv.data_ptr<float>(),
+                            at::get_num_threads(), aten_parallel_for());
   } else if (num_values > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_values_cpu", [&] {
       core::tw_linear_grad_values<scalar_t>(l.view, gy.data_ptr<scalar_t>(), x2.data_ptr<scalar_t>(), M, N, K,
@@ -173,7 +402,26 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
   return gv;
 }
 
+std::string cpu_kernel_op() { return kernel_name(selected_kernel()); }
+
+std::vector<std::string> cpu_kernels_supported_op() { return supported_kernels(); }
+
+void cpu_panel_cache_clear_op() { PanelCache::instance().clear(); }
+
+std::vector<int64_t> cpu_panel_cache_stats_op() { return PanelCache::instance().stats(); }
+
 }  // namespace
+
+// Introspection of the CPU path (no tensors: registered with their kernels).
+TORCH_LIBRARY_FRAGMENT(tilesparse, m) {
+  // The kernel float32 tw_linear runs on this CPU now (TILESPARSE_CPU_KERNEL applied).
+  m.def("cpu_kernel() -> str", &cpu_kernel_op);
+  // The kernels this CPU and build can run, widest first.
+  m.def("cpu_kernels_supported() -> str[]", &cpu_kernels_supported_op);
+  // The inference cache of packed forward panels: drop every entry; [entries, bytes, hits, misses].
+  m.def("cpu_panel_cache_clear() -> ()", &cpu_panel_cache_clear_op);
+  m.def("cpu_panel_cache_stats() -> int[]", &cpu_panel_cache_stats_op);
+}
 
 TORCH_LIBRARY_IMPL(tilesparse, CPU, m) {
   m.impl("tw_linear", &tw_linear_cpu);

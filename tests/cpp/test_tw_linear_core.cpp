@@ -1,6 +1,7 @@
 // Catch2 tests of the torch-free CPU tile GEMM orchestration
-// (csrc/core/tw_linear_cpu.h, and the AVX-512 kernels of
-// csrc/core/tw_linear_avx512.h when the CPU has them): forward, grad_input and
+// (csrc/core/tw_linear_cpu.h, and the AVX-512 and AVX2 kernels of
+// csrc/core/tw_linear_avx512.h / tw_linear_avx2.h, each when the CPU has it;
+// a kernel the CPU lacks is reported by a WARN naming it): forward, grad_input and
 // grad_values against naive dense masked loops written here, for 1-D and 2-D
 // layouts, tiles keeping no or all rows, M not a multiple of the block, and
 // several ways of splitting the parallel loop.
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "core/tile_layout.h"
+#include "core/tw_linear_avx2.h"
 #include "core/tw_linear_avx512.h"
 #include "core/tw_linear_cpu.h"
 
@@ -83,6 +85,21 @@ std::vector<Problem> problems() {
   // large K: the row block shrinks to 32 rows for double
   out.push_back(make_problem("large K", 20, 3000, 8, 0.8, 0.3, 8));
   out.push_back(make_problem("unpadded layout (pad 1)", 33, 21, 8, 0.8, 0.45, 9, -1, /*pad=*/1));
+  return out;
+}
+
+// The layout with every tile's kept rows padded to a multiple of `align` by
+// repeating the tile's last kept feature (docs/format.md), built here by hand.
+Problem padded(const Problem& p, int64_t align) {
+  Problem out{p.name + ", rows padded to x" + std::to_string(align), p.n, p.k, p.tile, {}};
+  out.layout.cols = p.layout.cols;
+  out.layout.row_offsets = {0};
+  for (size_t t = 0; t + 1 < p.layout.row_offsets.size(); ++t) {
+    const int32_t lo = p.layout.row_offsets[t], hi = p.layout.row_offsets[t + 1];
+    out.layout.rows.insert(out.layout.rows.end(), p.layout.rows.begin() + lo, p.layout.rows.begin() + hi);
+    for (int32_t r = hi - lo; hi > lo && r % align != 0; ++r) out.layout.rows.push_back(p.layout.rows[hi - 1]);
+    out.layout.row_offsets.push_back(static_cast<int32_t>(out.layout.rows.size()));
+  }
   return out;
 }
 
@@ -259,7 +276,8 @@ TEST_CASE("m_block_size stays within [1, 256] and splits M across workers", "[tw
 }
 
 TEST_CASE("generic tile GEMM matches the dense masked reference", "[tw_linear]") {
-  const auto all = problems();
+  auto all = problems();
+  for (const Problem& p : problems()) all.push_back(padded(p, 8));
   for (const Problem& p : all) {
     for (int64_t m : {0, 1, 17, 300}) {
       if (p.k > 1000 && m > 100) continue;  // keep the naive reference cheap
@@ -292,33 +310,65 @@ TEST_CASE("generic tile GEMM on the empty layout writes bias or zeros", "[tw_lin
 }
 
 // ---------------------------------------------------------------------------
-// AVX-512 path (float32), when the CPU has it
+// Fused float32 kernels (AVX-512, AVX2), each when the CPU has it
 // ---------------------------------------------------------------------------
-TEST_CASE("AVX-512 kernels match the dense masked reference", "[tw_linear][avx512]") {
-  if (!avx512::available()) {
-    WARN("no AVX-512 on this CPU: AVX-512 kernels not tested");
-    return;
-  }
-  const avx512::ParallelFn serial = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
-    f(b, e);
-  };
-  const avx512::ParallelFn chunked = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
-    for (int64_t i = e - 1; i >= b; --i) f(i, i + 1);
-  };
+namespace {
+
+using Pf = std::function<void(int64_t, int64_t, const std::function<void(int64_t, int64_t)>&)>;
+
+// One ISA's kernels behind one signature (avx512 and avx2 share ParallelFn).
+struct FusedKernels {
+  const char* name;
+  bool (*available)();
+  void (*forward)(const LayoutView&, const float*, int64_t, int64_t, const float*, const float*, float*, int64_t,
+                  int64_t, const Pf&);
+  void (*grad_input)(const LayoutView&, const float*, int64_t, int64_t, const float*, float*, int64_t, int64_t,
+                     const Pf&);
+  std::function<void(const LayoutView&, const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                     const Pf&)>
+      grad_values;
+};
+
+const FusedKernels kAvx512{"avx512", &avx512::available, &avx512::forward, &avx512::grad_input,
+                           [](const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k,
+                              float* gv, int64_t, const Pf& pf) { avx512::grad_values(l, gy, x, m, n, k, gv, pf); }};
+const FusedKernels kAvx2{"avx2", &avx2::available, &avx2::forward, &avx2::grad_input, &avx2::grad_values};
+
+// Problems for the fused kernels: the shared ones, their padded forms, and
+// shapes that reach the kernels' panel, chunk and edge cases.
+std::vector<Problem> fused_problems() {
   auto all = problems();
+  for (const Problem& p : problems())
+    if (p.k <= 1000) all.push_back(padded(p, 8));
   all.push_back(make_problem("wide tiles", 70, 40, 16, 0.7, 0.3, 21));
-  // > 1024 kept rows per tile (two reduction chunks) and tiles wider than one
-  // 64-output panel, with and without regrouped (non-contiguous) outputs
+  // > 1024 kept rows per tile (several reduction chunks) and tiles wider than
+  // one output panel, with and without regrouped (non-contiguous) outputs
   all.push_back(make_problem("long tiles, 1d", 150, 2600, 80, 1.0, 0.6, 22));
   all.push_back(make_problem("long tiles, 2d", 150, 2600, 80, 0.9, 0.6, 23));
-  for (const Problem& p : all) {
+  all.push_back(padded(make_problem("long tiles, 2d", 150, 2600, 80, 0.9, 0.6, 24), 8));
+  // tile 64: whole 16-output panels; 37 kept rows per tile group: remainder of 6
+  all.push_back(make_problem("tile 64, 1d", 192, 100, 64, 1.0, 0.37, 25));
+  return all;
+}
+
+void run_fused(const FusedKernels& kern) {
+  if (!kern.available()) {
+    WARN("this CPU lacks " << kern.name << ": the " << kern.name << " kernels were NOT tested (skipped)");
+    return;
+  }
+  const Pf serial = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) { f(b, e); };
+  const Pf chunked = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
+    for (int64_t i = e - 1; i >= b; --i) f(i, i + 1);
+  };
+  int64_t runs = 0;
+  for (const Problem& p : fused_problems()) {
     for (int64_t m : {0, 1, 13, 300}) {
       if (p.k > 1000 && m > 100) continue;
       for (int64_t workers : {1, 3}) {
         for (bool with_bias : {true, false}) {
-          for (const avx512::ParallelFn* pf : {&serial, &chunked}) {
-            INFO(p.name << ": m=" << m << " workers=" << workers << " bias=" << with_bias
-                        << " chunked=" << (pf == &chunked));
+          for (const Pf* pf : {&serial, &chunked}) {
+            INFO(kern.name << ": " << p.name << ": m=" << m << " workers=" << workers << " bias=" << with_bias
+                           << " chunked=" << (pf == &chunked));
             std::mt19937_64 rng(3000 + m + workers);
             const int64_t nv = num_values(p.view());
             const auto x = random_vector<float>(m * p.k, rng);
@@ -326,20 +376,59 @@ TEST_CASE("AVX-512 kernels match the dense masked reference", "[tw_linear][avx51
             const auto bias = random_vector<float>(p.n, rng);
             const auto gy = random_vector<float>(m * p.n, rng);
             const Reference ref = reference<float>(p, m, x, values, with_bias ? &bias : nullptr, gy);
-            const float nan = std::numeric_limits<float>::quiet_NaN();
+            const float nan = std::numeric_limits<float>::quiet_NaN();  // outputs must be fully written
             std::vector<float> y(m * p.n, nan), gx(m * p.k, nan), gv(nv, nan);
             const LayoutView l = p.view();
-            avx512::forward(l, x.data(), m, p.k, values.data(), with_bias ? bias.data() : nullptr, y.data(), p.n,
-                            workers, *pf);
-            avx512::grad_input(l, gy.data(), m, p.n, values.data(), gx.data(), p.k, workers, *pf);
-            avx512::grad_values(l, gy.data(), x.data(), m, p.n, p.k, gv.data(), *pf);
+            kern.forward(l, x.data(), m, p.k, values.data(), with_bias ? bias.data() : nullptr, y.data(), p.n,
+                         workers, *pf);
+            kern.grad_input(l, gy.data(), m, p.n, values.data(), gx.data(), p.k, workers, *pf);
+            kern.grad_values(l, gy.data(), x.data(), m, p.n, p.k, gv.data(), workers, *pf);
             const double tol = 2e-4 * std::sqrt(static_cast<double>(std::max<int64_t>({p.k, p.n, m, 1})));
             require_close(y, ref.y, tol, "y");
             require_close(gx, ref.gx, tol, "grad_input");
             require_close(gv, ref.gv, tol, "grad_values");
+            ++runs;
           }
         }
       }
     }
   }
+  SUCCEED(kern.name << " kernels ran on this CPU: " << runs << " cases matched the float64 reference");
+}
+
+}  // namespace
+
+TEST_CASE("AVX-512 kernels match the dense masked reference", "[tw_linear][avx512]") { run_fused(kAvx512); }
+
+TEST_CASE("AVX2 kernels match the dense masked reference", "[tw_linear][avx2]") { run_fused(kAvx2); }
+
+TEST_CASE("AVX2 forward from cached panels equals the packing forward", "[tw_linear][avx2]") {
+  if (!avx2::available()) {
+    WARN("this CPU lacks avx2: the avx2 packed forward was NOT tested (skipped)");
+    return;
+  }
+  const Pf serial = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) { f(b, e); };
+  const Problem p = make_problem("2d", 90, 50, 32, 0.8, 0.4, 31);
+  std::mt19937_64 rng(5);
+  const int64_t m = 20;
+  const auto x = random_vector<float>(m * p.k, rng);
+  const auto values = random_vector<float>(num_values(p.view()), rng);
+  avx2::ForwardPanels panels;
+  avx2::pack_forward(p.view(), values.data(), panels, serial);
+  std::vector<float> a(m * p.n), b(m * p.n);
+  avx2::forward(p.view(), x.data(), m, p.k, values.data(), nullptr, a.data(), p.n, 1, serial);
+  avx2::forward_packed(p.view(), panels, x.data(), m, p.k, nullptr, b.data(), p.n, 1, serial);
+  CHECK(a == b);
+  CHECK(panels.bytes() >= static_cast<int64_t>(sizeof(float)) * num_values(p.view()));
+}
+
+TEST_CASE("is_dense_layout recognises only the identity layout", "[tw_linear]") {
+  const Problem dense = make_problem("dense", 12, 7, 4, 1.0, 1.0, 6);
+  CHECK(is_dense_layout(dense.view(), 12, 7));
+  // k entries per tile that repeat a feature: as many values as W, but not W
+  Problem dup = dense;
+  dup.layout.rows[5] = 4;
+  CHECK_FALSE(is_dense_layout(dup.view(), 12, 7));
+  CHECK_FALSE(keeps_all_rows(dup.view(), 0, 7));
+  CHECK_FALSE(is_dense_layout(make_problem("1d", 37, 19, 8, 1.0, 0.4, 1).view(), 37, 19));
 }

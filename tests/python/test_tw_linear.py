@@ -16,10 +16,23 @@ from tilesparse.testing import (FLOAT_DTYPES, assert_close_to_reference, device_
 DEVICES = device_params()
 _ops = torch.ops.tilesparse
 
-# float32 on CPUs with AVX-512 runs a fused kernel; TILESPARSE_CPU_KERNEL=generic
-# forces the generic BLAS-backed path, so float32 is swept over both.
+# float32 runs a fused kernel of the widest ISA the CPU has (avx512, then
+# avx2); TILESPARSE_CPU_KERNEL selects one. float32 is swept over every kernel:
+# those this CPU lacks are reported as skipped, naming the kernel.
+CPU_KERNELS = ["avx512", "avx2", "generic"]
+SUPPORTED_KERNELS = list(_ops.cpu_kernels_supported())
+
+
+def _kernel_param(name):
+    marks = [] if name in SUPPORTED_KERNELS else [pytest.mark.skip(
+        reason=f"CPU kernel {name!r} not supported by this CPU (supported: {', '.join(SUPPORTED_KERNELS)})")]
+    return pytest.param((torch.float32, name), id=f"float32-{name}", marks=marks)
+
+
 KERNEL_DTYPES = [pytest.param((dtype, None), id=str(dtype).split(".")[-1]) for dtype in FLOAT_DTYPES] + \
-    [pytest.param((torch.float32, "generic"), id="float32-generic")]
+    [_kernel_param(name) for name in CPU_KERNELS]
+CPU_KERNEL_PARAMS = [pytest.param(name, id=name, marks=p.marks) for name, p in
+                     zip(CPU_KERNELS, [_kernel_param(n) for n in CPU_KERNELS])]
 
 
 @contextlib.contextmanager
@@ -312,7 +325,7 @@ def test_tw_linear_gradcheck(case, bias):
        col_share=st.sampled_from([0.0, 0.0, 0.5, 1.0]), lead=st.lists(st.integers(0, 5), min_size=0, max_size=3),
        dtype=st.sampled_from(FLOAT_DTYPES), x_kind=st.sampled_from(["contiguous", "transposed", "sliced"]),
        bias=st.booleans(), seed=st.integers(0, 2**16), device=st.sampled_from(devices()),
-       kernel=st.sampled_from([None, "generic"]))
+       kernel=st.sampled_from([None] + SUPPORTED_KERNELS))
 def test_tw_linear_property(n, k, tile, sparsity, col_share, lead, dtype, x_kind, bias, seed, device, kernel):
     """Random shapes (N not a multiple of the tile, K=1, M=0, 0-3 batch dims),
     sparsity 0..0.95, 1-D and 2-D TW, every float dtype, strided x, bias or
@@ -348,3 +361,145 @@ def test_tw_linear_property(n, k, tile, sparsity, col_share, lead, dtype, x_kind
     assert_close_to_reference(values.grad, _packed(gw, layout), reduction_len=m)
     if bias:
         assert_close_to_reference(b.grad, gy.double().reshape(-1, n).sum(0), reduction_len=m)
+
+
+# ---------------------------------------------------------------------------
+# CPU kernel choice and the inference cache of packed panels
+# ---------------------------------------------------------------------------
+def test_cpu_kernel_reports_the_choice():
+    """cpu_kernel() names the kernel float32 runs on: the widest supported one
+    by default, the one TILESPARSE_CPU_KERNEL names otherwise."""
+    supported = list(_ops.cpu_kernels_supported())
+    print(f"CPU kernels supported here: {supported}; default: {_ops.cpu_kernel()}")
+    assert supported[-1] == "generic" and set(supported) <= set(CPU_KERNELS)
+    with cpu_kernel(None):
+        assert _ops.cpu_kernel() == supported[0]
+    for name in supported:
+        with cpu_kernel(name):
+            assert _ops.cpu_kernel() == name
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNEL_PARAMS)
+def test_each_cpu_kernel_matches_reference(kernel):
+    """Every kernel this CPU supports, named explicitly, on a layout with 2-D
+    tiles, several row blocks and a partial last tile: forward, grad_input and
+    grad_values against the float64 reference."""
+    mask = ops.tile_mask(torch.rand(150, 90, generator=torch.Generator().manual_seed(3), dtype=torch.float64),
+                         32, 0.6, 0.2)
+    layout = TileLayout.from_mask(mask, 32)
+    w, x, b, layout, values = _operands(mask, layout, torch.float32, "cpu", (301,))
+    gy = torch.randn(301, 150, dtype=torch.float32)
+    with cpu_kernel(kernel):
+        assert _ops.cpu_kernel() == kernel
+        print(f"running CPU kernel {kernel}")
+        y = ops.tw_linear(x, values, layout, b)
+        gx = _ops.tw_linear_grad_input(gy, values, *_idx(layout), 90, layout.tile)
+        gv = _ops.tw_linear_grad_values(gy, x, *_idx(layout), layout.tile, layout.num_values)
+    assert_close_to_reference(y, reference_tw_linear(x, w, mask, b), reduction_len=90)
+    assert_close_to_reference(gx, gy.double() @ (w.double() * mask), reduction_len=150)
+    assert_close_to_reference(gv, _packed(gy.double().t() @ x.double(), mask), reduction_len=301)
+
+
+def test_unsupported_or_unknown_cpu_kernel_is_an_error():
+    """Naming a kernel the CPU lacks (or no kernel at all) raises, naming the
+    variable; it never falls back silently."""
+    mask, layout = _case("1d")
+    _, x, b, layout, values = _operands(mask, layout, torch.float32, "cpu")
+    with cpu_kernel("avx1024"), pytest.raises(ValueError, match="TILESPARSE_CPU_KERNEL"):
+        ops.tw_linear(x, values, layout, b)
+    missing = [k for k in CPU_KERNELS if k not in SUPPORTED_KERNELS]
+    for name in missing:
+        with cpu_kernel(name), pytest.raises(RuntimeError, match=f"TILESPARSE_CPU_KERNEL={name}.*avx2="):
+            ops.tw_linear(x, values, layout, b)
+    if not missing:
+        print("every CPU kernel is supported here: the unsupported-kernel error is not exercised")
+
+
+avx2_only = pytest.mark.skipif("avx2" not in SUPPORTED_KERNELS, reason="CPU kernel 'avx2' not supported by this CPU "
+                               "(its forward holds the panel cache)")
+
+
+@contextlib.contextmanager
+def _clean_panel_cache():
+    _ops.cpu_panel_cache_clear()
+    try:
+        yield
+    finally:
+        _ops.cpu_panel_cache_clear()
+
+
+@avx2_only
+def test_panel_cache_reuses_and_sees_in_place_updates():
+    """Unchanged values are packed once more on their second use, then served
+    from the cache; an in-place update (which bumps the version counter) is
+    seen at once and replaces the stale entry."""
+    mask, layout = _case("tile_mask_2d")
+    w, x, b, layout, values = _operands(mask, layout, torch.float32, "cpu", (9,))
+    with cpu_kernel("avx2"), _clean_panel_cache(), torch.no_grad():
+        ys = [ops.tw_linear(x, values, layout, b) for _ in range(3)]
+        entries, _, hits, misses = _ops.cpu_panel_cache_stats()
+        assert (entries, hits, misses) == (1, 1, 2)
+        assert torch.equal(ys[0], ys[1]) and torch.equal(ys[0], ys[2])
+        values.mul_(-2.0)
+        for _ in range(2):
+            y3 = ops.tw_linear(x, values, layout, b)
+            assert_close_to_reference(y3, reference_tw_linear(x, -2.0 * w, mask, b), reduction_len=mask.shape[1])
+        assert _ops.cpu_panel_cache_stats()[0] == 1  # the stale version was replaced, not kept
+        values[3] = 100.0  # indexed in-place write
+        ops.tw_linear(x, values, layout, b)
+        y4 = ops.tw_linear(x, values, layout, b)
+    wd = torch.zeros(mask.shape, dtype=torch.float64)
+    wd[mask] = values.double()
+    assert_close_to_reference(y4, reference_tw_linear(x, wd, mask, b), reduction_len=mask.shape[1])
+
+
+@avx2_only
+def test_panel_cache_never_serves_a_freed_buffer():
+    """New values in a freed buffer's memory (same address, version 0) are
+    packed afresh, and a different layout over the same values is too."""
+    mask, layout = _case("1d")
+    with cpu_kernel("avx2"), _clean_panel_cache(), torch.no_grad():
+        for seed in range(4):
+            w, x, b, _, values = _operands(mask, layout, torch.float32, "cpu", (7,), seed=seed)
+            for _ in range(3):
+                y = ops.tw_linear(x, values, layout, b)
+                assert_close_to_reference(y, reference_tw_linear(x, w, mask, b), reduction_len=mask.shape[1])
+            del values
+        mask2 = mask.flip(1)  # other rows kept, same number of values
+        layout2 = TileLayout.from_mask(mask2, layout.tile)
+        w, x, b, _, values = _operands(mask, layout, torch.float32, "cpu", (7,), seed=9)
+        ops.tw_linear(x, values, layout, b)
+        ops.tw_linear(x, values, layout, b)
+        ops.tw_linear(x, values, layout2, b)
+        y = ops.tw_linear(x, values, layout2, b)
+        wd = torch.zeros(mask.shape, dtype=torch.float64)
+        wd[mask2] = values.double()
+        assert_close_to_reference(y, reference_tw_linear(x, wd, mask2, b), reduction_len=mask.shape[1])
+
+
+@avx2_only
+def test_panel_cache_is_bounded_and_skips_training(monkeypatch):
+    """Values updated between every call (training) are never stored; the
+    cache holds at most TILESPARSE_CPU_PANEL_CACHE_MB, least recently used
+    evicted; a bad budget is a ValueError naming the variable."""
+    mask, layout = _case("tile_mask_2d")
+    with cpu_kernel("avx2"), _clean_panel_cache():
+        w, x, b, layout, values = _operands(mask, layout, torch.float32, "cpu", (5,))
+        values.requires_grad_(True)
+        opt = torch.optim.SGD([values], lr=0.1)
+        for _ in range(4):
+            ops.tw_linear(x, values, layout, b).sum().backward()
+            opt.step()
+        assert _ops.cpu_panel_cache_stats()[0] == 0
+        monkeypatch.setenv("TILESPARSE_CPU_PANEL_CACHE_MB", "0.02")  # ~20 KB: room for 3 of these 6 layers
+        with torch.no_grad():
+            layers = [values.detach().clone() for _ in range(6)]
+            for _ in range(3):
+                for v in layers:
+                    ops.tw_linear(x, v, layout, b)
+                    entries, nbytes, _, _ = _ops.cpu_panel_cache_stats()
+                    assert nbytes <= 0.02 * 2 ** 20
+        assert 1 <= entries < len(layers)
+        monkeypatch.setenv("TILESPARSE_CPU_PANEL_CACHE_MB", "lots")
+        with torch.no_grad(), pytest.raises(ValueError, match="TILESPARSE_CPU_PANEL_CACHE_MB"):
+            ops.tw_linear(x, values, layout, b)

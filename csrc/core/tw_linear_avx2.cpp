@@ -1,0 +1,504 @@
+#include "tw_linear_avx2.h"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TS_HAVE_AVX2_BUILD 1
+#include <immintrin.h>
+// Per-function target instead of -mavx2 for the file: inline functions from
+// shared headers (std::vector, LayoutView) instantiated here must stay
+// baseline, or the linker may hand AVX2 copies to code run on any CPU.
+#define TS_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define TS_HAVE_AVX2_BUILD 0
+#endif
+
+namespace tilesparse::core::avx2 {
+
+#if TS_HAVE_AVX2_BUILD
+
+namespace {
+
+// Micro-tile: FR rows x NV vectors of 8 outputs. Registers: FR * NV = 12
+// accumulators + NV = 2 weight vectors + 1 broadcast = 15 of the 16 ymm.
+// (4 x 3 vectors also fits, with 7 loads per 12 FMAs instead of 8; 6 x 2
+// keeps panels 16 wide, so 64-wide tiles split evenly and edges are rarer.)
+constexpr int64_t FR = 6;
+constexpr int NV = 2;
+constexpr int64_t FW = 8 * NV;
+// Reduction chunk of the forward: a [FKC][FW] panel is 16 KiB, half of a
+// 32 KiB L1 (Zen 2/3, most Intel clients), leaving room for the lines of x.
+constexpr int64_t FKC = 256;
+// grad_values: kept inputs per work item, and rows of the reduction per pass
+// (the item's x columns of a pass stay in L2 while its 16-output gy panels
+// stream through L1).
+constexpr int64_t GPC = 96;
+constexpr int64_t GMB = 256;
+
+// Per-core L2 size from the OS (glibc reads CPUID), 512 KiB when unknown.
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v >= (64 << 10) ? static_cast<int64_t>(v) : int64_t(512) << 10;
+  }();
+  return bytes;
+}
+
+// Row blocks (a multiple of FR rows) whose slice of the row-major inputs,
+// row_floats per row, fills ~3/4 of L2 while every tile streams past; their
+// count is a multiple of the workers where m allows. {rows per block, blocks}.
+std::pair<int64_t, int64_t> row_blocks(int64_t m, int64_t row_floats, int64_t workers) {
+  const int64_t fit = std::max<int64_t>(1, l2_bytes() * 3 / 4 / (4 * std::max<int64_t>(1, row_floats) * FR)) * FR;
+  const int64_t mb_max = std::max<int64_t>(FR, std::min<int64_t>(fit, 40 * FR));
+  int64_t blocks = (m + mb_max - 1) / mb_max;
+  blocks = std::min((blocks + workers - 1) / workers * workers, (m + FR - 1) / FR);
+  const int64_t mb = ((m + blocks - 1) / blocks + FR - 1) / FR * FR;
+  return {mb, (m + mb - 1) / mb};
+}
+
+// idx[0..w) is one run of consecutive features (duplicates, e.g. padding
+// that repeats a tile's last kept feature, are not).
+bool consecutive(const int32_t* idx, int64_t w) {
+  for (int64_t j = 1; j < w; ++j)
+    if (idx[j] != idx[0] + j) return false;
+  return true;
+}
+
+// Lanes [0, rem) of a ymm set (rem clamped to [0, 8]), for maskload/maskstore.
+TS_AVX2 inline __m256i lane_mask(int64_t rem) {
+  const int r = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(0, rem)));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+struct FwdOut {
+  float* y;             // contiguous outputs: &y[0, first output of the panel]; else y
+  int64_t ldy;
+  const int32_t* cols;  // null: contiguous outputs; else the panel's output features
+  int64_t width;        // outputs in this panel (<= FW)
+  const float* bias;    // contiguous: &bias[first output]; else bias; may be null
+  bool accumulate;      // add to y (a later reduction chunk / another tile) instead of the bias
+};
+
+// y[row0 + r, out j] (+)= sum_p x[r * ldx + idx[p]] * b[p * ldb + j], r < R, j < width.
+// FullB: FW floats may be read from every row of b (else only `width`).
+template <int R, bool FullB>
+TS_AVX2 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, int64_t len, const float* b,
+                            int64_t ldb, const FwdOut& o, int64_t row0) {
+  __m256 c[R][NV];
+  __m256i mk[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) mk[v] = lane_mask(o.width - 8 * v);
+  const bool full_w = o.width == FW;
+  float* yr = o.y + row0 * o.ldy;
+  if (o.cols == nullptr && o.accumulate) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v)
+        c[r][v] = full_w ? _mm256_loadu_ps(yr + r * o.ldy + 8 * v) : _mm256_maskload_ps(yr + r * o.ldy + 8 * v, mk[v]);
+  } else if (o.cols == nullptr && o.bias) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __m256 bv = full_w ? _mm256_loadu_ps(o.bias + 8 * v) : _mm256_maskload_ps(o.bias + 8 * v, mk[v]);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) c[r][v] = bv;
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_ps();
+  }
+  // One base pointer per row: each broadcast is then a single load from
+  // base + idx[p] (a chain of `+ ldx` adds per kept feature would crowd the
+  // front end next to the 12 FMAs).
+  const float* xr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x + r * ldx;
+    asm("" : "+r"(xr[r]));  // opaque, so the compiler cannot fold them back into that chain
+  }
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < len; ++p) {
+    const int64_t ip = idx[p];
+    const float* bp = b + p * ldb;
+    __m256 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = FullB ? _mm256_loadu_ps(bp + 8 * v) : _mm256_maskload_ps(bp + 8 * v, mk[v]);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(xr[r] + ip);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(a, bv[v], c[r][v]);
+    }
+  }
+  if (o.cols == nullptr) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        if (full_w) _mm256_storeu_ps(yr + r * o.ldy + 8 * v, c[r][v]);
+        else _mm256_maskstore_ps(yr + r * o.ldy + 8 * v, mk[v], c[r][v]);
+      }
+  } else {  // scattered outputs (2-D TW, gathered rows of grad_input): through a small buffer,
+            // one output at a time, so repeated features accumulate
+    alignas(32) float tmp[R * FW];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) _mm256_store_ps(tmp + r * FW + 8 * v, c[r][v]);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < o.width; ++j) {
+        float& dst = yr[r * o.ldy + o.cols[j]];
+        dst = (o.accumulate ? dst : o.bias ? o.bias[o.cols[j]] : 0.f) + tmp[r * FW + j];
+      }
+  }
+}
+
+void fwd_micro(int64_t rows, const float* x, int64_t ldx, const int32_t* idx, int64_t len, const float* b,
+               int64_t ldb, const FwdOut& o, int64_t row0, bool full_b) {
+#define TS_CASE(R)                                                             \
+  case R:                                                                      \
+    return full_b ? fwd_micro_impl<R, true>(x, ldx, idx, len, b, ldb, o, row0) \
+                  : fwd_micro_impl<R, false>(x, ldx, idx, len, b, ldb, o, row0);
+  switch (rows) {
+    TS_CASE(6) TS_CASE(5) TS_CASE(4) TS_CASE(3) TS_CASE(2)
+    default: TS_CASE(1)
+  }
+#undef TS_CASE
+}
+
+// out[j * ldo + r] += sum_i xg[i * FR + r] * gp[i * FW + j] for r < R,
+// j < width: both operands packed (contiguous, so L1 holds them: in place,
+// rows of gy and x a multiple of 4 KiB apart all map to one L1 set), 16
+// output gradients per load, the R x 16 result added transposed.
+template <int R>
+TS_AVX2 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+  __m256 c[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t i = 0; i < len; ++i) {
+    __m256 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(gp + i * FW + 8 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(xg + i * FR + r);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(a, bv[v], c[r][v]);
+    }
+  }
+  alignas(32) float tmp[R * FW];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm256_store_ps(tmp + r * FW + 8 * v, c[r][v]);
+  for (int64_t j = 0; j < width; ++j)
+    for (int r = 0; r < R; ++r) out[j * ldo + r] += tmp[r * FW + j];
+}
+
+void gv_micro(int64_t rows, const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+  switch (rows) {
+    case 6: return gv_micro_impl<6>(xg, len, gp, width, out, ldo);
+    case 5: return gv_micro_impl<5>(xg, len, gp, width, out, ldo);
+    case 4: return gv_micro_impl<4>(xg, len, gp, width, out, ldo);
+    case 3: return gv_micro_impl<3>(xg, len, gp, width, out, ldo);
+    case 2: return gv_micro_impl<2>(xg, len, gp, width, out, ldo);
+    default: return gv_micro_impl<1>(xg, len, gp, width, out, ldo);
+  }
+}
+
+// gp[i * FW + j] = g[i * ldg + j] for i < h, j < width, zero for j >= width.
+TS_AVX2 void pack_gy_panel(const float* g, int64_t ldg, int64_t h, int64_t width, float* gp) {
+  if (width == FW) {
+    for (int64_t i = 0; i < h; ++i) {
+      _mm256_storeu_ps(gp + i * FW, _mm256_loadu_ps(g + i * ldg));
+      _mm256_storeu_ps(gp + i * FW + 8, _mm256_loadu_ps(g + i * ldg + 8));
+    }
+    return;
+  }
+  const __m256i m0 = lane_mask(width), m1 = lane_mask(width - 8);
+  for (int64_t i = 0; i < h; ++i) {
+    _mm256_storeu_ps(gp + i * FW, _mm256_maskload_ps(g + i * ldg, m0));
+    _mm256_storeu_ps(gp + i * FW + 8, _mm256_maskload_ps(g + i * ldg + 8, m1));
+  }
+}
+
+// dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block, in registers.
+TS_AVX2 void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {  // pairs of rows interleaved
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {  // 4-wide columns per 128-bit lane
+    r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {  // then the lanes of rows 0-3 and 4-7
+    t[j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x20);
+    t[4 + j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x31);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * ldd, t[i]);
+}
+
+}  // namespace
+
+bool available() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+void pack_forward(const LayoutView& l, const float* values, ForwardPanels& out, const ParallelFn& parallel_for) {
+  out.offsets.assign(l.num_tiles + 1, 0);
+  for (int64_t t = 0; t < l.num_tiles; ++t)
+    out.offsets[t + 1] = out.offsets[t] + (l.tile_width(t) + FW - 1) / FW * FW * l.tile_rows(t);
+  out.data.resize(out.offsets[l.num_tiles]);  // every element is written below
+  float* packed = out.data.data();
+  const std::vector<int64_t>& off = out.offsets;
+  parallel_for(0, l.num_tiles, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
+      const float* v = values + l.value_offset(t);  // [g, kt]
+      for (int64_t q = 0; q * FW < g; ++q) {
+        float* panel = packed + off[t] + q * kt * FW;  // [kt][FW]
+        const float* vq = v + q * FW * kt;
+        const int64_t j1 = std::min(FW, g - q * FW);
+        for (int64_t p0 = 0; p0 < kt; p0 += 8)
+          for (int64_t jb = 0; jb < FW; jb += 8) {
+            const int64_t np = std::min<int64_t>(8, kt - p0), nj = std::min<int64_t>(8, j1 - jb);
+            if (np == 8 && nj == 8) {
+              transpose8(vq + jb * kt + p0, kt, panel + p0 * FW + jb, FW);
+              continue;
+            }
+            for (int64_t p = p0; p < p0 + np; ++p)
+              for (int64_t j = jb; j < jb + 8; ++j) panel[p * FW + j] = j - jb < nj ? vq[j * kt + p] : 0.f;
+          }
+      }
+    }
+  });
+}
+
+void forward_packed(const LayoutView& l, const ForwardPanels& panels, const float* x, int64_t m, int64_t k,
+                    const float* bias, float* y, int64_t n, int64_t workers, const ParallelFn& parallel_for) {
+  if (m <= 0 || n <= 0) return;
+  workers = std::max<int64_t>(1, workers);
+  const float* bp = panels.data.data();
+  const std::vector<int64_t>& off = panels.offsets;
+  // Output features no tile computes (pruned, or in a tile that keeps no
+  // input feature) are bias only; every other feature is written by its tile.
+  std::vector<uint8_t> covered(n, 0);
+  for (int64_t t = 0; t < l.num_tiles; ++t)
+    if (l.tile_rows(t) > 0)
+      for (int64_t j = 0; j < l.tile_width(t); ++j) covered[l.cols[t * l.tile + j]] = 1;
+  std::vector<int64_t> bias_only;
+  for (int64_t c = 0; c < n; ++c)
+    if (!covered[c]) bias_only.push_back(c);
+  std::vector<uint8_t> contiguous(l.num_tiles);
+  for (int64_t t = 0; t < l.num_tiles; ++t) contiguous[t] = l.cols_contiguous(t);
+
+  // With fewer row blocks than workers the tiles are split too.
+  const auto [mb, blocks] = row_blocks(m, k, workers);
+  const int64_t groups = blocks >= workers ? 1 : std::min<int64_t>(std::max<int64_t>(1, l.num_tiles),
+                                                                    (workers + blocks - 1) / blocks);
+  parallel_for(0, blocks * groups, [&](int64_t w0, int64_t w1) {
+    for (int64_t item = w0; item < w1; ++item) {
+      const int64_t b = item / groups, grp = item % groups;
+      const int64_t i0 = b * mb, h = std::min(mb, m - i0);
+      const int64_t t0 = l.num_tiles * grp / groups, t1 = l.num_tiles * (grp + 1) / groups;
+      if (grp == 0)
+        for (int64_t i = 0; i < h; ++i)
+          for (int64_t c : bias_only) y[(i0 + i) * n + c] = bias ? bias[c] : 0.f;
+      for (int64_t t = t0; t < t1; ++t) {
+        // panels are [kt][FW] (kt slots); the reduction skips the padding slots
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
+        if (kr == 0) continue;
+        const int32_t* rows = l.rows + l.row_offsets[t];
+        const int32_t* cols = l.cols + t * l.tile;
+        for (int64_t p0 = 0; p0 < kr; p0 += FKC) {
+          const int64_t len = std::min(FKC, kr - p0);
+          for (int64_t q = 0; q * FW < g; ++q) {
+            const int64_t width = std::min(FW, g - q * FW);
+            const float* bq = bp + off[t] + (q * kt + p0) * FW;
+            const int64_t c0 = contiguous[t] ? cols[0] + q * FW : 0;
+            const FwdOut o{y + c0, n, contiguous[t] ? nullptr : cols + q * FW, width, bias ? bias + c0 : nullptr,
+                           p0 > 0};
+            for (int64_t i = 0; i < h; i += FR)
+              fwd_micro(std::min(FR, h - i), x + (i0 + i) * k, k, rows + p0, len, bq, FW, o, i0 + i, true);
+          }
+        }
+      }
+    }
+  });
+}
+
+void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const float* values, const float* bias,
+             float* y, int64_t n, int64_t workers, const ParallelFn& parallel_for) {
+  if (m <= 0 || n <= 0) return;
+  // Reused per calling thread: no page faults and zero fill of a fresh
+  // allocation per call; holds the largest layer's panels seen by the thread.
+  thread_local ForwardPanels buf;
+  pack_forward(l, values, buf, parallel_for);
+  forward_packed(l, buf, x, m, k, bias, y, n, workers, parallel_for);
+}
+
+void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, const float* values, float* gx,
+                int64_t k, int64_t workers, const ParallelFn& parallel_for) {
+  if (m <= 0 || k <= 0) return;
+  workers = std::max<int64_t>(1, workers);
+  // gx[i, rows_t[p]] += sum_j gy[i, cols_t[j]] * V_t[j, p]: the forward's
+  // micro-kernel with gy's kept outputs broadcast and V_t as panels of 16
+  // kept inputs, [g][16] (copied from the [g, kt] rows: read in place, rows
+  // kt floats apart often share a few L1 sets, and every 6-row micro-tile
+  // re-reads them), accumulated into gx through the tile's kept inputs.
+  thread_local std::vector<float> packed;
+  std::vector<int64_t> off(l.num_tiles + 1, 0);
+  for (int64_t t = 0; t < l.num_tiles; ++t) off[t + 1] = off[t] + (l.tile_rows(t) + FW - 1) / FW * FW * l.tile_width(t);
+  packed.resize(off[l.num_tiles]);
+  float* pk = packed.data();
+  parallel_for(0, l.num_tiles, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      // panels of the kr kept inputs (padding slots are not weights); rows of v are kt long
+      const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
+      const float* v = values + l.value_offset(t);
+      for (int64_t q = 0; q * FW < kr; ++q) {
+        const int64_t width = std::min(FW, kr - q * FW);
+        float* panel = pk + off[t] + q * FW * g;
+        for (int64_t j = 0; j < g; ++j) {
+          const float* src = v + j * kt + q * FW;
+          float* dst = panel + j * FW;
+          for (int64_t c = 0; c < FW; ++c) dst[c] = c < width ? src[c] : 0.f;
+        }
+      }
+    }
+  });
+  const auto [mb, blocks] = row_blocks(m, n + k, workers);
+  parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * mb, h = std::min(mb, m - i0);
+      std::fill(gx + i0 * k, gx + (i0 + h) * k, 0.f);
+      for (int64_t t = 0; t < l.num_tiles; ++t) {
+        const int64_t g = l.tile_width(t), kr = l.tile_kept(t);
+        if (kr == 0 || g == 0) continue;
+        const int32_t* rows = l.rows + l.row_offsets[t];
+        const int32_t* cols = l.cols + t * l.tile;
+        for (int64_t q = 0; q * FW < kr; ++q) {
+          const int64_t width = std::min(FW, kr - q * FW);
+          const int32_t* qr = rows + q * FW;
+          const bool contiguous = consecutive(qr, width);
+          const FwdOut o{contiguous ? gx + qr[0] : gx, k, contiguous ? nullptr : qr, width, nullptr, true};
+          for (int64_t i = 0; i < h; i += FR)
+            fwd_micro(std::min(FR, h - i), gy + (i0 + i) * n, n, cols, g, pk + off[t] + q * FW * g, FW, o, i0 + i,
+                      true);
+        }
+      }
+    }
+  });
+}
+
+void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k, float* gv,
+                 int64_t workers, const ParallelFn& parallel_for) {
+  const int64_t nv = num_values(l);
+  std::fill(gv, gv + nv, 0.f);
+  if (m <= 0 || nv == 0) return;
+  // Output gradients of regrouped (2-D) tiles, gathered once into tile order:
+  // gyc[i, t * tile + j] = gy[i, cols_t[j]].
+  bool all_contiguous = true;
+  for (int64_t t = 0; t < l.num_tiles; ++t) all_contiguous &= l.cols_contiguous(t);
+  std::vector<float> gyc;
+  if (!all_contiguous) {
+    gyc.resize(m * l.num_cols);
+    parallel_for(0, m, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t c = 0; c < l.num_cols; ++c) gyc[i * l.num_cols + c] = gy[i * n + l.cols[c]];
+    });
+  }
+  // Work items: (tile, GPC kept inputs); each owns its [g, GPC] slice of gv
+  // and sums over all of m, so no two items write the same gradient.
+  // Chunks of GPC kept inputs, halved while there are too few to balance the workers.
+  std::vector<std::pair<int64_t, int64_t>> items;
+  int64_t chunk = GPC;
+  for (;; chunk /= 2) {
+    items.clear();
+    for (int64_t t = 0; t < l.num_tiles; ++t)
+      if (l.tile_width(t) > 0)
+        for (int64_t p0 = 0; p0 < l.tile_kept(t); p0 += chunk) items.emplace_back(t, p0);  // padding keeps 0
+    if (chunk <= 2 * FR || static_cast<int64_t>(items.size()) >= 4 * std::max<int64_t>(1, workers)) break;
+  }
+  parallel_for(0, static_cast<int64_t>(items.size()), [&](int64_t a, int64_t b) {
+    // x[:, rows] of a pass as groups of FR kept inputs, [h][FR] each; one gy panel [h][FW]
+    std::vector<float> xg((GPC + FR - 1) / FR * FR * GMB), gp(GMB * FW);
+    // Row blocks outside the items: a worker's consecutive items are chunks
+    // of the same tile, so the tile's gy rows of the block stay in L2.
+    for (int64_t i0 = 0; i0 < m; i0 += GMB) {
+      const int64_t h = std::min(GMB, m - i0);
+      for (int64_t it = a; it < b; ++it) {
+        const auto [t, p0] = items[it];
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
+        const int64_t len = std::min(chunk, l.tile_kept(t) - p0);
+        const bool contiguous = all_contiguous || l.cols_contiguous(t);
+        const float* gsrc = contiguous ? gy + l.cols[t * l.tile] : gyc.data() + t * l.tile;
+        const int64_t ldg = contiguous ? n : l.num_cols;
+        const int32_t* rows = l.rows + l.row_offsets[t] + p0;
+        float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
+        // The chunk's kept inputs span x[i, rows[0] .. rows[len-1]]: rows a
+        // multiple of 4 KiB apart defeat the hardware prefetcher (it stays
+        // within a page), so the next rows' span is prefetched by hand.
+        constexpr int64_t ahead = 4;
+        const int64_t span0 = rows[0], span1 = rows[len - 1];
+        for (int64_t r0 = 0; r0 < len; r0 += FR) {  // a group past len repeats its last feature (ignored)
+          int64_t ri[FR];
+          for (int64_t r = 0; r < FR; ++r) ri[r] = rows[r0 + std::min(r, len - r0 - 1)];
+          float* d = xg.data() + r0 * h;
+          const float* xr = x + i0 * k;
+          for (int64_t i = 0; i < h; ++i, xr += k, d += FR) {
+            if (r0 == 0 && i + ahead < h)
+              for (int64_t c = span0; c <= span1 + 15; c += 16)
+                __builtin_prefetch(xr + ahead * k + std::min(c, span1));
+#pragma GCC unroll 8
+            for (int64_t r = 0; r < FR; ++r) d[r] = xr[ri[r]];
+          }
+        }
+        for (int64_t q = 0; q * FW < g; ++q) {
+          const int64_t width = std::min(FW, g - q * FW);
+          pack_gy_panel(gsrc + i0 * ldg + q * FW, ldg, h, width, gp.data());
+          for (int64_t r0 = 0; r0 < len; r0 += FR)
+            gv_micro(std::min(FR, len - r0), xg.data() + r0 * h, h, gp.data(), width, gvt + q * FW * kt + r0, kt);
+        }
+      }
+    }
+  });
+}
+
+#else  // no AVX2 build support: never selected
+
+bool available() { return false; }
+void pack_forward(const LayoutView&, const float*, ForwardPanels&, const ParallelFn&) {}
+void forward_packed(const LayoutView&, const ForwardPanels&, const float*, int64_t, int64_t, const float*, float*,
+                    int64_t, int64_t, const ParallelFn&) {}
+void forward(const LayoutView&, const float*, int64_t, int64_t, const float*, const float*, float*, int64_t, int64_t,
+             const ParallelFn&) {}
+void grad_input(const LayoutView&, const float*, int64_t, int64_t, const float*, float*, int64_t, int64_t,
+                const ParallelFn&) {}
+void grad_values(const LayoutView&, const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                 const ParallelFn&) {}
+
+#endif
+
+}  // namespace tilesparse::core::avx2
