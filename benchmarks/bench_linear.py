@@ -51,6 +51,9 @@ _ops = torch.ops.tilesparse
 CPU_SHAPES = [(2048, 2048), (768, 3072), (3072, 768)]
 CPU_EXTRA_SHAPES = [(384, 384)]  # MiniLM's attention projections (K, N)
 CUDA_SHAPES = [(768, 768), (768, 3072), (3072, 768), (1024, 4096), (4096, 1024)]
+LLM_SHAPES = [(4096, 14336), (14336, 4096), (8192, 8192)]  # LLM-sized layers (K, N)
+SMALL_M = [1, 16, 64]  # decoding / small batches: the v2_small_m path
+SMALL_M_SHAPES = [(4096, 14336), (768, 3072)]
 SPARSITIES = [0.0, 0.5, 0.75, 0.9]
 
 
@@ -60,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a fast smoke run: fewer shapes and repeats")
     p.add_argument("--tile", type=int, default=128, help="tile size G (64 or 128)")
     p.add_argument("--k-align", type=int, default=1, help="kept input features per tile: a multiple of this")
+    p.add_argument("--unit", type=int, default=1, help="pruning unit: aligned runs of this many input features")
     p.add_argument("--dtype", default=None, help="default: float32 on cpu, bfloat16 on cuda")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default cpu 7, cuda 30)")
     p.add_argument("--warmup", type=int, default=None)
@@ -72,11 +76,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_layer(n, k, sparsity, tile, k_align, dtype, device, seed):
+def make_layer(n, k, sparsity, tile, k_align, dtype, device, seed, unit=1):
     """Random weight, tile-wise mask of random scores, packed values."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g) / k ** 0.5
-    mask = ops.tile_mask(torch.rand(n, k, generator=g, dtype=torch.float64), tile, sparsity, 0.0, k_align)
+    mask = ops.tile_mask(torch.rand(n, k, generator=g, dtype=torch.float64), tile, sparsity, 0.0, k_align, unit)
     layout = TileLayout.from_mask(mask, tile).to(device)
     wm = (w * mask).to(device, dtype)
     return wm, layout, layout.pack(wm)
@@ -145,8 +149,8 @@ def run(args):
         shapes = [(2048, k, n) for k, n in CPU_SHAPES + CPU_EXTRA_SHAPES]
         timer = CpuTimer(args)
     else:
-        ms = [4096, 16384]
-        shapes = [(m, k, n) for m in ms for k, n in CUDA_SHAPES]
+        shapes = ([(m, k, n) for m in (4096, 16384) for k, n in CUDA_SHAPES] + [(16384, k, n) for k, n in LLM_SHAPES]
+                  + [(m, k, n) for m in SMALL_M for k, n in SMALL_M_SHAPES])
         timer = CudaTimer(args)
     sparsities = SPARSITIES
     if args.quick:
@@ -162,7 +166,7 @@ def run(args):
         key = (k, n, s)
         if key not in cache:
             cache.clear()
-            cache[key] = make_layer(n, k, s, args.tile, args.k_align, dtype, device, args.seed)
+            cache[key] = make_layer(n, k, s, args.tile, args.k_align, dtype, device, args.seed, args.unit)
         wm, layout, values = cache[key]
         x = torch.randn(m, k, device=device).to(dtype)
         gy = torch.randn(m, n, device=device).to(dtype)
@@ -192,6 +196,9 @@ def run(args):
                                 dtype=str(dtype).replace("torch.", ""),
                                 **{"pass": pss}, pattern="tw", M=m, K=k, N=n, sparsity=s,
                                 achieved_sparsity=round(layout.sparsity, 4), tile=args.tile, k_align=args.k_align,
+                                unit=args.unit,
+                                # x read and y written once: the cap is dense / max(d * dense, io / bandwidth)
+                                io_bytes=(m * k + m * n) * x.element_size(),
                                 dense_ms=round(dense_ms, 5), sparse_ms=round(sparse_ms, 5),
                                 speedup=round(dense_ms / sparse_ms, 4),
                                 dense_tflops=round(flops / dense_ms / 1e9, 2),

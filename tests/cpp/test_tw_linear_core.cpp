@@ -423,8 +423,10 @@ TEST_CASE("AVX2 forward from cached panels equals the packing forward", "[tw_lin
 }
 
 TEST_CASE("is_dense_layout recognises only the identity layout", "[tw_linear]") {
-  const Problem dense = make_problem("dense", 12, 7, 4, 1.0, 1.0, 6);
+  const Problem dense = make_problem("dense", 12, 7, 4, 1.0, 1.0, 6, -1, /*pad=*/1);
   CHECK(is_dense_layout(dense.view(), 12, 7));
+  // every feature kept but padded to 8 slots: not W's layout (values has padding)
+  CHECK_FALSE(is_dense_layout(make_problem("dense, padded", 12, 7, 4, 1.0, 1.0, 6).view(), 12, 7));
   // k entries per tile that repeat a feature: as many values as W, but not W
   Problem dup = dense;
   dup.layout.rows[5] = 4;
