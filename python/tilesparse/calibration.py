@@ -166,3 +166,40 @@ def input_statistics(module: nn.Module, model: nn.Module, batches: Sequence, *, 
     if H is None:
         raise ValueError("the layer did not run on any calibration batch")
     return H, C, rows
+
+
+@torch.no_grad()
+def input_second_moments(modules: Sequence[nn.Module], model: nn.Module, batches: Sequence, *,
+                         with_ones: Sequence[bool], forward_fn: ForwardFn = default_forward) -> List[Tensor]:
+    """``H = X^T X`` (float64) of several layers' GEMM inputs from one forward
+    per batch, stopped once every one of them has run (their first call)."""
+    H: List[Optional[Tensor]] = [None] * len(modules)
+    seen: set = set()
+
+    def make_hook(i, mod):
+        def hook(m, args):
+            if i in seen:
+                return
+            seen.add(i)
+            xs = _rows(mod, args[0].detach(), with_ones[i])
+            if H[i] is None:
+                H[i] = xs.new_zeros(xs.shape[1], xs.shape[1])
+            H[i].addmm_(xs.t(), xs)
+            if len(seen) == len(modules):
+                raise _Stop
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(i, m)) for i, m in enumerate(modules)]
+    try:
+        for batch in batches:
+            seen.clear()
+            try:
+                forward_fn(model, batch)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    if any(h is None for h in H):
+        raise ValueError("a layer did not run on any calibration batch")
+    return H

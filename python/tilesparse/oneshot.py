@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from .calibration import ForwardFn, default_forward, input_groups, input_statistics
+from .calibration import ForwardFn, default_forward, input_groups, input_second_moments, input_statistics
 from .importance import _progress, effective_weight
 from .patterns import PATTERNS, TILE_PATTERNS, bw_mask, ew_mask, nm_mask, tew_masks, tw_mask, vw_mask
 from .reconstruct import greedy_tile_selection, kept_set_error, masked_lstsq
@@ -225,7 +225,8 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
             filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, allocation: str = "error",
             bounds: Tuple[float, float] = (0.0, 0.95), sequential: bool = True, selection: str = "score",
             damp: float = 0.01, delta: float = 0.02, vector: int = 16, block: int = 32, grid_step: float = 0.05,
-            max_groups: int = 64, iters: int = 50, progress: Optional[bool] = None) -> nn.Module:
+            max_groups: int = 64, iters: int = 50, stat_budget: int = 0,
+            progress: Optional[bool] = None) -> nn.Module:
     """Calibrated one-shot pruning of ``model`` in place; returns it (the root
     may be a new object if the root itself is a pruned layer).
 
@@ -244,6 +245,9 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
     * ``selection``: ``"score"`` or ``"obs"`` (greedy second-order within
       tiles; slower).
     * ``damp``: ridge, a fraction of the mean input energy.
+    * ``stat_budget``: bytes of input statistics the allocation pass may hold
+      at once (consecutive layers calibrated in one forward); default 0: one
+      layer's (or input group's) at a time.
 
     Returns the model with tile-sparse (``tw``, ``tew``) or masked modules in
     the masked state, ready to fine-tune or :func:`tilesparse.finalize`.
@@ -292,7 +296,7 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
             total = sparsity * sum(l.numel for l in layers)
             if allocation == "error" and not fixed_s and hi > lo:
                 curves = _curves(groups, by_name, dense, batches, forward_fn, pat, lo, hi, damp, grid_step,
-                                 progress)
+                                 stat_budget, progress)
                 plan = dict(zip([l.fqn for l in order], allocate([curves[l.fqn] for l in order], total)))
             else:
                 plan = {l.fqn: (0.5 if fixed_s else sparsity) * l.numel for l in layers}
@@ -353,35 +357,65 @@ def _prune_layer(l: _Layer, solver: _Solver, pat: _Pattern, s: float, max_groups
     return float(l.numel - int(keep.sum()))
 
 
-def _curves(groups, by_name, dense, batches, forward_fn, pat: _Pattern, lo, hi, damp, step, progress
-            ) -> Dict[str, List[Tuple[float, float]]]:
-    """``{fqn: [(pruned, error / energy)]}`` on the dense model's inputs."""
-    out = {}
-    for g in _progress(groups, len(groups), "oneshot: allocate", progress):
-        first = by_name[g[0]]
-        H, _, _ = input_statistics(first.dense, dense, batches, with_ones=first.bias, forward_fn=forward_fn)
-        solver = _Solver(H, None, first.k, damp)
-        for fqn in g:
-            l = by_name[fqn]
-            if l.bias != first.bias:
-                H2, _, _ = input_statistics(l.dense, dense, batches, with_ones=l.bias, forward_fn=forward_fn)
-                sv = _Solver(H2, None, l.k, damp)
-            else:
-                sv = solver
-            B, Wopt, scores = sv.problem(_dense_weight(l).to(sv.H.device))
-            energy = max(float((Wopt * B).sum()), 1e-30)
-            sc = scores[:, :l.k].cpu()
-            pts = []
-            for s in _grid(lo, hi, step):
-                mask, res = pat.select(sc, s)
-                keep = mask if res is None else mask | res
-                if pat.grouped and res is None:
-                    err = kept_set_error(sv.H, B, Wopt, _augment(keep, l.bias).to(B.device))
-                elif pat.grouped:  # TEW: the TW part's exact error (the residue only lowers it)
-                    err = kept_set_error(sv.H, B, Wopt, _augment(mask, l.bias).to(B.device))
-                else:  # per-row kept sets: the sum of the pruned weights' OBS saliencies
-                    err = float((sc[~keep] ** 2).sum())
-                pts.append((float(l.numel - int(keep.sum())), err / energy))
-            out[fqn] = pts
-        del H, solver
+def _chunks(groups, by_name, budget: int) -> List[List[List[str]]]:
+    """Consecutive groups whose float64 statistics fit in ``budget`` bytes together (at least one)."""
+    out, cur, size = [], [], 0
+    for g in groups:
+        need = sum({(by_name[f].k + by_name[f].bias) ** 2 * 8 for f in g})
+        if cur and size + need > budget:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(g)
+        size += need
+    if cur:
+        out.append(cur)
     return out
+
+
+def _curves(groups, by_name, dense, batches, forward_fn, pat: _Pattern, lo, hi, damp, step, budget, progress
+            ) -> Dict[str, List[Tuple[float, float]]]:
+    """``{fqn: [(pruned, error / energy)]}`` on the dense model's inputs.
+    Statistics of consecutive groups are collected together within
+    ``budget`` bytes (one forward per batch for the whole chunk)."""
+    out = {}
+    bar = _progress(None, len(groups), "oneshot: allocate", progress)
+    for chunk in _chunks(groups, by_name, budget):
+        # one statistic per distinct (input, bias setting) of the chunk
+        keys = []
+        for g in chunk:
+            for f in g:
+                key = (g[0], by_name[f].bias)
+                if key not in keys:
+                    keys.append(key)
+        Hs = input_second_moments([by_name[g0].dense for g0, _ in keys], dense, batches,
+                                  with_ones=[b for _, b in keys], forward_fn=forward_fn)
+        stats = dict(zip(keys, Hs))
+        del Hs
+        for g in chunk:
+            solvers = {}
+            for fqn in g:
+                l = by_name[fqn]
+                key = (g[0], l.bias)
+                if key not in solvers:
+                    solvers[key] = _Solver(stats.pop(key), None, l.k, damp)
+                out[fqn] = _curve(l, solvers[key], pat, lo, hi, step)
+            del solvers
+            bar.update(1)
+    bar.close()
+    return out
+
+
+def _curve(l: _Layer, sv: _Solver, pat: _Pattern, lo, hi, step) -> List[Tuple[float, float]]:
+    B, Wopt, scores = sv.problem(_dense_weight(l).to(sv.H.device))
+    energy = max(float((Wopt * B).sum()), 1e-30)
+    sc = scores[:, :l.k].cpu()
+    pts = []
+    for s in _grid(lo, hi, step):
+        mask, res = pat.select(sc, s)
+        keep = mask if res is None else mask | res
+        if pat.grouped:  # exact; TEW: the TW part's error (the residue only lowers it)
+            err = kept_set_error(sv.H, B, Wopt, _augment(mask, l.bias).to(B.device))
+        else:  # per-row kept sets: the sum of the pruned weights' OBS saliencies
+            err = float((sc[~keep] ** 2).sum())
+        pts.append((float(l.numel - int(keep.sum())), err / energy))
+    return pts
