@@ -28,3 +28,8 @@ from .pruner import Pruner  # noqa: E402
 
 __all__ += ["nn", "patterns", "importance", "schedule", "TileSparseLinear", "TileSparseConv2d", "sparsify",
             "finalize", "densify", "mask_optimizer", "sparsity_summary", "Pruner"]
+
+# calibrated one-shot pruning with reconstruction (issue 11)
+from .oneshot import oneshot  # noqa: E402
+
+__all__ += ["oneshot"]
