@@ -13,6 +13,9 @@ std::string check_mask_problem(const MaskProblem& p) {
   if (p.n < 0 || p.k < 0) err << "scores must have non-negative sizes, got [" << p.n << ", " << p.k << "]";
   else if (p.tile <= 0) err << "tile must be positive, got " << p.tile;
   else if (p.k_align <= 0) err << "k_align must be positive, got " << p.k_align;
+  else if (p.unit <= 0) err << "unit must be positive, got " << p.unit;
+  else if (p.k_align % p.unit != 0 && p.unit % p.k_align != 0)
+    err << "k_align and unit must divide one another, got k_align=" << p.k_align << ", unit=" << p.unit;
   return err.str();
 }
 
@@ -62,47 +65,63 @@ int64_t tile_width(int64_t t, int64_t num_cols, int64_t tile) {
   return std::min(tile, num_cols - t * tile);
 }
 
-// One pruning unit: a run of ranked rows [begin, end) of tile t's ranking
-// (rank 0 = most important). pos counts units from the least important end.
-struct Unit {
+// Length of run u: unit, or what is left of k for the last run.
+int64_t run_length(const MaskProblem& p, int64_t u) { return std::min(p.unit, p.k - u * p.unit); }
+
+// Ranked runs per pruning group (see the header).
+int64_t group_runs(const MaskProblem& p) { return std::max<int64_t>(1, p.k_align / p.unit); }
+
+// One pruning group: ranked runs [begin, end) of tile t's ranking (rank 0 =
+// most important). pos counts groups from the least important end; features is
+// the number of input features the group covers.
+struct Group {
   double score;
   int64_t tile;
   int64_t pos;
   int64_t begin;
   int64_t end;
+  int64_t features;
 };
 
-// Per-tile ranking of rows (descending segment score, ties by row index) and
-// the tile's units from the bottom up.
-void rank_and_split(const MaskProblem& p, const std::vector<double>& seg, int64_t t,
-                    std::vector<int64_t>& rank, std::vector<Unit>& units) {
-  const double* s = seg.data() + t * p.k;
-  rank.resize(p.k);
+// Tile t's runs by descending run score (ties: lower run index first).
+void rank_runs(const std::vector<double>& us, int64_t U, int64_t t, std::vector<int64_t>& rank) {
+  const double* s = us.data() + t * U;
+  rank.resize(U);
   std::iota(rank.begin(), rank.end(), 0);
   std::stable_sort(rank.begin(), rank.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
-  int64_t end = p.k;
+}
+
+// Tile t's ranking and its groups from the bottom up.
+void rank_and_split(const MaskProblem& p, const std::vector<double>& us, int64_t U, int64_t t,
+                    std::vector<int64_t>& rank, std::vector<Group>& groups) {
+  rank_runs(us, U, t, rank);
+  const double* s = us.data() + t * U;
+  const int64_t a = group_runs(p);
+  const int64_t first = U % a;
+  int64_t end = U;
   int64_t pos = 0;
-  const int64_t first = p.k % p.k_align;
   while (end > 0) {
-    const int64_t len = (pos == 0 && first != 0) ? first : std::min(p.k_align, end);
+    const int64_t len = (pos == 0 && first != 0) ? first : std::min(a, end);
     const int64_t begin = end - len;
-    units.push_back(Unit{s[rank[begin]], t, pos, begin, end});
+    int64_t features = 0;
+    for (int64_t r = begin; r < end; ++r) features += run_length(p, rank[r]);
+    groups.push_back(Group{s[rank[begin]], t, pos, begin, end, features});
     end = begin;
     ++pos;
   }
 }
 
-// keep[t, rank[r]] = 1 for ranked rows r < kept_count[t].
-std::vector<uint8_t> keep_from_counts(const MaskProblem& p, const std::vector<double>& seg, int64_t T,
-                                      const std::vector<int64_t>& pruned_rows) {
+// keep[t, r] = 1 for the features r of tile t's best U - pruned_runs[t] runs.
+std::vector<uint8_t> keep_from_counts(const MaskProblem& p, const std::vector<double>& us, int64_t U, int64_t T,
+                                      const std::vector<int64_t>& pruned_runs) {
   std::vector<uint8_t> keep(T * p.k, 0);
   std::vector<int64_t> rank;
   for (int64_t t = 0; t < T; ++t) {
-    const double* s = seg.data() + t * p.k;
-    rank.resize(p.k);
-    std::iota(rank.begin(), rank.end(), 0);
-    std::stable_sort(rank.begin(), rank.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
-    for (int64_t r = 0; r < p.k - pruned_rows[t]; ++r) keep[t * p.k + rank[r]] = 1;
+    rank_runs(us, U, t, rank);
+    for (int64_t r = 0; r < U - pruned_runs[t]; ++r) {
+      const int64_t b = rank[r] * p.unit;
+      std::fill(keep.begin() + t * p.k + b, keep.begin() + t * p.k + b + run_length(p, rank[r]), 1);
+    }
   }
   return keep;
 }
@@ -125,46 +144,67 @@ std::vector<double> segment_scores(const MaskProblem& p, const std::vector<int64
   return seg;
 }
 
+int64_t num_units(const MaskProblem& p) { return p.k > 0 ? (p.k + p.unit - 1) / p.unit : 0; }
+
+std::vector<double> unit_scores(const MaskProblem& p, const std::vector<double>& seg) {
+  if (p.unit == 1) return seg;
+  const int64_t U = num_units(p);
+  const int64_t T = p.k > 0 ? static_cast<int64_t>(seg.size()) / p.k : 0;
+  std::vector<double> out(T * U, 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t u = 0; u < U; ++u) {
+      const int64_t len = run_length(p, u);
+      double ss = 0;
+      for (int64_t r = u * p.unit; r < u * p.unit + len; ++r) ss += seg[t * p.k + r] * seg[t * p.k + r];
+      out[t * U + u] = std::sqrt(ss / static_cast<double>(len));
+    }
+  return out;
+}
+
 std::vector<uint8_t> keep_rows_by_count(const MaskProblem& p, const std::vector<int64_t>& cols,
                                         const std::vector<double>& seg, int64_t target_pruned) {
   const int64_t nc = static_cast<int64_t>(cols.size());
   const int64_t T = num_tiles(nc, p.tile);
-  std::vector<Unit> units;
+  const int64_t U = num_units(p);
+  const std::vector<double> us = unit_scores(p, seg);
+  std::vector<Group> groups;
   std::vector<int64_t> rank;
-  for (int64_t t = 0; t < T; ++t) rank_and_split(p, seg, t, rank, units);
-  // Ascending score; within a tile the lower unit first so every tile prunes
+  for (int64_t t = 0; t < T; ++t) rank_and_split(p, us, U, t, rank, groups);
+  // Ascending score; within a tile the lower group first so every tile prunes
   // a bottom prefix of its ranking.
-  std::stable_sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) {
+  std::stable_sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) {
     if (a.score != b.score) return a.score < b.score;
     if (a.tile != b.tile) return a.tile < b.tile;
     return a.pos < b.pos;
   });
-  std::vector<int64_t> pruned_rows(T, 0);
+  std::vector<int64_t> pruned_runs(T, 0);
   int64_t pruned = 0;
-  for (const Unit& u : units) {
-    const int64_t elems = (u.end - u.begin) * tile_width(u.tile, nc, p.tile);
+  for (const Group& g : groups) {
+    const int64_t elems = g.features * tile_width(g.tile, nc, p.tile);
     if (std::llabs(pruned + elems - target_pruned) >= std::llabs(pruned - target_pruned)) break;
     pruned += elems;
-    pruned_rows[u.tile] += u.end - u.begin;
+    pruned_runs[g.tile] += g.end - g.begin;
   }
-  return keep_from_counts(p, seg, T, pruned_rows);
+  return keep_from_counts(p, us, U, T, pruned_runs);
 }
 
 std::vector<uint8_t> keep_rows_by_threshold(const MaskProblem& p, const std::vector<int64_t>& cols,
                                             const std::vector<double>& seg, double threshold) {
   const int64_t T = num_tiles(static_cast<int64_t>(cols.size()), p.tile);
-  std::vector<int64_t> pruned_rows(T, 0);
-  std::vector<Unit> units;
+  const int64_t U = num_units(p);
+  const std::vector<double> us = unit_scores(p, seg);
+  std::vector<int64_t> pruned_runs(T, 0);
+  std::vector<Group> groups;
   std::vector<int64_t> rank;
   for (int64_t t = 0; t < T; ++t) {
-    units.clear();
-    rank_and_split(p, seg, t, rank, units);
-    for (const Unit& u : units) {  // bottom up: stop at the first unit kept
-      if (!(u.score < threshold)) break;
-      pruned_rows[t] += u.end - u.begin;
+    groups.clear();
+    rank_and_split(p, us, U, t, rank, groups);
+    for (const Group& g : groups) {  // bottom up: stop at the first group kept
+      if (!(g.score < threshold)) break;
+      pruned_runs[t] += g.end - g.begin;
     }
   }
-  return keep_from_counts(p, seg, T, pruned_rows);
+  return keep_from_counts(p, us, U, T, pruned_runs);
 }
 
 void assemble_mask(const MaskProblem& p, const std::vector<int64_t>& cols,

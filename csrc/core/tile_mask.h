@@ -17,6 +17,13 @@ struct MaskProblem {
   int64_t k;      // in_features
   int64_t tile;   // G, output features per tile
   int64_t k_align = 1;  // kept rows per tile: a multiple of this (or all k)
+  // Pruning unit: the aligned run [u*unit, (u+1)*unit) of input features of a
+  // tile is kept or pruned as a whole (the last run is partial when
+  // k % unit != 0), so kept features come in contiguous runs (16-byte or
+  // 32-byte gathers for unit 8 or 16 in 16-bit types). unit and k_align must
+  // divide one another: with k_align > unit every tile keeps a multiple of
+  // k_align / unit runs, or all of them.
+  int64_t unit = 1;
 };
 
 // Empty string when the parameters are usable, else a message naming the bad one.
@@ -35,18 +42,31 @@ std::vector<int64_t> keep_columns_by_threshold(const std::vector<double>& col_sc
 // p.tile: out is row-major [T, k], out[t, r] = ||scores[cols_t, r]||_2 / g_t.
 std::vector<double> segment_scores(const MaskProblem& p, const std::vector<int64_t>& cols);
 
-// Row selection. keep is row-major [T, k]. The pruning unit inside a tile is a
-// run of k_align rows taken from the least important end of the tile's
-// ranking (the first unit is k % k_align rows when that is non-zero), so every
-// tile keeps a multiple of k_align rows or all k. A unit's score is the best
-// segment score in it.
+// Number of aligned runs of p.unit input features: ceil(k / unit).
+int64_t num_units(const MaskProblem& p);
+
+// Run scores from segment scores `seg` [T, k]: out is row-major [T, U],
+// U = num_units(p), out[t, u] = the root mean square of seg[t, r] over the
+// features r of run u (its own length for the partial last run). For full
+// runs this ranks as the L2 norm of the run's segment scores,
+// ||scores[cols_t, run]||_F / g_t; dividing by the run length keeps the
+// partial last run comparable. With unit == 1 it is `seg` exactly.
+std::vector<double> unit_scores(const MaskProblem& p, const std::vector<double>& seg);
+
+// Row selection. keep is row-major [T, k]. Each tile ranks its runs of p.unit
+// features by run score (descending, ties by position). The pruning group
+// inside a tile is k_align / unit ranked runs (one run when unit >= k_align)
+// taken from the least important end of the ranking (the first group is
+// U % (k_align / unit) runs when that is non-zero), so with unit == 1 every
+// tile keeps a multiple of k_align rows or all k. A group's score is the best
+// run score in it.
 //
-// By count: prunes units in ascending score order (globally across tiles)
+// By count: prunes groups in ascending score order (globally across tiles)
 // while doing so brings the pruned element count closer to `target_pruned`;
-// the result is within half a unit of the target.
+// the result is within half a group of the target.
 std::vector<uint8_t> keep_rows_by_count(const MaskProblem& p, const std::vector<int64_t>& cols,
                                         const std::vector<double>& seg, int64_t target_pruned);
-// By threshold: prunes every unit whose score < threshold.
+// By threshold: prunes every group whose score < threshold.
 std::vector<uint8_t> keep_rows_by_threshold(const MaskProblem& p, const std::vector<int64_t>& cols,
                                             const std::vector<double>& seg, double threshold);
 

@@ -10,11 +10,11 @@
 //    layout and it is moved to the mask's device;
 //  * tile_mask, tile_mask_threshold, tile_segment_scores: mask selection runs
 //    once per pruning step and must equal the CPU operator exactly (ranking
-//    ties, k_align units, the "closer to target" greedy rule, float64 sums
-//    whose rounding depends on their order), so the scores are copied to the
-//    host, the CPU operator (csrc/core/tile_mask.cpp, the reference semantics)
-//    runs, and the result moves back to the scores' device: equal by
-//    construction, at the cost of two copies.
+//    ties, k_align groups, unit runs, the "closer to target" greedy rule,
+//    float64 sums whose rounding depends on their order), so the scores are
+//    copied to the host, the CPU operator (csrc/core/tile_mask.cpp, the
+//    reference semantics) runs, and the result moves back to the scores'
+//    device: equal by construction, at the cost of two copies.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -229,31 +229,34 @@ const c10::DispatchKeySet kCpu(c10::DispatchKey::CPU);
 
 at::Tensor host_scores(const at::Tensor& scores) { return scores.detach().cpu(); }
 
-at::Tensor tile_segment_scores_cuda(const at::Tensor& scores, int64_t tile, std::optional<double> col_threshold) {
+at::Tensor tile_segment_scores_cuda(const at::Tensor& scores, int64_t tile, std::optional<double> col_threshold,
+                                    int64_t unit) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("tilesparse::tile_segment_scores", "")
-                             .typed<at::Tensor(const at::Tensor&, int64_t, std::optional<double>)>();
+                             .typed<at::Tensor(const at::Tensor&, int64_t, std::optional<double>, int64_t)>();
   const c10::cuda::CUDAGuard guard(scores.device());
-  return op.redispatch(kCpu, host_scores(scores), tile, col_threshold).to(scores.device());
+  return op.redispatch(kCpu, host_scores(scores), tile, col_threshold, unit).to(scores.device());
 }
 
 at::Tensor tile_mask_cuda(const at::Tensor& scores, int64_t tile, double sparsity, double col_sparsity,
-                          int64_t k_align) {
+                          int64_t k_align, int64_t unit) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("tilesparse::tile_mask", "")
-                             .typed<at::Tensor(const at::Tensor&, int64_t, double, double, int64_t)>();
+                             .typed<at::Tensor(const at::Tensor&, int64_t, double, double, int64_t, int64_t)>();
   const c10::cuda::CUDAGuard guard(scores.device());
-  return op.redispatch(kCpu, host_scores(scores), tile, sparsity, col_sparsity, k_align).to(scores.device());
+  return op.redispatch(kCpu, host_scores(scores), tile, sparsity, col_sparsity, k_align, unit)
+      .to(scores.device());
 }
 
 at::Tensor tile_mask_threshold_cuda(const at::Tensor& scores, int64_t tile, double threshold,
-                                    std::optional<double> col_threshold, int64_t k_align) {
+                                    std::optional<double> col_threshold, int64_t k_align, int64_t unit) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("tilesparse::tile_mask_threshold", "")
-          .typed<at::Tensor(const at::Tensor&, int64_t, double, std::optional<double>, int64_t)>();
+          .typed<at::Tensor(const at::Tensor&, int64_t, double, std::optional<double>, int64_t, int64_t)>();
   const c10::cuda::CUDAGuard guard(scores.device());
-  return op.redispatch(kCpu, host_scores(scores), tile, threshold, col_threshold, k_align).to(scores.device());
+  return op.redispatch(kCpu, host_scores(scores), tile, threshold, col_threshold, k_align, unit)
+      .to(scores.device());
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
 
 #include "../core/tile_mask.h"
 #include "checks.h"
@@ -22,19 +23,23 @@ at::Tensor checked_scores(const at::Tensor& scores) {
   return s;
 }
 
-core::MaskProblem problem(const at::Tensor& s, int64_t tile, int64_t k_align) {
-  TORCH_CHECK_VALUE(tile > 0, "tile must be positive, got ", tile);
-  TORCH_CHECK_VALUE(k_align > 0, "k_align must be positive, got ", k_align);
-  return core::MaskProblem{s.data_ptr<double>(), s.size(0), s.size(1), tile, k_align};
+core::MaskProblem problem(const at::Tensor& s, int64_t tile, int64_t k_align, int64_t unit) {
+  core::MaskProblem p{s.data_ptr<double>(), s.size(0), s.size(1), tile, k_align, unit};
+  const std::string err = core::check_mask_problem(p);
+  TORCH_CHECK_VALUE(err.empty(), err);
+  return p;
 }
 
 void check_threshold(double v, const char* name) {
   TORCH_CHECK_VALUE(!std::isnan(v), name, " must not be NaN");
 }
 
-at::Tensor tile_segment_scores_cpu(const at::Tensor& scores, int64_t tile, std::optional<double> col_threshold) {
+// Segment scores [T, K], or with unit > 1 the run scores [T, ceil(K / unit)]
+// that tile_mask_threshold compares with its threshold.
+at::Tensor tile_segment_scores_cpu(const at::Tensor& scores, int64_t tile, std::optional<double> col_threshold,
+                                   int64_t unit) {
   const at::Tensor s = checked_scores(scores);
-  const core::MaskProblem p = problem(s, tile, 1);
+  const core::MaskProblem p = problem(s, tile, 1, unit);
   std::vector<int64_t> cols;
   if (col_threshold) {
     check_threshold(*col_threshold, "col_threshold");
@@ -43,17 +48,17 @@ at::Tensor tile_segment_scores_cpu(const at::Tensor& scores, int64_t tile, std::
     cols.resize(p.n);
     for (int64_t c = 0; c < p.n; ++c) cols[c] = c;
   }
-  const std::vector<double> seg = core::segment_scores(p, cols);
+  const std::vector<double> us = core::unit_scores(p, core::segment_scores(p, cols));
   const int64_t T = (static_cast<int64_t>(cols.size()) + tile - 1) / tile;
-  at::Tensor out = at::empty({T, p.k}, s.options());
-  std::copy(seg.begin(), seg.end(), out.data_ptr<double>());
+  at::Tensor out = at::empty({T, core::num_units(p)}, s.options());
+  std::copy(us.begin(), us.end(), out.data_ptr<double>());
   return out.to(scores.scalar_type());
 }
 
 at::Tensor tile_mask_cpu(const at::Tensor& scores, int64_t tile, double sparsity, double col_sparsity,
-                         int64_t k_align) {
+                         int64_t k_align, int64_t unit) {
   const at::Tensor s = checked_scores(scores);
-  const core::MaskProblem p = problem(s, tile, k_align);
+  const core::MaskProblem p = problem(s, tile, k_align, unit);
   TORCH_CHECK_VALUE(sparsity >= 0.0 && sparsity < 1.0, "sparsity must be in [0, 1), got ", sparsity);
   TORCH_CHECK_VALUE(col_sparsity >= 0.0 && col_sparsity <= sparsity, "col_sparsity must be in [0, sparsity=",
                     sparsity, "], got ", col_sparsity);
@@ -63,9 +68,9 @@ at::Tensor tile_mask_cpu(const at::Tensor& scores, int64_t tile, double sparsity
 }
 
 at::Tensor tile_mask_threshold_cpu(const at::Tensor& scores, int64_t tile, double threshold,
-                                   std::optional<double> col_threshold, int64_t k_align) {
+                                   std::optional<double> col_threshold, int64_t k_align, int64_t unit) {
   const at::Tensor s = checked_scores(scores);
-  const core::MaskProblem p = problem(s, tile, k_align);
+  const core::MaskProblem p = problem(s, tile, k_align, unit);
   check_threshold(threshold, "threshold");
   if (col_threshold) check_threshold(*col_threshold, "col_threshold");
   at::Tensor mask = at::empty({p.n, p.k}, s.options().dtype(at::kBool));

@@ -9,14 +9,17 @@ TORCH_LIBRARY(tilesparse, m) {
   // Per-row-segment importance after the (optional) column pruning of 2-D TW:
   // out[t, k] = ||scores[cols of tile t, k]||_2 / (columns in tile t).
   // col_threshold: keep output features whose column score >= col_threshold.
-  m.def("tile_segment_scores(Tensor scores, int tile, float? col_threshold=None) -> Tensor");
+  // unit > 1: the scores of the aligned runs of `unit` input features instead,
+  // [T, ceil(K / unit)], the root mean square of the run's segment scores.
+  m.def("tile_segment_scores(Tensor scores, int tile, float? col_threshold=None, int unit=1) -> Tensor");
   // Tile-wise mask at a target sparsity (fraction of pruned weights).
   // col_sparsity > 0 selects 2-D TW: that fraction of output features is
   // pruned first, the survivors are regrouped into tiles, then rows per tile.
-  m.def("tile_mask(Tensor scores, int tile, float sparsity, float col_sparsity=0., int k_align=1) -> Tensor");
+  // unit: aligned runs of `unit` input features are kept or pruned together.
+  m.def("tile_mask(Tensor scores, int tile, float sparsity, float col_sparsity=0., int k_align=1, int unit=1) -> Tensor");
   // Tile-wise mask by threshold, for one global threshold across layers:
-  // a row segment is kept iff its segment score >= threshold.
-  m.def("tile_mask_threshold(Tensor scores, int tile, float threshold, float? col_threshold=None, int k_align=1) -> Tensor");
+  // a row segment (run, with unit > 1) is kept iff its score >= threshold.
+  m.def("tile_mask_threshold(Tensor scores, int tile, float threshold, float? col_threshold=None, int k_align=1, int unit=1) -> Tensor");
 
   // ---- packed tile format -----------------------------------------------------
   m.def("layout_from_mask(Tensor mask, int tile) -> (Tensor cols, Tensor row_offsets, Tensor rows)");

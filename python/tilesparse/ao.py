@@ -28,7 +28,7 @@ from torch import nn
 from torch.ao.pruning import BaseSparsifier
 
 from .nn import TileSparseConv2d, TileSparseLinear
-from .patterns import resolve_col_sparsity, tw_mask
+from .patterns import check_unit, resolve_col_sparsity, tw_mask
 
 __all__ = ["TileWiseSparsifier"]
 
@@ -43,10 +43,12 @@ class TileWiseSparsifier(BaseSparsifier):
         col_sparsity: 2-D TW column fraction: a float (capped at the current
             level), or ``"sqrt"`` (``1 - sqrt(1 - level)`` at every level).
         k_align: kept input features per tile are a multiple of this.
+        unit: aligned runs of ``unit`` input features of a tile are kept or
+            pruned together (``k_align`` and ``unit`` divide one another).
     """
 
     def __init__(self, sparsity_level: float = 0.5, tile: int = 128, col_sparsity: Union[float, str] = 0.0,
-                 k_align: int = 1) -> None:
+                 k_align: int = 1, unit: int = 1) -> None:
         if isinstance(sparsity_level, bool) or not isinstance(sparsity_level, (int, float)):
             raise TypeError(f"sparsity_level must be a float, got {type(sparsity_level).__name__}")
         if not 0.0 <= sparsity_level <= 1.0:
@@ -55,10 +57,13 @@ class TileWiseSparsifier(BaseSparsifier):
             raise ValueError(f"tile must be a positive int, got {tile!r}")
         if isinstance(k_align, bool) or not isinstance(k_align, int) or k_align <= 0:
             raise ValueError(f"k_align must be a positive int, got {k_align!r}")
+        if isinstance(unit, bool) or not isinstance(unit, int) or unit <= 0:
+            raise ValueError(f"unit must be a positive int, got {unit!r}")
+        check_unit(k_align, unit)
         if isinstance(col_sparsity, str) and col_sparsity != "sqrt":
             raise ValueError(f"col_sparsity must be a float or 'sqrt', got {col_sparsity!r}")
         super().__init__(defaults={"sparsity_level": float(sparsity_level), "tile": tile,
-                                   "col_sparsity": col_sparsity, "k_align": k_align})
+                                   "col_sparsity": col_sparsity, "k_align": k_align, "unit": unit})
 
     def make_config_from_model(self, model: nn.Module, SUPPORTED_MODULES=None) -> None:
         """Default config: every nn.Linear and nn.Conv2d."""
@@ -66,7 +71,8 @@ class TileWiseSparsifier(BaseSparsifier):
 
     @torch.no_grad()
     def update_mask(self, module: nn.Module, tensor_name: str, sparsity_level: float, tile: int = 128,
-                    col_sparsity: Union[float, str] = 0.0, k_align: int = 1, **kwargs: Any) -> None:
+                    col_sparsity: Union[float, str] = 0.0, k_align: int = 1, unit: int = 1,
+                    **kwargs: Any) -> None:
         param = module.parametrizations[tensor_name][0]
         mask = param.mask
         param.tile = tile  # read by TileSparse*.from_dense when converting
@@ -81,7 +87,7 @@ class TileWiseSparsifier(BaseSparsifier):
         groups = getattr(module, "groups", 1) if w.dim() == 4 else 1
         wv = w.reshape(groups, w.shape[0] // groups, -1).abs().to(torch.float64)
         col = "sqrt" if col_sparsity == "sqrt" else min(float(col_sparsity), level)
-        new = torch.stack([tw_mask(wv[g], level, tile, resolve_col_sparsity(col, level), k_align)
+        new = torch.stack([tw_mask(wv[g], level, tile, resolve_col_sparsity(col, level), k_align, unit)
                            for g in range(groups)])
         mask.copy_(new.reshape(mask.shape).to(mask.dtype))
 
@@ -94,7 +100,7 @@ class TileWiseSparsifier(BaseSparsifier):
             fqn = config["module_fqn"]
             module = config["module"]
             cls = TileSparseConv2d if isinstance(module, nn.Conv2d) else TileSparseLinear
-            new = cls.from_dense(module, tile=config.get("tile", 128), copy=True)
+            new = cls.from_dense(module, tile=config.get("tile", 128), unit=config.get("unit", 1), copy=True)
             if finalize:
                 new.finalize()
             if fqn in ("", None):

@@ -27,35 +27,46 @@ _ops = torch.ops.tilesparse
 # ---------------------------------------------------------------------------
 # Typed wrappers
 # ---------------------------------------------------------------------------
-def tile_mask(scores: Tensor, tile: int, sparsity: float, col_sparsity: float = 0.0, k_align: int = 1) -> Tensor:
+def tile_mask(scores: Tensor, tile: int, sparsity: float, col_sparsity: float = 0.0, k_align: int = 1,
+              unit: int = 1) -> Tensor:
     """Tile-wise keep-mask (bool, shape of ``scores``) at a target sparsity.
 
     ``scores[N, K]`` holds one non-negative importance per weight (``|w|`` for
     magnitude). Output features are grouped into tiles of ``tile``; each tile
     keeps a set of input features (a multiple of ``k_align``, or all), chosen
     by row-segment score ``||scores[tile, k]||_2 / width`` under one threshold
-    across tiles, so the achieved sparsity is within half a pruning unit
-    (``k_align`` rows of a tile) of ``sparsity``. With ``col_sparsity > 0``
-    (2-D TW) that fraction of output features is pruned first by column score
-    and the survivors are regrouped into tiles.
+    across tiles, so the achieved sparsity is within half a pruning group
+    (``max(k_align, unit)`` rows of a tile) of ``sparsity``. With
+    ``col_sparsity > 0`` (2-D TW) that fraction of output features is pruned
+    first by column score and the survivors are regrouped into tiles.
+
+    ``unit > 1`` keeps or prunes each aligned run ``[u*unit, (u+1)*unit)`` of
+    input features of a tile as a whole (the last run is partial when
+    ``K % unit != 0``), ranked by the root mean square of its segment scores.
+    ``k_align`` and ``unit`` must divide one another; with ``k_align > unit`` a
+    tile keeps a multiple of ``k_align // unit`` runs, or all of them.
     """
-    return _ops.tile_mask(scores, int(tile), float(sparsity), float(col_sparsity), int(k_align))
+    return _ops.tile_mask(scores, int(tile), float(sparsity), float(col_sparsity), int(k_align), int(unit))
 
 
 def tile_mask_threshold(scores: Tensor, tile: int, threshold: float, col_threshold: Optional[float] = None,
-                        k_align: int = 1) -> Tensor:
-    """Tile-wise keep-mask keeping row segments whose score is >= ``threshold``.
+                        k_align: int = 1, unit: int = 1) -> Tensor:
+    """Tile-wise keep-mask keeping row segments (runs of ``unit`` features)
+    whose score is >= ``threshold``.
 
     Lets one global threshold (e.g. a quantile of ``tile_segment_scores`` over
-    all layers) prune every layer consistently.
+    all layers, with the same ``unit``) prune every layer consistently.
     """
     return _ops.tile_mask_threshold(scores, int(tile), float(threshold),
-                                    None if col_threshold is None else float(col_threshold), int(k_align))
+                                    None if col_threshold is None else float(col_threshold), int(k_align), int(unit))
 
 
-def tile_segment_scores(scores: Tensor, tile: int, col_threshold: Optional[float] = None) -> Tensor:
-    """Row-segment scores ``[T, K]`` that ``tile_mask_threshold`` compares with its threshold."""
-    return _ops.tile_segment_scores(scores, int(tile), None if col_threshold is None else float(col_threshold))
+def tile_segment_scores(scores: Tensor, tile: int, col_threshold: Optional[float] = None, unit: int = 1) -> Tensor:
+    """Row-segment scores ``[T, K]`` that ``tile_mask_threshold`` compares with its
+    threshold; with ``unit > 1`` the run scores ``[T, ceil(K / unit)]`` (root
+    mean square of the run's segment scores)."""
+    return _ops.tile_segment_scores(scores, int(tile), None if col_threshold is None else float(col_threshold),
+                                    int(unit))
 
 
 def tw_linear(x: Tensor, values: Tensor, layout: TileLayout, bias: Optional[Tensor] = None) -> Tensor:
@@ -95,29 +106,37 @@ def _check_scores(scores: Tensor, tile: int) -> None:
     torch._check(tile > 0, lambda: f"tile must be positive, got {tile}")
 
 
+def _check_unit(k_align: int, unit: int) -> None:
+    torch._check(k_align > 0, lambda: f"k_align must be positive, got {k_align}")
+    torch._check(unit > 0, lambda: f"unit must be positive, got {unit}")
+    torch._check(k_align % unit == 0 or unit % k_align == 0,
+                 lambda: f"k_align and unit must divide one another, got k_align={k_align}, unit={unit}")
+
+
 @torch.library.register_fake("tilesparse::tile_segment_scores")
-def _(scores, tile, col_threshold=None):
+def _(scores, tile, col_threshold=None, unit=1):
     _check_scores(scores, tile)
+    _check_unit(1, unit)
     if col_threshold is None:
         num_tiles = (scores.shape[0] + tile - 1) // tile
     else:
         num_tiles = torch.library.get_ctx().new_dynamic_size()
-    return scores.new_empty((num_tiles, scores.shape[1]))
+    return scores.new_empty((num_tiles, (scores.shape[1] + unit - 1) // unit))
 
 
 @torch.library.register_fake("tilesparse::tile_mask")
-def _(scores, tile, sparsity, col_sparsity=0.0, k_align=1):
+def _(scores, tile, sparsity, col_sparsity=0.0, k_align=1, unit=1):
     _check_scores(scores, tile)
+    _check_unit(k_align, unit)
     torch._check(0.0 <= sparsity < 1.0, lambda: f"sparsity must be in [0, 1), got {sparsity}")
     torch._check(0.0 <= col_sparsity <= sparsity, lambda: f"col_sparsity must be in [0, sparsity], got {col_sparsity}")
-    torch._check(k_align > 0, lambda: f"k_align must be positive, got {k_align}")
     return torch.empty_like(scores, dtype=torch.bool)
 
 
 @torch.library.register_fake("tilesparse::tile_mask_threshold")
-def _(scores, tile, threshold, col_threshold=None, k_align=1):
+def _(scores, tile, threshold, col_threshold=None, k_align=1, unit=1):
     _check_scores(scores, tile)
-    torch._check(k_align > 0, lambda: f"k_align must be positive, got {k_align}")
+    _check_unit(k_align, unit)
     return torch.empty_like(scores, dtype=torch.bool)
 
 

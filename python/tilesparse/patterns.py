@@ -25,8 +25,13 @@ Only ``tw``/``tew`` run faster; the others run as a mask times a dense weight
 (``F.linear``/``F.conv2d``) for accuracy comparisons.
 
 :func:`mask_for` prunes one weight; :func:`masks_for` prunes a list of weights
-either with one global threshold across them (``scope="global"``) or at the
-same ratio each (``scope="layer"``).
+either with one global threshold across them (``scope="global"``, on scores
+normalised per weight, with a per-weight sparsity cap) or at the same ratio
+each (``scope="layer"``).
+
+``unit`` (tile patterns): the pruning unit inside a tile is an aligned run of
+``unit`` consecutive input features, kept or pruned together, so the kernels
+gather kept features as contiguous 16/32-byte runs (unit 8/16 in 16-bit types).
 """
 from __future__ import annotations
 
@@ -49,7 +54,10 @@ __all__ = [
     "bw_mask",
     "nm_mask",
     "resolve_col_sparsity",
+    "resolve_max_layer_sparsity",
     "tw_global_threshold",
+    "check_unit",
+    "misaligned_run",
 ]
 
 PATTERNS = ("tw", "tew", "ew", "vw", "bw", "nm")
@@ -152,13 +160,43 @@ def _threshold_between(sorted_scores: Tensor, p: int) -> float:
 # ---------------------------------------------------------------------------
 # tile-wise
 # ---------------------------------------------------------------------------
+def check_unit(k_align, unit) -> Tuple[int, int]:
+    """Validated ``(k_align, unit)``: positive ints that divide one another
+    (``k_align`` 1 or a multiple of ``unit``, or a divisor of it)."""
+    k_align = _check_pos_int("k_align", k_align)
+    unit = _check_pos_int("unit", unit)
+    if k_align % unit and unit % k_align:
+        raise ValueError(f"k_align and unit must divide one another (e.g. unit=8 with k_align=1, 8 or 16), "
+                         f"got k_align={k_align}, unit={unit}")
+    return k_align, unit
+
+
+def misaligned_run(mask: Tensor, unit: int) -> Optional[Tuple[int, int]]:
+    """``(output feature, run)`` of the first aligned run of ``unit`` input
+    features ``[run*unit, (run+1)*unit)`` that ``mask[N, K]`` keeps only in part,
+    or None when every kept feature set is a union of whole runs."""
+    if unit <= 1 or mask.numel() == 0:
+        return None
+    n, k = mask.shape
+    runs = -(-k // unit)
+    padded = mask.new_zeros(n, runs * unit)
+    padded[:, :k] = mask
+    kept = padded.view(n, runs, unit).sum(2)
+    length = torch.full((runs,), unit, dtype=kept.dtype, device=kept.device)
+    length[-1] = k - unit * (runs - 1)
+    bad = ((kept != 0) & (kept != length)).nonzero()
+    return None if bad.numel() == 0 else (int(bad[0, 0]), int(bad[0, 1]))
+
+
 def tw_mask(scores: Tensor, sparsity: float, tile: int = 128, col_sparsity: ColSparsity = 0.0,
-            k_align: int = 1) -> Tensor:
-    """Tile-wise keep-mask at ``sparsity`` (:func:`tilesparse.ops.tile_mask`)."""
+            k_align: int = 1, unit: int = 1) -> Tensor:
+    """Tile-wise keep-mask at ``sparsity`` (:func:`tilesparse.ops.tile_mask`);
+    ``unit``: aligned runs of input features kept or pruned together."""
     _check_scores(scores)
     sparsity = _check_fraction("sparsity", sparsity)
     col = resolve_col_sparsity(col_sparsity, sparsity)
-    return ops.tile_mask(scores, _check_pos_int("tile", tile), sparsity, col, _check_pos_int("k_align", k_align))
+    k_align, unit = check_unit(k_align, unit)
+    return ops.tile_mask(scores, _check_pos_int("tile", tile), sparsity, col, k_align, unit)
 
 
 def _residue(scores: Tensor, tw: Tensor, count: int) -> Tensor:
@@ -171,7 +209,7 @@ def _residue(scores: Tensor, tw: Tensor, count: int) -> Tensor:
 
 
 def tew_masks(scores: Tensor, sparsity: float, delta: float, tile: int = 128, col_sparsity: ColSparsity = 0.0,
-              k_align: int = 1) -> Tuple[Tensor, Tensor]:
+              k_align: int = 1, unit: int = 1) -> Tuple[Tensor, Tensor]:
     """TEW: ``(tw_mask, residue_mask)``, disjoint; their union keeps ``1 - sparsity``.
 
     The TW part is pruned at ``sparsity + delta``; the residue restores the
@@ -182,7 +220,7 @@ def tew_masks(scores: Tensor, sparsity: float, delta: float, tile: int = 128, co
     delta = _check_fraction("delta", delta)
     if sparsity + delta >= 1.0:
         raise ValueError(f"sparsity + delta must be < 1, got {sparsity} + {delta}")
-    tw = tw_mask(scores, sparsity + delta, tile, col_sparsity, k_align)
+    tw = tw_mask(scores, sparsity + delta, tile, col_sparsity, k_align, unit)
     return tw, _residue(scores, tw, int(round(delta * scores.numel())))
 
 
@@ -295,8 +333,8 @@ def nm_mask(scores: Tensor, n: int = 2, m: int = 4) -> Tensor:
 # one weight
 # ---------------------------------------------------------------------------
 def mask_for(pattern: str, scores: Tensor, sparsity: Optional[float], tile: int = 128, *,
-             col_sparsity: ColSparsity = 0.0, delta: float = 0.0, k_align: int = 1, vector: int = 16,
-             block: Union[int, Sequence[int]] = 32, n: int = 2, m: int = 4) -> Tensor:
+             col_sparsity: ColSparsity = 0.0, delta: float = 0.0, k_align: int = 1, unit: int = 1,
+             vector: int = 16, block: Union[int, Sequence[int]] = 32, n: int = 2, m: int = 4) -> Tensor:
     """Bool keep-mask of ``pattern`` for one ``scores[N, K]`` at ``sparsity``.
 
     For ``"tew"`` this is the union of the TW part and the residue (see
@@ -313,9 +351,9 @@ def mask_for(pattern: str, scores: Tensor, sparsity: Optional[float], tile: int 
     if sparsity is None:
         raise ValueError(f"sparsity is required for pattern {pattern!r}")
     if pattern == "tw":
-        return tw_mask(scores, sparsity, tile, col_sparsity, k_align)
+        return tw_mask(scores, sparsity, tile, col_sparsity, k_align, unit)
     if pattern == "tew":
-        tw, res = tew_masks(scores, sparsity, delta, tile, col_sparsity, k_align)
+        tw, res = tew_masks(scores, sparsity, delta, tile, col_sparsity, k_align, unit)
         return tw | res
     if pattern == "ew":
         return ew_mask(scores, sparsity)
@@ -328,19 +366,21 @@ def mask_for(pattern: str, scores: Tensor, sparsity: Optional[float], tile: int 
 # many weights: one global threshold, or the same ratio each
 # ---------------------------------------------------------------------------
 def tw_global_threshold(scores: Sequence[Tensor], sparsity: float, tile: int, col_sparsity: float = 0.0,
-                        k_align: int = 1) -> Tuple[float, Optional[float]]:
+                        k_align: int = 1, unit: int = 1) -> Tuple[float, Optional[float]]:
     """``(threshold, col_threshold)`` such that ``ops.tile_mask_threshold`` with
-    them prunes a ``sparsity`` fraction of all the weights together.
+    them (and the same ``k_align``, ``unit``) prunes a ``sparsity`` fraction of
+    all the weights together.
 
     Column threshold (2-D TW): one quantile of the column scores
     (``||scores[n, :]||_2 / K``) of all weights, weighted by their K, so that
     ``col_sparsity`` of all weights go with their columns. Row threshold: one
-    quantile of the pruning units of every tile of every weight (a unit is
-    ``k_align`` rows; its score is the best segment score in it, see
-    ``ops.tile_segment_scores``), weighted by their element counts. Thresholds
-    sit half way between neighbouring scores, so float rounding cannot move a
-    unit across them.
+    quantile of the pruning groups of every tile of every weight (a group is
+    ``max(1, k_align // unit)`` ranked runs of ``unit`` rows; its score is the
+    best run score in it, see ``ops.tile_segment_scores``), weighted by their
+    element counts. Thresholds sit half way between neighbouring scores, so
+    float rounding cannot move a group across them.
     """
+    k_align, unit = check_unit(k_align, unit)
     mats = [_as_double_cpu(s) for s in scores]
     total = float(sum(s.numel() for s in mats))
     col_thr: Optional[float] = None
@@ -355,25 +395,31 @@ def tw_global_threshold(scores: Sequence[Tensor], sparsity: float, tile: int, co
         col_thr = _threshold_between(allc[order], p)
         kept_cols = [int((c >= col_thr).sum()) for c in cs]
         col_pruned = float(sum((s.shape[0] - kc) * s.shape[1] for s, kc in zip(mats, kept_cols)))
-    unit_scores, unit_elems = [], []
+    group = max(1, k_align // unit)
+    group_scores, group_elems = [], []
     for s, nc in zip(mats, kept_cols):
         k = s.shape[1]
         if k == 0:
             continue
-        seg = ops.tile_segment_scores(s, tile, col_thr)  # [T, K]
-        t = seg.shape[0]
+        us = ops.tile_segment_scores(s, tile, col_thr, unit)  # [T, U] run scores
+        t, runs = us.shape
         if t == 0:
             continue
         g = torch.full((t,), float(tile), dtype=torch.float64)
         g[-1] = float(nc - tile * (t - 1)) if nc > tile * (t - 1) else float(tile)
-        ranked = torch.sort(seg, dim=1, descending=True).values
-        begins = torch.arange(0, k, k_align)
-        lengths = (k - begins).clamp(max=k_align).to(torch.float64)
-        unit_scores.append(ranked[:, begins].flatten())
-        unit_elems.append((g[:, None] * lengths[None, :]).flatten())
-    if not unit_scores:
+        run_len = torch.full((runs,), float(unit), dtype=torch.float64)
+        run_len[-1] = float(k - unit * (runs - 1))
+        ranked, idx = torch.sort(us, dim=1, descending=True, stable=True)
+        # the core groups ranked runs from the bottom, its first group partial;
+        # cut from the top that is the same partition
+        begins = torch.arange(0, runs, group)
+        ends = (begins + group).clamp(max=runs)
+        cum = torch.cat([torch.zeros(t, 1, dtype=torch.float64), torch.cumsum(run_len[idx], 1)], 1)
+        group_scores.append(ranked[:, begins].flatten())
+        group_elems.append((g[:, None] * (cum[:, ends] - cum[:, begins])).flatten())
+    if not group_scores:
         return -1.0, col_thr
-    us, ue = torch.cat(unit_scores), torch.cat(unit_elems)
+    us, ue = torch.cat(group_scores), torch.cat(group_elems)
     order = torch.argsort(us, stable=True)
     p = _closest_prefix(ue[order], max(0.0, sparsity * total - col_pruned))
     return _threshold_between(us[order], p), col_thr
@@ -439,21 +485,72 @@ def _capped(mats: List[Tensor], sparsity: float, f_global, f_layer, cap: Optiona
     return out  # type: ignore[return-value]
 
 
+SCORE_NORMS = ("rms", None)
+AUTO_CAP_SHARE = 0.25  # "auto" cap: every weight keeps >= this share of the target density
+
+
+def check_allocation(score_norm, max_layer_sparsity) -> None:
+    """Validates the global-scope allocation options of :func:`masks_for`."""
+    if score_norm not in SCORE_NORMS:
+        raise ValueError(f"score_norm must be 'rms' or None, got {score_norm!r}")
+    if isinstance(max_layer_sparsity, str):
+        if max_layer_sparsity != "auto":
+            raise ValueError(f"max_layer_sparsity must be a float, 'auto' or None, got {max_layer_sparsity!r}")
+    elif max_layer_sparsity is not None:
+        _check_fraction("max_layer_sparsity", max_layer_sparsity)
+
+
+def resolve_max_layer_sparsity(max_layer_sparsity, sparsity: float) -> Optional[float]:
+    """The per-weight sparsity cap of the global scope: a float as given,
+    ``"auto"``: ``1 - (1 - sparsity) / 4`` (every weight keeps at least a
+    quarter of the average density: 93.75% at 75%), None: no cap."""
+    if max_layer_sparsity == "auto":
+        return 1.0 - AUTO_CAP_SHARE * (1.0 - sparsity)
+    return None if max_layer_sparsity is None else float(max_layer_sparsity)
+
+
+def _normalized(mats: List[Tensor], score_norm: Optional[str]) -> List[Tensor]:
+    """Each weight's scores over their root mean square (``"rms"``), so that a
+    global threshold compares how a layer's importance is spread over its
+    tiles, not the layers' scales (fan-in, init, learned gains). Scores that
+    are all zero are left as they are."""
+    if score_norm is None:
+        return mats
+    out = []
+    for s in mats:
+        rms = float(s.square().mean().sqrt()) if s.numel() else 0.0
+        out.append(s / rms if rms > 0 else s)
+    return out
+
+
 def masks_for(pattern: str, scores: Sequence[Tensor], sparsity: Optional[float], tile: int = 128, *,
               scope: str = "global", col_sparsity: ColSparsity = 0.0, delta: float = 0.0, k_align: int = 1,
-              max_layer_sparsity: Optional[float] = None, vector: int = 16, block: Union[int, Sequence[int]] = 32,
-              n: int = 2, m: int = 4) -> List[Union[Tensor, Tuple[Tensor, Tensor]]]:
+              unit: int = 1, score_norm: Optional[str] = "rms",
+              max_layer_sparsity: Union[float, str, None] = "auto", vector: int = 16,
+              block: Union[int, Sequence[int]] = 32, n: int = 2, m: int = 4
+              ) -> List[Union[Tensor, Tuple[Tensor, Tensor]]]:
     """Masks for several weights at once.
 
     ``scope="global"``: one threshold across all weights (``tw``/``tew``: on
     tile row segments, as the original; ``ew``: on single weights; ``bw``: on
     blocks), so layers end at different sparsities that together reach
-    ``sparsity``. ``max_layer_sparsity`` caps any one weight's sparsity (the
-    threshold is re-solved over the others); without it a global threshold can
-    prune a whole layer whose scores are small (e.g. larger fan-in at random
-    init). ``vw`` and ``nm`` are balanced by definition: they always prune
-    each weight at the same ratio. ``scope="layer"``: every weight is pruned
-    to ``sparsity`` on its own.
+    ``sparsity``. Raw scores differ in scale between layers (fan-in at random
+    init, learned gains), and a raw global threshold can prune a whole layer;
+    two defaults prevent that:
+
+    * ``score_norm="rms"``: each weight's scores are divided by their root
+      mean square first, so the threshold compares importance relative to
+      each layer's own scale (None: raw scores, the original's rule; keep it
+      for scores that are comparable across layers, e.g. calibrated Taylor).
+    * ``max_layer_sparsity="auto"``: no weight is pruned beyond
+      ``1 - (1 - s) / 4`` of its elements (93.75% at ``s = 0.75``); a weight
+      the threshold would prune further is pruned at the cap on its own and
+      the threshold is re-solved over the others, so the total still meets
+      ``s``. A float sets the cap; None removes it.
+
+    ``vw`` and ``nm`` are balanced by definition: they always prune each
+    weight at the same ratio. ``scope="layer"``: every weight is pruned to
+    ``sparsity`` on its own (normalisation and cap do not apply).
 
     Returns one bool mask per weight, or for ``"tew"`` a ``(tw, residue)`` pair.
     """
@@ -461,7 +558,8 @@ def masks_for(pattern: str, scores: Sequence[Tensor], sparsity: Optional[float],
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     tile = _check_pos_int("tile", tile)
-    k_align = _check_pos_int("k_align", k_align)
+    k_align, unit = check_unit(k_align, unit)
+    check_allocation(score_norm, max_layer_sparsity)
     scores = [_check_scores(s) for s in scores]
     if pattern == "nm":
         if sparsity is not None and abs(float(sparsity) - (1 - n / m)) > 1e-9:
@@ -471,19 +569,18 @@ def masks_for(pattern: str, scores: Sequence[Tensor], sparsity: Optional[float],
         if sparsity is None:
             raise ValueError(f"sparsity is required for pattern {pattern!r}")
         sparsity = _check_fraction("sparsity", sparsity)
-    if max_layer_sparsity is not None:
-        max_layer_sparsity = _check_fraction("max_layer_sparsity", max_layer_sparsity)
-    kw = dict(col_sparsity=col_sparsity, delta=delta, k_align=k_align, vector=vector, block=block, n=n, m=m)
+    kw = dict(col_sparsity=col_sparsity, delta=delta, k_align=k_align, unit=unit, vector=vector, block=block, n=n,
+              m=m)
     if scope == "layer" or pattern in ("vw", "nm") or len(scores) <= 1:
         out = []
         for s in scores:
             if pattern == "tew":
-                out.append(tew_masks(s, sparsity, delta, tile, col_sparsity, k_align))
+                out.append(tew_masks(s, sparsity, delta, tile, col_sparsity, k_align, unit))
             else:
                 out.append(mask_for(pattern, s, sparsity, tile, **kw))
         return out
     devices = [s.device for s in scores]
-    mats = [_as_double_cpu(s) for s in scores]
+    mats = _normalized([_as_double_cpu(s) for s in scores], score_norm)
     if pattern in ("tw", "tew"):
         delta = _check_fraction("delta", delta) if pattern == "tew" else 0.0
         s_tw = sparsity + delta
@@ -492,13 +589,13 @@ def masks_for(pattern: str, scores: Sequence[Tensor], sparsity: Optional[float],
         col_frac = resolve_col_sparsity(col_sparsity, s_tw) / s_tw if s_tw > 0 else 0.0
 
         def f_global(ms, target):
-            thr, col_thr = tw_global_threshold(ms, target, tile, col_frac * target, k_align)
-            return [ops.tile_mask_threshold(x, tile, thr, col_thr, k_align) for x in ms]
+            thr, col_thr = tw_global_threshold(ms, target, tile, col_frac * target, k_align, unit)
+            return [ops.tile_mask_threshold(x, tile, thr, col_thr, k_align, unit) for x in ms]
 
         def f_layer(x, cap):
-            return ops.tile_mask(x, tile, cap, col_frac * cap, k_align)
+            return ops.tile_mask(x, tile, cap, col_frac * cap, k_align, unit)
 
-        tws = _capped(mats, s_tw, f_global, f_layer, max_layer_sparsity)
+        tws = _capped(mats, s_tw, f_global, f_layer, resolve_max_layer_sparsity(max_layer_sparsity, s_tw))
         if pattern == "tw":
             return [t.to(d) for t, d in zip(tws, devices)]
         # global residue: the best round(delta * total) pruned weights of all layers
@@ -512,9 +609,10 @@ def masks_for(pattern: str, scores: Sequence[Tensor], sparsity: Optional[float],
             out.append((t.to(d), keep[start:start + x.numel()].view(x.shape).to(d)))
             start += x.numel()
         return out
+    cap = resolve_max_layer_sparsity(max_layer_sparsity, sparsity)
     if pattern == "ew":
-        res = _capped(mats, sparsity, _ew_global, ew_mask, max_layer_sparsity)
+        res = _capped(mats, sparsity, _ew_global, ew_mask, cap)
     else:
         res = _capped(mats, sparsity, lambda ms, t: _bw_global(ms, t, block),
-                      lambda x, c: bw_mask(x, c, block, at_most=True), max_layer_sparsity)
+                      lambda x, c: bw_mask(x, c, block, at_most=True), cap)
     return [r.to(d) for r, d in zip(res, devices)]

@@ -26,7 +26,9 @@ from torch import nn
 
 from .importance import ActivationWeighted, Importance, Taylor, make_importance
 from .schedule import Schedule, make_schedule
-from .sparsify import FilterFn, _check_common, compute_masks, finalize, swap_modules
+from .patterns import check_allocation
+from .sparsify import (FilterFn, _check_common, _check_unit_args, compute_masks, finalize, set_module_mask,
+                       swap_modules)
 
 __all__ = ["Pruner"]
 
@@ -38,8 +40,9 @@ class Pruner:
         model: the model; its selected ``nn.Linear`` / ``nn.Conv2d`` layers are
             swapped in place (see :func:`tilesparse.sparsify`), sharing Parameters.
         sparsity: final target sparsity.
-        pattern, tile, scope, col_sparsity, delta, k_align, filter_fn,
-            max_layer_sparsity: as :func:`tilesparse.sparsify`. A float
+        pattern, tile, scope, col_sparsity, delta, k_align, unit, filter_fn,
+            score_norm, max_layer_sparsity: as :func:`tilesparse.sparsify`
+            (``"auto"`` caps at ``1 - (1 - level) / 4`` of each scheduled level). A float
             ``col_sparsity`` is the column share at the final sparsity and
             scales with the scheduled level.
         importance: ``"magnitude"``, ``"taylor"`` (accumulated ``(grad*w)^2``
@@ -60,10 +63,13 @@ class Pruner:
                  col_sparsity: Union[float, str] = 0.0, delta: float = 0.0, k_align: int = 1,
                  filter_fn: Optional[FilterFn] = None, optimizer: Optional[torch.optim.Optimizer] = None, *,
                  start_step: int = 0, end_step: Optional[int] = None, frequency: int = 1,
-                 initial_sparsity: float = 0.0, max_layer_sparsity: Optional[float] = None,
-                 progress: Optional[bool] = None) -> None:
+                 initial_sparsity: float = 0.0, unit: int = 1, score_norm: Optional[str] = "rms",
+                 max_layer_sparsity: Union[float, str, None] = "auto", progress: Optional[bool] = None) -> None:
         sparsity, tile, k_align, delta = _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta,
                                                        k_align, filter_fn)
+        self.unit = _check_unit_args(pattern, k_align, unit)
+        check_allocation(score_norm, max_layer_sparsity)
+        self.score_norm = score_norm
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.sparsity, self.pattern, self.tile, self.scope = sparsity, pattern, tile, scope
@@ -115,10 +121,10 @@ class Pruner:
             delta = min(self.delta, max(0.0, 0.999 - sparsity)) if self.pattern == "tew" else 0.0
             masks = compute_masks(entries, self.importance, self.pattern, sparsity, scope=self.scope,
                                   tile=self.tile, col_sparsity=self._col(sparsity), delta=delta,
-                                  k_align=self.k_align, max_layer_sparsity=self.max_layer_sparsity,
-                                  progress=self.progress)
+                                  k_align=self.k_align, unit=self.unit, score_norm=self.score_norm,
+                                  max_layer_sparsity=self.max_layer_sparsity, progress=self.progress)
             for (fqn, mod), (mask, residue) in zip(entries, masks):
-                mod.set_mask(mask, residue)
+                set_module_mask(mod, mask, residue, self.unit)
                 mod.apply_mask(self.optimizer)
         self.importance.reset()
         self.current_sparsity = sparsity
@@ -183,6 +189,7 @@ class Pruner:
         self.importance.load_state_dict(state.get("importance", {}))
 
     def __repr__(self) -> str:
-        return (f"Pruner(sparsity={self.sparsity}, pattern={self.pattern!r}, tile={self.tile}, scope={self.scope!r}, "
+        return (f"Pruner(sparsity={self.sparsity}, pattern={self.pattern!r}, tile={self.tile}, "
+                + (f"unit={self.unit}, " if self.unit != 1 else "") + f"scope={self.scope!r}, "
                 f"importance={self.importance.name!r}, schedule={self.schedule!r}, layers={len(self.modules)}, "
                 f"step={self.step_count}, current_sparsity={self.current_sparsity})")

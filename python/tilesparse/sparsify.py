@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .importance import Importance, _progress, make_importance
 from .nn import MaskedConv2d, MaskedLinear, TileSparseBase, TileSparseConv2d, TileSparseLinear
-from .patterns import TILE_PATTERNS, check_pattern, masks_for, resolve_col_sparsity
+from .patterns import TILE_PATTERNS, check_allocation, check_pattern, check_unit, masks_for, resolve_col_sparsity
 
 __all__ = ["sparsify", "finalize", "densify", "default_filter", "sparsity_summary", "mask_optimizer"]
 
@@ -105,6 +105,15 @@ def _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta, k_
     return sparsity, tile, k_align, delta
 
 
+def _check_unit_args(pattern: str, k_align: int, unit) -> int:
+    """Validated ``unit``: tile patterns only, dividing or divided by ``k_align``."""
+    if isinstance(unit, bool) or not isinstance(unit, int):
+        raise TypeError(f"unit must be an int, got {type(unit).__name__}")
+    if unit != 1 and pattern not in TILE_PATTERNS:
+        raise ValueError(f"unit applies to the tile patterns only, got unit={unit} with {pattern!r}")
+    return check_unit(k_align, unit)[1]
+
+
 def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
     if fqn == "":
         return new
@@ -163,7 +172,8 @@ def swap_modules(model: nn.Module, pattern: str, tile: int, filter_fn: Optional[
 
 def compute_masks(entries: Sequence[Tuple[str, nn.Module]], importance: Importance, pattern: str,
                   sparsity: float, *, scope: str = "global", tile: int = 128, col_sparsity=0.0, delta: float = 0.0,
-                  k_align: int = 1, max_layer_sparsity: Optional[float] = None,
+                  k_align: int = 1, unit: int = 1, score_norm: Optional[str] = "rms",
+                  max_layer_sparsity: Union[float, str, None] = "auto",
                   progress: Optional[bool] = None) -> List[Tuple[Tensor, Optional[Tensor]]]:
     """``(mask, residue)`` per module, as ``[groups, N_g, K]`` bool tensors."""
     scores, owner = [], []
@@ -178,7 +188,8 @@ def compute_masks(entries: Sequence[Tuple[str, nn.Module]], importance: Importan
             scores.append(sv[j])
             owner.append(i)
     masks = masks_for(pattern, scores, None if pattern == "nm" else sparsity, tile, scope=scope,
-                      col_sparsity=col_sparsity, delta=delta, k_align=k_align, max_layer_sparsity=max_layer_sparsity)
+                      col_sparsity=col_sparsity, delta=delta, k_align=k_align, unit=unit, score_norm=score_norm,
+                      max_layer_sparsity=max_layer_sparsity)
     per: List[List] = [[] for _ in entries]
     for i, m in zip(owner, masks):
         per[i].append(m)
@@ -190,16 +201,19 @@ def compute_masks(entries: Sequence[Tuple[str, nn.Module]], importance: Importan
         else:
             out.append((torch.stack(ms).to(dev), None))
         if not bool(out[-1][0].any()) and (out[-1][1] is None or not bool(out[-1][1].any())):
-            warnings.warn(f"tilesparse: layer {fqn!r} is pruned entirely (scope={scope!r}); its scores are small "
-                          "next to the other layers'. Consider scope='layer' or max_layer_sparsity.", stacklevel=3)
+            warnings.warn(f"tilesparse: layer {fqn!r} is pruned entirely (scope={scope!r}, score_norm={score_norm!r}, "
+                          f"max_layer_sparsity={max_layer_sparsity!r}); its scores are small next to the other "
+                          "layers' or its pruning group is as large as the layer. Consider the defaults "
+                          "score_norm='rms' and max_layer_sparsity='auto', scope='layer', or a smaller unit.",
+                          stacklevel=3)
     return out
 
 
 def sparsify(model: nn.Module, sparsity: float = 0.75, tile: int = 128, pattern: str = "tw",
              filter_fn: Optional[FilterFn] = None, scope: str = "global",
              importance: Union[str, Importance, Callable] = "magnitude", col_sparsity: Union[float, str] = 0.0,
-             delta: float = 0.0, k_align: int = 1, *, max_layer_sparsity: Optional[float] = None,
-             progress: Optional[bool] = None) -> nn.Module:
+             delta: float = 0.0, k_align: int = 1, *, unit: int = 1, score_norm: Optional[str] = "rms",
+             max_layer_sparsity: Union[float, str, None] = "auto", progress: Optional[bool] = None) -> nn.Module:
     """Prunes a model one-shot, in place, and returns it.
 
     Swaps every selected ``nn.Linear`` / ``nn.Conv2d`` (``filter_fn(module,
@@ -212,30 +226,52 @@ def sparsify(model: nn.Module, sparsity: float = 0.75, tile: int = 128, pattern:
       selected layers (row-segment scores for tw/tew, so layers end at
       different sparsities that together reach ``sparsity``);
       ``scope="layer"``: every layer at ``sparsity``.
+    * ``score_norm`` (global scope): ``"rms"`` (default) divides each layer's
+      scores by their root mean square before the threshold, so layers whose
+      weights differ in scale (fan-in, init, learned gains) are compared by
+      relative importance; None compares raw scores.
     * ``importance``: ``"magnitude"`` or an :class:`~tilesparse.importance.Importance`
       holding calibration statistics (Taylor, activation-weighted), or a
       callable ``(module, fqn) -> weight-shaped scores``.
     * ``col_sparsity`` (2-D TW): fraction of output features pruned first
       (``"sqrt"``: ``1 - sqrt(1 - sparsity)``); ``delta`` (TEW): the residue.
     * ``k_align``: every tile keeps a multiple of ``k_align`` input features.
+    * ``unit`` (tw/tew): aligned runs of ``unit`` input features
+      ``[u*unit, (u+1)*unit)`` of a tile are kept or pruned together, so the
+      kernels gather contiguous runs (unit 8/16: 16/32-byte copies in 16-bit
+      types); ``k_align`` and ``unit`` must divide one another.
     * ``max_layer_sparsity`` (global scope): caps any one layer's sparsity; the
-      threshold is re-solved over the other layers (a global magnitude
-      threshold can otherwise prune a whole layer whose weights are small).
+      threshold is re-solved over the other layers, so the total still meets
+      ``sparsity``. ``"auto"`` (default): ``1 - (1 - sparsity) / 4`` (every
+      layer keeps at least a quarter of the average density); a float; or
+      None (no cap: with ``score_norm=None`` too, the original's rule, which
+      can prune a whole layer whose scores are small).
 
     The returned model is the same object unless the root itself was swapped.
     Call :func:`finalize` when the masks are final.
     """
     sparsity, tile, k_align, delta = _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta,
                                                    k_align, filter_fn)
+    unit = _check_unit_args(pattern, k_align, unit)
+    check_allocation(score_norm, max_layer_sparsity)
     imp = make_importance(importance)
     model, entries = swap_modules(model, pattern, tile, filter_fn)
     if not entries:
         return model
     masks = compute_masks(entries, imp, pattern, sparsity, scope=scope, tile=tile, col_sparsity=col_sparsity,
-                          delta=delta, k_align=k_align, max_layer_sparsity=max_layer_sparsity, progress=progress)
+                          delta=delta, k_align=k_align, unit=unit, score_norm=score_norm,
+                          max_layer_sparsity=max_layer_sparsity, progress=progress)
     for (fqn, mod), (mask, residue) in zip(entries, masks):
-        mod.set_mask(mask, residue)
+        set_module_mask(mod, mask, residue, unit)
     return model
+
+
+def set_module_mask(mod: nn.Module, mask: Tensor, residue: Optional[Tensor], unit: int) -> None:
+    """``mod.set_mask``, recording ``unit`` on the tile-sparse modules."""
+    if isinstance(mod, TileSparseBase):
+        mod.set_mask(mask, residue, unit=unit)
+    else:
+        mod.set_mask(mask, residue)
 
 
 def mask_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer):

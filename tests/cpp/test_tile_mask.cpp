@@ -356,3 +356,220 @@ TEST_CASE("tile_mask_by_threshold keeps segment iff score >= threshold", "[mask]
     REQUIRE(mask == expected);
   }
 }
+
+// ---------------------------------------------------------------------------
+// unit: aligned runs of input features kept or pruned together
+// ---------------------------------------------------------------------------
+namespace {
+
+MaskProblem unit_problem(const std::vector<double>& s, int64_t n, int64_t k, int64_t tile, int64_t k_align,
+                         int64_t unit) {
+  return MaskProblem{s.data(), n, k, tile, k_align, unit};
+}
+
+// Every output feature keeps each aligned run [u*unit, (u+1)*unit) whole or not at all.
+bool runs_whole(const std::vector<char>& mask, int64_t n, int64_t k, int64_t unit) {
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t b = 0; b < k; b += unit) {
+      const int64_t e = std::min(k, b + unit);
+      const auto kept = std::count(mask.begin() + c * k + b, mask.begin() + c * k + e, 1);
+      if (kept != 0 && kept != e - b) return false;
+    }
+  return true;
+}
+
+// Run score recomputed here from the raw scores of the tile's columns: the
+// root mean square over the run's features of ||scores[cols, r]||_2 / width.
+double run_score(const std::vector<double>& s, const std::vector<int64_t>& cols, int64_t k, int64_t r0,
+                 int64_t r1) {
+  double acc = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    double ss = 0;
+    for (int64_t c : cols) ss += s[c * k + r] * s[c * k + r];
+    const double seg = std::sqrt(ss) / static_cast<double>(cols.size());
+    acc += seg * seg;
+  }
+  return std::sqrt(acc / static_cast<double>(r1 - r0));
+}
+
+}  // namespace
+
+TEST_CASE("check_mask_problem rejects a bad unit and a unit that does not compose with k_align", "[mask][unit]") {
+  std::vector<double> s(8, 1.0);
+  CHECK_THAT(check_mask_problem(unit_problem(s, 2, 4, 2, 1, 0)), Catch::Contains("unit must be positive, got 0"));
+  CHECK_THAT(check_mask_problem(unit_problem(s, 2, 4, 2, 1, -3)), Catch::Contains("unit must be positive, got -3"));
+  CHECK_THAT(check_mask_problem(unit_problem(s, 2, 4, 2, 6, 4)),
+             Catch::Contains("k_align and unit must divide one another, got k_align=6, unit=4"));
+  CHECK(check_mask_problem(unit_problem(s, 2, 4, 2, 16, 8)).empty());  // k_align a multiple of unit
+  CHECK(check_mask_problem(unit_problem(s, 2, 4, 2, 4, 8)).empty());   // k_align divides unit
+  CHECK(check_mask_problem(unit_problem(s, 2, 4, 2, 1, 64)).empty());  // unit > k: one partial run
+  bool m[8];
+  CHECK_THROWS_WITH(tile_mask_by_sparsity(unit_problem(s, 2, 4, 2, 1, 0), 0.5, 0.0, m),
+                    Catch::Contains("unit must be positive"));
+  CHECK_THROWS_WITH(tile_mask_by_threshold(unit_problem(s, 2, 4, 2, 3, 2), 0.5, false, 0.0, m),
+                    Catch::Contains("k_align and unit must divide one another"));
+}
+
+TEST_CASE("unit_scores is the RMS of each aligned run's segment scores, the last run partial", "[mask][unit]") {
+  std::vector<double> s(10, 1.0);
+  const auto p = unit_problem(s, 2, 5, 1, 1, 2);  // k = 5, runs {0,1} {2,3} {4}
+  CHECK(num_units(p) == 3);
+  const std::vector<double> seg{3, 4, 1, 1, 7,   // tile 0
+                                0, 0, 6, 8, 2};  // tile 1
+  const auto us = unit_scores(p, seg);
+  REQUIRE(us.size() == 6);
+  CHECK(us[0] == Approx(std::sqrt((9.0 + 16.0) / 2)));
+  CHECK(us[1] == Approx(1.0));
+  CHECK(us[2] == Approx(7.0));  // partial run: its own length
+  CHECK(us[3] == 0.0);
+  CHECK(us[4] == Approx(std::sqrt((36.0 + 64.0) / 2)));
+  CHECK(us[5] == Approx(2.0));
+  CHECK(unit_scores(unit_problem(s, 2, 5, 1, 1, 1), seg) == seg);  // unit 1: the segment scores exactly
+  CHECK(num_units(unit_problem(s, 2, 5, 1, 1, 8)) == 1);
+  CHECK(num_units(unit_problem(s, 2, 0, 1, 1, 8)) == 0);
+}
+
+TEST_CASE("keep_rows_by_count with unit prunes whole aligned runs, counting the partial run's length",
+          "[mask][unit]") {
+  // one tile of width 2, k = 7, unit = 3: runs {0,1,2} {3,4,5} {6}
+  std::vector<double> s(14, 1.0);
+  const auto p = unit_problem(s, 2, 7, 2, 1, 3);
+  const std::vector<int64_t> cols{0, 1};
+  // run scores: RMS(0.1, 0.9, 0.2) ~ 0.54, RMS(0.3, 0.3, 0.3) = 0.3, 0.05 (partial)
+  const std::vector<double> seg{0.1, 0.9, 0.2, 0.3, 0.3, 0.3, 0.05};
+  // target 2 elements: the partial run (1 feature x width 2) exactly
+  CHECK(keep_rows_by_count(p, cols, seg, 2) == std::vector<uint8_t>{1, 1, 1, 1, 1, 1, 0});
+  // target 8: partial run (2), then run {3,4,5} (6) -> 8; the best single feature 1 goes with its run
+  CHECK(keep_rows_by_count(p, cols, seg, 8) == std::vector<uint8_t>{1, 1, 1, 0, 0, 0, 0});
+  CHECK(keep_rows_by_count(p, cols, seg, 14) == std::vector<uint8_t>(7, 0));
+  // with k_align = 6 = 2 runs: groups from the bottom are {partial} (3 % 2 = 1 run), then 2 runs
+  const auto p6 = unit_problem(s, 2, 7, 2, 6, 3);
+  CHECK(keep_rows_by_count(p6, cols, seg, 8) == std::vector<uint8_t>{1, 1, 1, 1, 1, 1, 0});
+  CHECK(keep_rows_by_count(p6, cols, seg, 12) == std::vector<uint8_t>(7, 0));
+  // threshold: keep runs whose score >= 0.3 (a tie is kept)
+  CHECK(keep_rows_by_threshold(p, cols, seg, 0.3) == std::vector<uint8_t>{1, 1, 1, 1, 1, 1, 0});
+  CHECK(keep_rows_by_threshold(p, cols, seg, 0.31) == std::vector<uint8_t>{1, 1, 1, 0, 0, 0, 0});
+}
+
+TEST_CASE("tile_mask_by_sparsity with unit: properties over random problems", "[mask][unit]") {
+  std::mt19937_64 rng(4321);
+  const int64_t units[] = {2, 3, 4, 8};
+  int checked = 0;
+  for (int iter = 0; iter < 300; ++iter) {
+    const int64_t n = 1 + rng() % 40, k = 1 + rng() % 40, tile = 1 + rng() % 12, unit = units[rng() % 4];
+    const int64_t k_align = (rng() % 3 == 0) ? unit * (1 + rng() % 3) : 1;
+    const double sparsity = std::uniform_real_distribution<double>(0.0, 0.95)(rng);
+    const double col_sparsity = (rng() % 3 == 0) ? sparsity * std::uniform_real_distribution<double>(0.0, 1.0)(rng) : 0.0;
+    const auto s = random_scores(n, k, rng());
+    const auto mask = run_sparsity(unit_problem(s, n, k, tile, k_align, unit), sparsity, col_sparsity);
+    INFO("n=" << n << " k=" << k << " tile=" << tile << " unit=" << unit << " k_align=" << k_align
+              << " sparsity=" << sparsity << " col_sparsity=" << col_sparsity);
+    REQUIRE(is_tile_wise(mask, n, k, tile));
+    REQUIRE(runs_whole(mask, n, k, unit));
+
+    // kept runs per feature: 0, all, or a multiple of k_align / unit
+    const int64_t U = (k + unit - 1) / unit, a = std::max<int64_t>(1, k_align / unit);
+    std::vector<int64_t> kept_cols;
+    for (int64_t c = 0; c < n; ++c) {
+      int64_t runs = 0;
+      for (int64_t b = 0; b < k; b += unit) runs += mask[c * k + b];
+      REQUIRE((runs % a == 0 || runs == U));
+      if (runs > 0) kept_cols.push_back(c);
+    }
+
+    // inside each tile of kept columns, every kept run outranks every pruned
+    // one when groups are single runs (k_align <= unit)
+    if (a == 1) {
+      for (size_t t0 = 0; t0 < kept_cols.size(); t0 += tile) {
+        const std::vector<int64_t> cols(kept_cols.begin() + t0,
+                                        kept_cols.begin() + std::min(kept_cols.size(), t0 + tile));
+        double min_kept = INFINITY, max_pruned = -INFINITY;
+        for (int64_t b = 0; b < k; b += unit) {
+          const double sc = run_score(s, cols, k, b, std::min(k, b + unit));
+          if (mask[cols[0] * k + b]) min_kept = std::min(min_kept, sc);
+          else max_pruned = std::max(max_pruned, sc);
+        }
+        REQUIRE(max_pruned <= min_kept * (1 + 1e-12));
+      }
+    }
+
+    // achieved sparsity within half a group (widest tile x max(k_align, unit) features)
+    const int64_t target = std::llround(sparsity * static_cast<double>(n * k));
+    const int64_t n_prune = col_sparsity > 0 ? std::min<int64_t>(std::llround(col_sparsity * n), target / k) : 0;
+    const int64_t pruned = n * k - count_kept(mask);
+    const int64_t group = std::min(tile, n - n_prune) * std::min(std::max(k_align, unit), k);
+    REQUIRE(2 * std::llabs(pruned - target) <= group);
+    ++checked;
+  }
+  CHECK(checked == 300);
+}
+
+TEST_CASE("tile_mask_by_sparsity with unit keeps the best runs (1-D, full tiles and runs)", "[mask][unit]") {
+  // every group has tile x unit elements: brute force = prune the P lowest
+  // runs of all tiles, P the smallest count nearest the target.
+  std::mt19937_64 rng(17);
+  for (int iter = 0; iter < 100; ++iter) {
+    const int64_t tile = 1 + rng() % 8, T = 1 + rng() % 5, n = tile * T, unit = 2 + rng() % 4, U = 1 + rng() % 6;
+    const int64_t k = unit * U;
+    const double sparsity = std::uniform_real_distribution<double>(0.0, 0.95)(rng);
+    const auto s = random_scores(n, k, rng());
+    const auto mask = run_sparsity(unit_problem(s, n, k, tile, 1, unit), sparsity, 0.0);
+    std::vector<std::pair<double, int64_t>> runs;
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int64_t> cols(tile);
+      std::iota(cols.begin(), cols.end(), t * tile);
+      for (int64_t u = 0; u < U; ++u) runs.push_back({run_score(s, cols, k, u * unit, (u + 1) * unit), t * U + u});
+    }
+    std::sort(runs.begin(), runs.end());
+    const int64_t target = std::llround(sparsity * n * k), per = tile * unit;
+    int64_t best = 0;
+    for (int64_t P = 0; P <= T * U; ++P)
+      if (std::llabs(P * per - target) < std::llabs(best * per - target)) best = P;
+    std::vector<char> expected(n * k, 1);
+    for (int64_t i = 0; i < best; ++i) {
+      const int64_t t = runs[i].second / U, u = runs[i].second % U;
+      for (int64_t j = 0; j < tile; ++j)
+        for (int64_t r = u * unit; r < (u + 1) * unit; ++r) expected[(t * tile + j) * k + r] = 0;
+    }
+    INFO("n=" << n << " k=" << k << " tile=" << tile << " unit=" << unit << " sparsity=" << sparsity);
+    REQUIRE(mask == expected);
+  }
+}
+
+TEST_CASE("tile_mask_by_threshold with unit keeps a run iff its score >= threshold", "[mask][unit]") {
+  std::mt19937_64 rng(23);
+  for (int iter = 0; iter < 100; ++iter) {
+    const int64_t n = 1 + rng() % 30, k = 1 + rng() % 30, tile = 1 + rng() % 8, unit = 2 + rng() % 7;
+    const auto s = random_scores(n, k, rng());
+    const auto p = unit_problem(s, n, k, tile, 1, unit);
+    std::vector<int64_t> all(n);
+    std::iota(all.begin(), all.end(), 0);
+    auto us = unit_scores(p, segment_scores(p, all));
+    std::sort(us.begin(), us.end());
+    const double thr = us[us.size() / 2];
+    const auto mask = run_threshold(p, thr, false, 0.0);
+    std::vector<char> expected(n * k, 0);
+    for (int64_t t0 = 0; t0 < n; t0 += tile) {
+      const std::vector<int64_t> cols(all.begin() + t0, all.begin() + std::min(n, t0 + tile));
+      for (int64_t b = 0; b < k; b += unit) {
+        const bool keep = run_score(s, cols, k, b, std::min(k, b + unit)) >= thr;
+        for (int64_t c : cols)
+          for (int64_t r = b; r < std::min(k, b + unit); ++r) expected[c * k + r] = keep;
+      }
+    }
+    INFO("n=" << n << " k=" << k << " tile=" << tile << " unit=" << unit);
+    REQUIRE(mask == expected);
+  }
+}
+
+TEST_CASE("tile_mask_by_sparsity with unit > k keeps every tile whole or empty", "[mask][unit]") {
+  const auto s = random_scores(12, 5, 9);
+  const auto m = run_sparsity(unit_problem(s, 12, 5, 4, 1, 8), 0.5, 0.0);
+  for (int64_t c = 0; c < 12; ++c) {
+    const auto kept = std::count(m.begin() + c * 5, m.begin() + c * 5 + 5, 1);
+    REQUIRE((kept == 0 || kept == 5));
+  }
+  // 3 tiles of 20 weights, target 30: pruning a second tile (40) gets no
+  // closer than one (20), so one tile goes
+  CHECK(count_kept(m) == 40);
+}

@@ -276,27 +276,27 @@ def test_pack_unpack_match_cpu(dtype):
 
 
 @pytest.mark.parametrize("tile", [64, 128])
-@pytest.mark.parametrize("k_align", [1, 8])
+@pytest.mark.parametrize("k_align,unit", [(1, 1), (8, 1), (1, 8), (16, 8)])
 @pytest.mark.parametrize("col_sparsity", [0.0, 0.3])
-def test_mask_ops_match_cpu(tile, k_align, col_sparsity):
+def test_mask_ops_match_cpu(tile, k_align, unit, col_sparsity):
     g = torch.Generator().manual_seed(tile + k_align)
-    scores = torch.rand(333, 150, generator=g, dtype=torch.float64)
+    scores = torch.rand(333, 150, generator=g, dtype=torch.float64)  # K = 150: a partial run of 6 for unit 8
     scores[:, 7] = scores[:, 8]  # ties
     sc = scores.to(DEV)
     for sp in (0.0, 0.5, 0.9):
         cs = min(col_sparsity, sp)
-        m_cpu = ops.tile_mask(scores, tile, sp, cs, k_align)
-        m_cuda = ops.tile_mask(sc, tile, sp, cs, k_align)
+        m_cpu = ops.tile_mask(scores, tile, sp, cs, k_align, unit)
+        m_cuda = ops.tile_mask(sc, tile, sp, cs, k_align, unit)
         assert m_cuda.device.type == "cuda" and torch.equal(m_cuda.cpu(), m_cpu)
         for a, b in zip(_ops.layout_from_mask(m_cuda, tile), _ops.layout_from_mask(m_cpu, tile)):
             assert a.device.type == "cuda" and torch.equal(a.cpu(), b)
     ct = (scores.norm(dim=1) / 150).median().item() if col_sparsity else None  # prunes about half the columns
-    seg_cpu = ops.tile_segment_scores(scores, tile, ct)
-    seg_cuda = ops.tile_segment_scores(sc, tile, ct)
+    seg_cpu = ops.tile_segment_scores(scores, tile, ct, unit)
+    seg_cuda = ops.tile_segment_scores(sc, tile, ct, unit)
     assert torch.equal(seg_cuda.cpu(), seg_cpu)
     thr = seg_cpu.flatten().quantile(0.6).item()
-    assert torch.equal(ops.tile_mask_threshold(sc, tile, thr, ct, k_align).cpu(),
-                       ops.tile_mask_threshold(scores, tile, thr, ct, k_align))
+    assert torch.equal(ops.tile_mask_threshold(sc, tile, thr, ct, k_align, unit).cpu(),
+                       ops.tile_mask_threshold(scores, tile, thr, ct, k_align, unit))
     s32 = scores.float()
     assert torch.equal(ops.tile_mask(s32.to(DEV), tile, 0.5).cpu(), ops.tile_mask(s32, tile, 0.5))
 

@@ -48,12 +48,15 @@ def _samples(name, device):
     if name == "tile_segment_scores":
         return [((scores, 4), {}), ((scores.float(), 8), {}),
                 ((scores, 4), {"col_threshold": float(ops.tile_segment_scores(scores, 21).median()) / 21 ** 0.5}),
-                ((scores, 4), {"col_threshold": 1e9})]  # every feature dropped: [0, K]
+                ((scores, 4), {"col_threshold": 1e9}),  # every feature dropped: [0, K]
+                ((scores, 4), {"unit": 3})]  # run scores [T, ceil(K / 3)]
     if name == "tile_mask":
-        return [((scores, 4, 0.5), {}), ((scores.float(), 8, 0.75, 0.3, 2), {}), ((scores, 3, 0.0), {})]
+        return [((scores, 4, 0.5), {}), ((scores.float(), 8, 0.75, 0.3, 2), {}), ((scores, 3, 0.0), {}),
+                ((scores, 4, 0.6), {"k_align": 6, "unit": 3})]
     if name == "tile_mask_threshold":
         thr = float(ops.tile_segment_scores(scores, 4).median())
-        return [((scores, 4, thr), {}), ((scores, 4, thr), {"col_threshold": 0.02, "k_align": 2})]
+        return [((scores, 4, thr), {}), ((scores, 4, thr), {"col_threshold": 0.02, "k_align": 2}),
+                ((scores, 4, thr), {"unit": 4})]
     if name == "layout_from_mask":
         return [((random_tw_mask(21, 10, 8, 0.5, seed=1).to(device), 8), {}),
                 ((random_tw_mask(21, 10, 4, 0.5, col_density=0.6, seed=2).to(device), 4), {}),

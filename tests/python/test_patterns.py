@@ -135,11 +135,16 @@ def test_nm_two_of_four(k):
     assert mask_for("nm", sc, None).equal(m)
 
 
-def test_global_tw_threshold_is_one_threshold_across_layers():
+@pytest.mark.parametrize("score_norm", [None, "rms"])
+def test_global_tw_threshold_is_one_threshold_across_layers(score_norm):
+    """One threshold on the row segments of all layers: on the raw scores with
+    score_norm=None, on each layer's scores over their RMS with "rms"."""
     tile = 16
-    mats = [_scores(64, 40, 1) * 1.0, _scores(48, 24, 2) * 0.7, _scores(35, 30, 3) * 1.3]
+    raw = [_scores(64, 40, 1) * 1.0, _scores(48, 24, 2) * 0.7, _scores(35, 30, 3) * 1.3]
+    raw[0][:, :8] *= 3.0  # uneven importance inside a layer, so layers still differ after normalising
+    mats = raw if score_norm is None else [x / x.square().mean().sqrt() for x in raw]
     s = 0.6
-    masks = masks_for("tw", mats, s, tile, scope="global")
+    masks = masks_for("tw", raw, s, tile, scope="global", score_norm=score_norm, max_layer_sparsity=None)
     total = sum(x.numel() for x in mats)
     pruned = sum(int((~m).sum()) for m in masks)
     assert abs(pruned / total - s) <= 0.5 * tile / total + 1e-12
@@ -171,20 +176,20 @@ def test_global_tw_2d_and_layer_scope():
 
 
 def test_global_cap():
-    mats = [_scores(64, 64, 1), _scores(64, 64, 2) * 0.01]  # second layer would be pruned entirely
-    uncapped = masks_for("tw", mats, 0.5, 16, scope="global")
+    mats = [_scores(64, 64, 1), _scores(64, 64, 2) * 0.01]  # raw: second layer would be pruned entirely
+    uncapped = masks_for("tw", mats, 0.5, 16, scope="global", score_norm=None, max_layer_sparsity=None)
     assert not bool(uncapped[1].any())
-    capped = masks_for("tw", mats, 0.5, 16, scope="global", max_layer_sparsity=0.8)
+    capped = masks_for("tw", mats, 0.5, 16, scope="global", score_norm=None, max_layer_sparsity=0.8)
     per = [1 - m.double().mean().item() for m in capped]
     assert per[1] <= 0.8 + 0.5 * 16 / 4096
     assert abs((per[0] + per[1]) / 2 - 0.5) <= 16 / 4096
-    ew = masks_for("ew", mats, 0.5, scope="global", max_layer_sparsity=0.8)
+    ew = masks_for("ew", mats, 0.5, scope="global", score_norm=None, max_layer_sparsity=0.8)
     assert abs((1 - ew[1].double().mean().item()) - 0.8) < 1e-3
 
 
 def test_global_ew_and_bw():
     mats = [_scores(40, 40, 1), _scores(64, 33, 2) * 0.5]
-    ew = masks_for("ew", mats, 0.7, scope="global")
+    ew = masks_for("ew", mats, 0.7, scope="global", score_norm=None, max_layer_sparsity=None)
     allk = torch.cat([sc[m] for sc, m in zip(mats, ew)])
     allp = torch.cat([sc[~m] for sc, m in zip(mats, ew)])
     assert allp.max() <= allk.min()

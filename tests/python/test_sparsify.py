@@ -191,12 +191,14 @@ def test_default_filter_and_filter_fn():
 
 
 def test_global_threshold_warns_on_a_fully_pruned_layer():
+    """With both safeguards turned off (raw scores, no cap) a layer of small
+    weights is pruned entirely, and a warning says so."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
     with torch.no_grad():
         model[1].weight.mul_(1e-3)
     with pytest.warns(UserWarning, match="pruned entirely"):
-        sparsify(model, 0.5, tile=8)
+        sparsify(model, 0.5, tile=8, score_norm=None, max_layer_sparsity=None)
     assert not bool(model[1].mask.any())
 
 

@@ -18,6 +18,11 @@ Two states:
 * **final** (``finalized == True``): only the condensed 1-D ``values``
   Parameter (plus ``residue_values`` for TEW) and the index buffers, which are
   then saved in ``state_dict`` together with ``layout_meta`` ``[groups, 4]``.
+
+``unit`` (int, default 1) records that every tile's kept input features are
+a union of aligned runs ``[u*unit, (u+1)*unit)`` (the mask was pruned with
+that ``unit``); it is checked whenever the mask changes and travels in
+``state_dict`` as the module's extra state.
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ def check_positive_int(name: str, value) -> int:
 class TileSparseBase(nn.Module):
     """Base of the tile-sparse modules (not used directly)."""
 
+    unit: int = 1  # the instance attribute is set in _init_state; this covers modules pickled before it
+
     # set by subclasses before _init_state
     tile: int
     groups: int
@@ -55,6 +62,7 @@ class TileSparseBase(nn.Module):
     def _init_state(self, weight: nn.Parameter, bias: Optional[nn.Parameter]) -> None:
         self.finalized = False
         self.has_residue = False
+        self.unit = 1
         self._meta: List[Tuple[int, int, int, int]] = []
         self._offsets: List[Tuple[int, ...]] = []
         self._nnz_residue = 0
@@ -167,17 +175,37 @@ class TileSparseBase(nn.Module):
         """Bool mask (weight-shaped) of every kept weight (TW part and residue)."""
         return self.tw_mask() | self.residue_keep_mask()
 
-    def set_mask(self, mask: Tensor, residue: Optional[Tensor] = None) -> None:
+    def _check_unit_mask(self, mask: Tensor, unit: int, name: str = "mask") -> None:
+        """Raises ValueError unless every output feature of ``mask`` (weight-
+        shaped) keeps whole aligned runs of ``unit`` input features."""
+        from ..patterns import misaligned_run
+
+        mv = self.gemm_view(mask).detach().cpu()
+        for g in range(self.groups):
+            bad = misaligned_run(mv[g], unit)
+            if bad is not None:
+                n, u = bad
+                where = f"group {g}, " if self.groups > 1 else ""
+                raise ValueError(f"{name} is not made of aligned runs of unit={unit} input features: {where}output "
+                                 f"feature {n} keeps part of input features [{u * unit}, "
+                                 f"{min((u + 1) * unit, self._k)})")
+
+    def set_mask(self, mask: Tensor, residue: Optional[Tensor] = None, *, unit: int = 1) -> None:
         """Sets a new tile-wise ``mask`` (and TEW ``residue`` mask, disjoint from
-        it) and zeroes the pruned weights. Masked state only.
+        it) and zeroes the pruned weights. Masked state only. ``unit``: the
+        aligned runs of input features the mask keeps whole (checked; recorded
+        as :attr:`unit`); the residue is unstructured.
 
         Raises ValueError when ``mask`` is not tile-wise for this ``tile`` in
-        every group (see :meth:`tilesparse.TileLayout.from_mask`).
+        every group (see :meth:`tilesparse.TileLayout.from_mask`), or not made
+        of whole runs of ``unit``.
         """
         if self.finalized:
             raise RuntimeError(f"{type(self).__name__} is finalized: its layout is fixed; set masks before "
                                "finalize() (or use to_dense())")
+        unit = check_positive_int("unit", unit)
         mask = self._weight_like(mask, "mask").to(device=self.mask.device, dtype=torch.bool)
+        self._check_unit_mask(mask, unit)
         if residue is not None:
             residue = self._weight_like(residue, "residue").to(device=self.mask.device, dtype=torch.bool)
             if bool((residue & mask).any()):
@@ -206,6 +234,7 @@ class TileSparseBase(nn.Module):
                 self.has_residue = old[1]
                 self._rebuild_index()
                 raise
+        self.unit = unit
         self.apply_mask()
 
     @torch.no_grad()
@@ -224,25 +253,27 @@ class TileSparseBase(nn.Module):
                 if isinstance(value, Tensor) and value.shape == self.weight.shape:
                     value.masked_fill_(~keep, 0)
 
-    def prune(self, sparsity: float, *, col_sparsity=0.0, delta: float = 0.0, k_align: int = 1,
+    def prune(self, sparsity: float, *, col_sparsity=0.0, delta: float = 0.0, k_align: int = 1, unit: int = 1,
               scores: Optional[Tensor] = None) -> "TileSparseBase":
         """Prunes this module alone to ``sparsity`` (TW, or TEW with ``delta``),
-        scoring by ``scores`` (weight-shaped, default ``|weight|``)."""
-        from ..patterns import tew_masks, tw_mask
+        scoring by ``scores`` (weight-shaped, default ``|weight|``); ``unit``:
+        aligned runs of input features kept or pruned together."""
+        from ..patterns import check_unit, tew_masks, tw_mask
 
         if self.finalized:
             raise RuntimeError(f"{type(self).__name__} is finalized: prune before finalize()")
+        k_align, unit = check_unit(k_align, unit)
         s = self.weight.detach().abs() if scores is None else self._weight_like(scores, "scores")
         s = self.gemm_view(s).to(torch.float64)
         tw, res = [], []
         for g in range(self.groups):
             if delta > 0:
-                a, b = tew_masks(s[g], sparsity, delta, self.tile, col_sparsity, k_align)
+                a, b = tew_masks(s[g], sparsity, delta, self.tile, col_sparsity, k_align, unit)
                 tw.append(a)
                 res.append(b)
             else:
-                tw.append(tw_mask(s[g], sparsity, self.tile, col_sparsity, k_align))
-        self.set_mask(torch.stack(tw), torch.stack(res) if res else None)
+                tw.append(tw_mask(s[g], sparsity, self.tile, col_sparsity, k_align, unit))
+        self.set_mask(torch.stack(tw), torch.stack(res) if res else None, unit=unit)
         return self
 
     # -------------------------------------------------------------- compute
@@ -377,8 +408,34 @@ class TileSparseBase(nn.Module):
             self.register_buffer("residue_mask", res)
         self._rebuild_index()
 
+    def get_extra_state(self) -> Tensor:
+        # a tensor, not a dict, so that tensor-only checkpoint formats
+        # (safetensors) and code that maps over state_dict values keep working
+        return torch.tensor(self.unit, dtype=torch.int64)
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, Tensor) or state.numel() != 1 or state.dtype.is_floating_point:
+            raise ValueError(f"extra state must be the unit as a one-element integer tensor, got {state!r}")
+        self.unit = check_positive_int("unit", int(state.item()))
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        old_unit = self.unit
+        n_err = len(error_msgs)
+        self._load_state(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        extra = prefix + "_extra_state"
+        if extra not in state_dict:  # saved before `unit` existed: no run structure claimed
+            if extra in missing_keys:
+                missing_keys.remove(extra)
+            self.unit = 1
+        if len(error_msgs) == n_err and self.unit > 1:
+            try:
+                self._check_unit_mask(self.tw_mask(), self.unit, prefix + ("rows" if self.finalized else "mask"))
+            except ValueError as e:
+                error_msgs.append(str(e))
+                self.unit = old_unit
+
+    def _load_state(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         has = lambda name: prefix + name in state_dict  # noqa: E731
         if has("values") and not self.finalized:
             self.finalize()
@@ -437,7 +494,8 @@ class TileSparseBase(nn.Module):
 
     def _state_repr(self) -> str:
         state = "final" if self.finalized else "masked"
-        s = f"tile={self.tile}, state={state}, density={self.density:.4f}"
+        s = f"tile={self.tile}, " + (f"unit={self.unit}, " if self.unit != 1 else "") + \
+            f"state={state}, density={self.density:.4f}"
         if self.has_residue:
             s += f", residue={self._nnz_residue}"
         return s

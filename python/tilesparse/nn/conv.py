@@ -171,7 +171,7 @@ class TileSparseConv2d(TileSparseBase):
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, sparsity: Optional[float] = None, *, tile: int = 128,
                    mask: Optional[Tensor] = None, residue: Optional[Tensor] = None, col_sparsity=0.0,
-                   delta: float = 0.0, k_align: int = 1, scores: Optional[Tensor] = None,
+                   delta: float = 0.0, k_align: int = 1, unit: int = 1, scores: Optional[Tensor] = None,
                    copy: bool = False) -> "TileSparseConv2d":
         """A TileSparseConv2d (masked state) from a dense ``nn.Conv2d``; see
         :meth:`TileSparseLinear.from_dense` for the arguments. Each group's
@@ -184,7 +184,7 @@ class TileSparseConv2d(TileSparseBase):
         mod._setup(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation, conv.groups, conv.padding_mode, tile)
         return _finish_from_dense(mod, weight, conv.bias, copy, mask, residue, sparsity, col_sparsity=col_sparsity,
-                                  delta=delta, k_align=k_align, scores=scores)
+                                  delta=delta, k_align=k_align, unit=unit, scores=scores)
 
     def to_dense(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding the pruned weight (zeros where pruned)."""

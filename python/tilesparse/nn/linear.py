@@ -43,7 +43,7 @@ def _finish_from_dense(mod: "TileSparseBase", weight: Tensor, bias: Optional[Ten
     """Adopts the dense parameters, then applies ``mask`` or prunes at ``sparsity``."""
     _adopt(mod, weight, bias, copy)
     if mask is not None:
-        mod.set_mask(mask, residue)
+        mod.set_mask(mask, residue, unit=prune_kw.get("unit", 1))
     elif sparsity is not None:
         mod.prune(sparsity, **prune_kw)
     return mod
@@ -134,16 +134,18 @@ class TileSparseLinear(TileSparseBase):
     @classmethod
     def from_dense(cls, linear: nn.Linear, sparsity: Optional[float] = None, *, tile: int = 128,
                    mask: Optional[Tensor] = None, residue: Optional[Tensor] = None, col_sparsity=0.0,
-                   delta: float = 0.0, k_align: int = 1, scores: Optional[Tensor] = None,
+                   delta: float = 0.0, k_align: int = 1, unit: int = 1, scores: Optional[Tensor] = None,
                    copy: bool = False) -> "TileSparseLinear":
         """A TileSparseLinear (masked state) from a dense ``nn.Linear``.
 
         The mask is ``mask`` (tile-wise, plus an optional TEW ``residue``), or
         computed at ``sparsity`` from ``scores`` (default ``|weight|``; TEW when
         ``delta > 0``), or the mask of a torch.ao.pruning parametrization on
-        ``linear``, or all ones. Without ``copy`` the new module shares
-        ``linear``'s Parameters, so an optimizer built on them keeps working
-        (the pruned entries are zeroed in place).
+        ``linear``, or all ones. ``unit``: aligned runs of input features kept
+        or pruned together (a given ``mask`` must respect it). Without
+        ``copy`` the new module shares ``linear``'s Parameters, so an
+        optimizer built on them keeps working (the pruned entries are zeroed
+        in place).
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
@@ -153,7 +155,7 @@ class TileSparseLinear(TileSparseBase):
         nn.Module.__init__(mod)
         mod._setup(in_f, out_f, tile)
         return _finish_from_dense(mod, weight, linear.bias, copy, mask, residue, sparsity, col_sparsity=col_sparsity,
-                                  delta=delta, k_align=k_align, scores=scores)
+                                  delta=delta, k_align=k_align, unit=unit, scores=scores)
 
     def to_dense(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the pruned weight (zeros where pruned)."""
