@@ -250,3 +250,16 @@ def test_errors():
     lonely = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
     with pytest.raises(ValueError, match="did not call"):
         oneshot(lonely, x, 0.5, tile=16, forward_fn=lambda m, b: m[0](b))
+
+
+def test_unit_keeps_aligned_runs():
+    net = _mlp()
+    x, xt = _inputs(), _inputs(seed=3)
+    m = oneshot(copy.deepcopy(net), _batches(x), 0.75, tile=16, unit=8, progress=False)
+    for i in (1, 3, 5):
+        keep = m[i].keep_mask()
+        runs = keep.view(keep.shape[0], -1, 8)
+        assert bool((runs.all(-1) | ~runs.any(-1)).all())  # every aligned run of 8 inputs kept or pruned whole
+    assert abs(sparsity_summary(m)["__total__"]["sparsity"] - 0.75) < 0.02
+    mag = tilesparse.sparsify(copy.deepcopy(net), 0.75, 16, "tw", scope="layer", unit=8)
+    assert _rel_err(m, net, xt) < _rel_err(mag, net, xt)

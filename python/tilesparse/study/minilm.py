@@ -353,7 +353,8 @@ class MiniLMStudy:
         if cfg.magnitude:
             mag = copy.deepcopy(self.dense)
             with _quiet():
-                sparsify(mag, sparsity, tile, pattern, encoder_filter, "layer", "magnitude", progress=False, **kw)
+                sparsify(mag, sparsity, tile, pattern, encoder_filter, "layer", "magnitude", progress=False,
+                         **kw, **({"unit": unit} if unit != 1 else {}))
             row["magnitude"] = evaluate(mag, self.eval, self.dense_emb, pr, f"{name} magnitude")
             del mag
         t1 = time.perf_counter()
