@@ -142,11 +142,15 @@ def main(argv=None) -> int:
     if "minilm" in parts:
         study = MiniLMStudy(mcfg, tok, dense, progress=progress)
         old_rows = old.get("minilm", {}).get("rows", [])
+        old_seconds = old.get("minilm", {}).get("seconds", 0.0) if old_rows else 0.0
 
         def on_row(partial):
             # --merge: rows of an earlier run that this one does not redo are kept (one row per case)
             new_keys = {_key(r) for r in partial["rows"]}
-            partial["rows"] = [r for r in old_rows if _key(r) not in new_keys] + partial["rows"]
+            kept_rows = [r for r in old_rows if _key(r) not in new_keys]
+            partial["rows"] = kept_rows + partial["rows"]
+            if kept_rows:  # the MiniLM time is that of both runs
+                partial["seconds"] = partial.get("seconds", 0.0) + old_seconds
             results["minilm"] = partial
             save()
 

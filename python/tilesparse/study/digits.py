@@ -3,8 +3,8 @@
 ``DigitsCNN``: conv 1->32 (3x3) - pool - conv 32->64 (3x3) - pool - linear
 256->128 - linear 128->10. Pruned layers: ``conv2`` (GEMM ``N=64``,
 ``K=32*3*3=288``) and ``fc1`` (``N=128``, ``K=256``); the first convolution
-(``K=9``) and the classifier (``N=10``) stay dense, as usual. Scores are
-activation-weighted (``|w| * ||x_k||`` over calibration images) by default. These layers are
+(``K=9``) and the classifier (``N=10``) stay dense, as usual. conv2 and fc1 are
+pruned by ``tilesparse.oneshot`` on calibration images (im2col inputs for conv2). These layers are
 far smaller than the 128-wide tiles of the original work, so the tile is 32
 (``conv2`` is 2 tiles, ``fc1`` 4 tiles).
 """
