@@ -30,14 +30,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .calibration import ForwardFn, default_forward, input_groups, input_second_moments, input_statistics
 from .importance import _progress, effective_weight
-from .patterns import PATTERNS, TILE_PATTERNS, bw_mask, ew_mask, nm_mask, tew_masks, tw_mask, vw_mask
+from .patterns import PATTERNS, TILE_PATTERNS, bw_mask, ew_mask, nm_mask, tw_mask, vw_mask
 from .reconstruct import greedy_tile_selection, kept_set_error, masked_lstsq
 from .sparsify import _gemm_dims, default_filter, swap_modules
 

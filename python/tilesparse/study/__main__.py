@@ -7,7 +7,6 @@ rewrites the report from saved results without running anything.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import os
@@ -159,8 +158,6 @@ def main(argv=None) -> int:
         print(report.minilm_table(results["minilm"]), flush=True)
 
     if "speed" in parts:
-        from .minilm import model_speed
-
         t = time.perf_counter()
         layers = speed_mod.layer_speed(minilm_layer_weights(dense), tokens=2048, tile=128, progress=progress,
                                        **scfg)
