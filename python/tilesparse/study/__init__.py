@@ -2,8 +2,9 @@
 against the other sparsity patterns.
 
 * :mod:`.minilm` - all-MiniLM-L6-v2 sentence embeddings on held-out English
-  text (Debian's ``fortunes``), pruned with each pattern, refit and distilled
-  back to the dense model; cosine to dense and nearest-neighbour agreement.
+  text (Debian's ``fortunes``), pruned with each pattern by ``tilesparse.oneshot`` and distilled
+  back to the dense model (and a layer-dropped dense MiniLM); cosine to dense
+  and nearest-neighbour agreement.
 * :mod:`.digits` - a small CNN on sklearn's 8x8 digits; test accuracy.
 * :mod:`.speed` - pruned layers (``tw_linear``) against dense ``F.linear`` on
   this machine, interleaved medians.

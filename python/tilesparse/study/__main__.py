@@ -7,7 +7,6 @@ rewrites the report from saved results without running anything.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import os
@@ -20,8 +19,8 @@ def quick_configs():
     from .digits import DigitsConfig
     from .minilm import MiniLMConfig
 
-    return (MiniLMConfig(patterns=("tw", "ew", "bw"), sparsities=(0.75,), extra=(), n_train=256, n_eval=128, steps=20,
-                         keep=(("tw", 0.75, 128),)),
+    return (MiniLMConfig(cases=(("tw", 0.75, 128, 1), ("ew", 0.75, 128, 1)), n_train=256, n_eval=128, steps=20,
+                         calib_every=4, speed=False),
             DigitsConfig(patterns=("tw", "ew", "bw"), sparsities=(0.75,), seeds=(0,), epochs=20, finetune_epochs=5),
             dict(sparsities=(0.75,), repeats=5))
 
@@ -30,8 +29,28 @@ def full_configs():
     from .digits import DigitsConfig
     from .minilm import MiniLMConfig
 
-    return (MiniLMConfig(keep=(("tw", 0.75, 128),)), DigitsConfig(),
-            dict(sparsities=(0.5, 0.75, 0.875), repeats=11))
+    return (MiniLMConfig(cases=(("tw", 0.75, 128, 1), ("ew", 0.75, 128, 1), ("tw", 0.5, 128, 1), ("tw", 0.75, 64, 1),
+                                ("bw", 0.75, 128, 1)), calib_every=8, steps=200),
+            DigitsConfig(patterns=("tw", "ew", "bw"), sparsities=(0.5, 0.75, 0.9)),
+            dict(sparsities=(0.5, 0.75, 0.875), repeats=7))
+
+
+def parse_cases(text: str):
+    """``"tw:0.75:128:8,ew:0.75"`` -> ``(("tw", 0.75, 128, 8), ("ew", 0.75, 128, 1))``."""
+    out = []
+    for item in text.split(","):
+        f = item.strip().split(":")
+        if not f[0]:
+            continue
+        if len(f) > 4:
+            raise ValueError(f"a case is pattern:sparsity[:tile[:unit]], got {item!r}")
+        out.append((f[0], float(f[1]) if len(f) > 1 else 0.75, int(f[2]) if len(f) > 2 else 128,
+                    int(f[3]) if len(f) > 3 else 1))
+    return tuple(out)
+
+
+def _key(r):
+    return (r["pattern"], round(r["sparsity"], 6), r.get("tile"), r.get("unit", 1))
 
 
 def minilm_layer_weights(model):
@@ -49,6 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs", help="output directory (default: docs)")
     ap.add_argument("--only", default="minilm,digits,speed", help="comma-separated parts to run")
     ap.add_argument("--steps", type=int, default=None, help="MiniLM distillation steps per model")
+    ap.add_argument("--cases", default=None,
+                    help="MiniLM cases pattern:sparsity[:tile[:unit]], comma-separated (default: the full list)")
+    ap.add_argument("--no-layer-drop", action="store_true", help="skip the layer-dropped dense MiniLM")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--from-json", default=None, help="rewrite the report from saved results")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -78,11 +100,16 @@ def main(argv=None) -> int:
     mcfg, dcfg, scfg = quick_configs() if args.quick else full_configs()
     if args.steps is not None:
         mcfg = replace(mcfg, steps=args.steps)
+    if args.cases:
+        mcfg = replace(mcfg, cases=parse_cases(args.cases))
+    if args.no_layer_drop:
+        mcfg = replace(mcfg, layer_drop=())
     t0 = time.perf_counter()
     results = {"meta": {**speed_mod.machine_info(), "date": datetime.date.today().isoformat(), "quick": args.quick}}
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, "study_results.json")
 
+    old = {}
     if args.merge and os.path.exists(json_path):
         with open(json_path) as fh:
             old = json.load(fh)
@@ -113,38 +140,28 @@ def main(argv=None) -> int:
         tok, dense = load_minilm()
     if "minilm" in parts:
         study = MiniLMStudy(mcfg, tok, dense, progress=progress)
+        old_rows = old.get("minilm", {}).get("rows", [])
+        old_seconds = old.get("minilm", {}).get("seconds", 0.0) if old_rows else 0.0
+
         def on_row(partial):
+            # --merge: rows of an earlier run that this one does not redo are kept (one row per case)
+            new_keys = {_key(r) for r in partial["rows"]}
+            kept_rows = [r for r in old_rows if _key(r) not in new_keys]
+            partial["rows"] = kept_rows + partial["rows"]
+            if kept_rows:  # the MiniLM time is that of both runs
+                partial["seconds"] = partial.get("seconds", 0.0) + old_seconds
             results["minilm"] = partial
             save()
 
-        results["minilm"], kept = run_minilm(mcfg, progress, study, on_row)
-        save()
+        res, kept = run_minilm(mcfg, progress, study, on_row)
+        on_row(res)
         print(report.minilm_table(results["minilm"]), flush=True)
 
     if "speed" in parts:
-        from .minilm import model_speed
-
         t = time.perf_counter()
-        layers = speed_mod.layer_speed(minilm_layer_weights(dense), tokens=2048, tile=mcfg.tile, progress=progress,
+        layers = speed_mod.layer_speed(minilm_layer_weights(dense), tokens=2048, tile=128, progress=progress,
                                        **scfg)
-        results["speed"] = {"layers": layers}
-        tw = kept.get(("tw", 0.75, mcfg.tile))
-        if study is not None and tw is not None:
-            batches, source = study.eval[: max(1, len(study.eval) // 4)], "fine-tuned"
-        else:
-            # speed depends on the layout, not on the weights' values: a
-            # magnitude-pruned copy times the same as the fine-tuned model
-            from .data import fortune_split
-            from .minilm import encoder_filter, make_batches
-            from .. import sparsify
-
-            tw = copy.deepcopy(dense)
-            sparsify(tw, 0.75, mcfg.tile, "tw", encoder_filter, mcfg.scope, "magnitude", progress=False)
-            held = fortune_split(mcfg.n_train, mcfg.n_eval)[1]
-            batches = make_batches(tok, held, 64, mcfg.max_length)
-            batches, source = batches[: max(1, len(batches) // 4)], "magnitude-pruned"
-        results["speed"]["model"] = model_speed(dense, tw, batches)
-        results["speed"]["model"]["source"] = source
+        results["speed"] = {"layers": layers}  # whole-encoder speed: per MiniLM row ("speed")
         results["speed"]["seconds"] = time.perf_counter() - t
         save()
         print(report.speed_table(layers), flush=True)

@@ -3,8 +3,8 @@
 ``DigitsCNN``: conv 1->32 (3x3) - pool - conv 32->64 (3x3) - pool - linear
 256->128 - linear 128->10. Pruned layers: ``conv2`` (GEMM ``N=64``,
 ``K=32*3*3=288``) and ``fc1`` (``N=128``, ``K=256``); the first convolution
-(``K=9``) and the classifier (``N=10``) stay dense, as usual. Scores are
-activation-weighted (``|w| * ||x_k||`` over calibration images) by default. These layers are
+(``K=9``) and the classifier (``N=10``) stay dense, as usual. conv2 and fc1 are
+pruned by ``tilesparse.oneshot`` on calibration images (im2col inputs for conv2). These layers are
 far smaller than the 128-wide tiles of the original work, so the tile is 32
 (``conv2`` is 2 tiles, ``fc1`` 4 tiles).
 """
@@ -92,34 +92,18 @@ def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float = 2e-3,
     return out
 
 
-def prune_cnn(model: nn.Module, pattern: str, sparsity: float, tile: int = 32, scope: str = "layer",
-              delta: float = 0.02, importance="activation", calib: Optional[Tensor] = None, refit: bool = True,
-              filter_fn: Callable = digits_filter, progress: Optional[bool] = None) -> nn.Module:
-    """Prunes ``conv2`` and ``fc1`` in place (masked state) with :func:`tilesparse.sparsify`.
+def prune_cnn(model: nn.Module, pattern: str, sparsity: float, calib: Tensor, tile: int = 32, delta: float = 0.02,
+              filter_fn: Callable = digits_filter, progress: Optional[bool] = None, **oneshot_kw) -> nn.Module:
+    """Prunes ``conv2`` and ``fc1`` with :func:`tilesparse.oneshot` on the
+    ``calib`` images (for ``conv2`` its im2col patches): sequential
+    reconstruction toward the dense outputs (which among other things undoes
+    the shift of the pre-activations that pruning non-negative, post-ReLU
+    inputs causes) and error-driven allocation between the two layers."""
+    from ..oneshot import oneshot
 
-    ``importance="activation"`` scores ``|w| * ||x_k||`` over the ``calib``
-    images (for ``conv2`` its im2col patches), so weights fed by inputs that
-    are always zero (border pixels, dead ReLU units) score zero;
-    ``"magnitude"`` is ``|w|``. ``refit``: then re-solves the kept weights
-    and biases by least squares on the calibration inputs
-    (:func:`tilesparse.study.minilm.refit`), which among other things undoes
-    the shift of the pre-activations that pruning non-negative (post-ReLU)
-    inputs causes."""
-    from .minilm import InputStats, refit as refit_fn
-
-    stats = None
-    if importance == "activation" or refit:
-        if calib is None:
-            raise ValueError("activation importance and refit need calibration images (calib)")
-        stats = InputStats(model, [calib[i:i + 256] for i in range(0, len(calib), 256)], filter_fn,
-                           forward=lambda m, b: m(b))
-    imp = stats.importance if importance == "activation" else importance
     kw = dict(delta=delta) if pattern == "tew" else {}
-    sparsify(model, sparsity=0.5 if pattern == "nm" else sparsity, tile=tile, pattern=pattern, filter_fn=filter_fn,
-             scope=scope, importance=imp, progress=progress, **kw)
-    if refit:
-        refit_fn(model, stats)
-    return model
+    return oneshot(model, [calib[i:i + 256] for i in range(0, len(calib), 256)], 0.5 if pattern == "nm" else sparsity,
+                   pattern=pattern, tile=tile, filter_fn=filter_fn, progress=progress, **kw, **oneshot_kw)
 
 
 @dataclass
@@ -132,11 +116,9 @@ class DigitsConfig:
     finetune_epochs: int = 15
     lr: float = 2e-3
     finetune_lr: float = 1e-3
-    scope: str = "layer"
     delta: float = 0.02
-    importance: str = "activation"  # or "magnitude"
-    calib: int = 512                  # calibration images (activation importance, refit)
-    refit: bool = True                # least-squares refit of the kept weights after pruning
+    calib: int = 512                  # calibration images for tilesparse.oneshot
+    bounds: Tuple[float, float] = (0.0, 0.95)  # oneshot's per-layer sparsity bounds
 
 
 def _cases(cfg: DigitsConfig) -> List[Tuple[str, float]]:
@@ -150,7 +132,8 @@ def _cases(cfg: DigitsConfig) -> List[Tuple[str, float]]:
 def run_digits(cfg: DigitsConfig = DigitsConfig(), progress: Optional[bool] = None, data=None,
                threads: Optional[int] = 1) -> Dict:
     """Trains the dense CNN once per seed, prunes a copy with every pattern
-    and sparsity, refits and fine-tunes it, and records the test accuracy of
+    and sparsity (magnitude baseline; ``tilesparse.oneshot``), fine-tunes the
+    calibrated one, and records the test accuracy of
     each stage per seed. Runs on ``threads`` torch threads (default 1: the
     layers are so small that more threads only add overhead)."""
     prev = torch.get_num_threads()
@@ -173,32 +156,28 @@ def _run_digits(cfg: DigitsConfig, progress: Optional[bool], data) -> Dict:
     cases = _cases(cfg)
     bar = tqdm(total=len(cfg.seeds) * (1 + len(cases)), desc="digits CNN", disable=None if progress is None
                else not progress)
-    from .minilm import InputStats, refit
-
     for seed in cfg.seeds:
         torch.manual_seed(seed)
         dense = DigitsCNN()
         train(dense, x, y, cfg.epochs, cfg.lr, seed=seed, progress=False)
         dense_acc.append(accuracy(dense, xt, yt))
         calib = x[:cfg.calib]
-        stats = InputStats(dense, [calib[i:i + 256] for i in range(0, len(calib), 256)], digits_filter,
-                           forward=lambda m, b: m(b))
         bar.update(1)
         for pattern, s in cases:
-            m = copy.deepcopy(dense)
-            imp = stats.importance if cfg.importance == "activation" else cfg.importance
             kw = dict(delta=cfg.delta) if pattern == "tew" else {}
-            sparsify(m, 0.5 if pattern == "nm" else s, cfg.tile, pattern, digits_filter, cfg.scope, imp, **kw)
-            r = rows.setdefault((pattern, s), {"pattern": pattern, "sparsity": s, "tile": cfg.tile, "oneshot": [],
-                                               "finetuned": [], "achieved": sparsity_summary(m)["__total__"]["sparsity"]})
-            r["oneshot"].append(accuracy(m, xt, yt))
-            if cfg.refit:
-                refit(m, stats)
-                r.setdefault("refit", []).append(accuracy(m, xt, yt))
+            sp = 0.5 if pattern == "nm" else s
+            mag = sparsify(copy.deepcopy(dense), sp, cfg.tile, pattern, digits_filter, "layer", "magnitude", **kw)
+            m = prune_cnn(copy.deepcopy(dense), pattern, s, calib, cfg.tile, cfg.delta, bounds=cfg.bounds,
+                          progress=False)
+            r = rows.setdefault((pattern, s), {"pattern": pattern, "sparsity": sp, "tile": cfg.tile, "unit": 1,
+                                               "magnitude": [], "calibrated": [], "finetuned": [],
+                                               "achieved": sparsity_summary(m)["__total__"]["sparsity"]})
+            r["magnitude"].append(accuracy(mag, xt, yt))
+            r["calibrated"].append(accuracy(m, xt, yt))
             train(m, x, y, cfg.finetune_epochs, cfg.finetune_lr, seed=seed + 1000, progress=False)
             finalize(m)
             r["finetuned"].append(accuracy(m, xt, yt))
-            bar.set_postfix(last=f"{pattern} {s:.0%}: {r['oneshot'][-1]:.1f}->{r['finetuned'][-1]:.1f}")
+            bar.set_postfix(last=f"{pattern} {s:.0%}: {r['calibrated'][-1]:.1f}->{r['finetuned'][-1]:.1f}")
             bar.update(1)
     bar.close()
     from dataclasses import asdict

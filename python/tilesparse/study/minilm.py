@@ -1,4 +1,4 @@
-"""MiniLM (all-MiniLM-L6-v2) pruned with each pattern, refit, and distilled back to the dense model.
+"""MiniLM (all-MiniLM-L6-v2) pruned with each pattern by tilesparse.oneshot, and distilled back to the dense model.
 
 The sentence embedding is sentence-transformers' recipe for this model: mean
 of the last hidden states over the real tokens, L2-normalised. Quality of a
@@ -10,16 +10,20 @@ pruned model is measured on held-out text against the dense model:
   whether its nearest other held-out sentence (cosine) is the same as with the
   dense model.
 
-Every pattern goes through the same three stages (:meth:`MiniLMStudy.variant`):
+Every case (pattern, sparsity, tile, unit) goes through the same stages
+(:meth:`MiniLMStudy.variant`), with the library's public API only:
 
-1. one-shot: :func:`tilesparse.sparsify` of the 36 encoder Linear layers with
-   activation-weighted scores ``|w| * ||x_k||`` from one calibration pass
-   (:class:`InputStats`);
-2. refit: each layer's kept weights and bias re-solved by least squares to
-   reproduce the dense layer's output on the calibration inputs (:func:`refit`);
-3. fine-tune: distillation to the dense model (:func:`distill`): ``1 - cos``
+1. ``magnitude``: :func:`tilesparse.sparsify` by magnitude, every layer at the
+   target (the uncalibrated baseline);
+2. ``calibrated``: :func:`tilesparse.oneshot` of the 36 encoder Linear layers
+   (sequential reconstruction toward the dense outputs, non-uniform
+   allocation under the same total);
+3. ``finetuned``: distillation to the dense model (:func:`distill`): ``1 - cos``
    of the sentence embeddings plus the normalised MSE of every encoder
    layer's hidden states (cached once, :func:`teacher_targets`).
+
+The dense alternative at a similar speed, MiniLM with half its layers
+removed, is distilled with the same budget (:meth:`MiniLMStudy.layer_dropped`).
 """
 from __future__ import annotations
 
@@ -37,9 +41,8 @@ from torch import Tensor, nn
 from ..nn import SPARSE_MODULES
 from ..sparsify import finalize, sparsify, sparsity_summary
 
-__all__ = ["MiniLMConfig", "MiniLMStudy", "InputStats", "load_minilm", "make_batches", "mean_pool", "embed",
-           "encoder_filter", "refit", "teacher_targets", "distill", "evaluate", "nn_agreement", "run_minilm",
-           "model_speed"]
+__all__ = ["MiniLMConfig", "MiniLMStudy", "load_minilm", "make_batches", "mean_pool", "embed", "encoder_filter",
+           "teacher_targets", "distill", "evaluate", "nn_agreement", "run_minilm", "model_speed", "study_cases"]
 
 
 # ---------------------------------------------------------------------------
@@ -154,152 +157,6 @@ def encoder_filter(module: nn.Module, fqn: str) -> bool:
     return fqn.startswith("encoder.") and isinstance(module, (nn.Linear,) + SPARSE_MODULES)
 
 
-def gemm_inputs(module: nn.Module, x: Tensor) -> Tensor:
-    """The rows of a layer's GEMM input: ``[M, K]`` (a Conv2d's im2col
-    patches, zero padding, ``groups=1``)."""
-    if isinstance(module, (nn.Conv2d,)) or hasattr(module, "kernel_size"):
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
-
-
-class InputStats:
-    """Second moments of the inputs of every selected Linear (or Conv2d, by
-    im2col) of a model over calibration batches: ``H = [X, 1]^T [X, 1]``
-    (float64, ``[K+1, K+1]``, the last row/column for the bias), collected in
-    one forward pass (``forward(model, batch)``; default: the BERT encoder on
-    ``(index, input_ids, attention_mask)`` batches).
-
-    ``diag(H)[:K]`` is the squared input norm of activation-weighted scores
-    (``|w| * ||x_k||``, :meth:`importance`); the whole ``H`` gives the
-    least-squares refit (:func:`refit`)."""
-
-    def __init__(self, model: nn.Module, batches: Sequence, filter_fn: Callable = encoder_filter,
-                 progress: Optional[bool] = None, forward: Optional[Callable] = None) -> None:
-        from tqdm.auto import tqdm
-
-        from ..importance import effective_weight
-
-        self.H: Dict[str, Tensor] = {}
-        self.dense: Dict[str, Tensor] = {}  # [N, K+1]: the dense weight and bias the refit reproduces
-        handles = []
-        for fqn, mod in model.named_modules():
-            if filter_fn(mod, fqn):
-                w = effective_weight(mod).to(torch.float64).cpu()
-                b = mod.bias.detach().to(torch.float64).cpu() if mod.bias is not None else w.new_zeros(w.shape[0])
-                self.dense[fqn] = torch.cat([w.reshape(w.shape[0], -1), b[:, None]], 1)
-
-                def hook(m, args, fqn=fqn):
-                    x = gemm_inputs(m, args[0].detach()).to(torch.float64)
-                    x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
-                    h = x.t() @ x
-                    if fqn in self.H:
-                        self.H[fqn] += h
-                    else:
-                        self.H[fqn] = h
-                handles.append(mod.register_forward_pre_hook(hook))
-        forward = forward or (lambda m, b: _hidden(m, b[1], b[2]))
-        try:
-            with torch.no_grad():
-                model.eval()
-                for b in tqdm(batches, desc="calibration", leave=False, disable=_disable(progress)):
-                    forward(model, b)
-        finally:
-            for h in handles:
-                h.remove()
-
-    def importance(self, module: nn.Module, fqn: str) -> Tensor:
-        """Activation-weighted score ``|w| * ||x_k||_2`` (a callable importance
-        for :func:`tilesparse.sparsify`)."""
-        from ..importance import effective_weight
-
-        w = effective_weight(module)
-        norm = self.H[fqn].diagonal()[:-1].clamp_min(0).sqrt().to(w.dtype)
-        return (w.abs().reshape(w.shape[0], -1) * norm).reshape(w.shape)
-
-
-def _masked_pcg(A: Tensor, B: Tensor, keep: Tensor, X0: Tensor, iters: int) -> Tensor:
-    """Solves ``(X @ A) * keep = B * keep`` with ``X * ~keep = 0`` for every row
-    of ``X`` at once: row ``n`` is the SPD system ``A[S_n, S_n] x = B[n, S_n]``.
-    Preconditioned (Jacobi) conjugate gradients, batched over rows."""
-    m = keep.to(A.dtype)
-    dinv = 1.0 / A.diagonal().clamp_min(1e-12)
-    X = X0 * m
-    R = (B - X @ A) * m
-    Z = R * dinv
-    P = Z.clone()
-    rz = (R * Z).sum(1, keepdim=True)
-    for _ in range(iters):
-        AP = (P @ A) * m
-        denom = (P * AP).sum(1, keepdim=True)
-        alpha = torch.where(denom > 0, rz / denom.clamp_min(1e-30), torch.zeros_like(rz))
-        X = X + alpha * P
-        R = R - alpha * AP
-        Z = R * dinv
-        rz_new = (R * Z).sum(1, keepdim=True)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
-        P = Z + beta * P
-        rz = rz_new
-    return X
-
-
-def _exact_groups(A: Tensor, B: Tensor, keep: Tensor, X: Tensor, uniq: Tensor, inv: Tensor) -> Tensor:
-    """The same systems solved exactly (Cholesky), once per distinct kept set."""
-    X = torch.zeros_like(X)
-    for u in range(uniq.shape[0]):
-        rows = (inv == u).nonzero().flatten()
-        sel = uniq[u].nonzero().flatten()
-        if sel.numel() == 0:
-            continue
-        L, info = torch.linalg.cholesky_ex(A[sel][:, sel])
-        if int(info) != 0:
-            raise torch.linalg.LinAlgError("refit: system not positive definite")
-        X[rows[:, None], sel[None, :]] = torch.cholesky_solve(B[rows][:, sel].t(), L).t()
-    return X
-
-
-@torch.no_grad()
-def refit(model: nn.Module, stats: InputStats, damp: float = 0.01, iters: int = 25, max_groups: int = 64,
-          progress: Optional[bool] = None) -> None:
-    """Least-squares refit of the kept weights (and bias) of every pruned
-    layer, so that each layer best reproduces its dense output on the
-    calibration inputs: for each output feature with kept inputs ``S``,
-    ``min ||[X, 1] w_dense - [X_S, 1] w_S||^2`` (ridge ``damp`` x the mean
-    diagonal of ``H``). Layer-wise, from the dense model's inputs (no
-    sequential update): a closed-form local distillation.
-
-    Solved exactly (Cholesky) once per distinct kept set when a layer has at
-    most ``max_groups`` of them (TW: one per tile; BW: one per block row),
-    else by ``iters`` steps of batched Jacobi-preconditioned conjugate
-    gradients over all output features, started from the pruned dense
-    weights (EW, VW, 2:4: every output feature has its own set)."""
-    from tqdm.auto import tqdm
-
-    items = [(f, m) for f, m in model.named_modules() if isinstance(m, SPARSE_MODULES) and f in stats.H]
-    for fqn, mod in tqdm(items, desc="refit", leave=False, disable=_disable(progress)):
-        H = stats.H[fqn]
-        w, bias = mod.weight, mod.bias
-        n, k = w.shape[0], w[0].numel()
-        kb = k + 1 if bias is not None else k
-        H = H[:kb, :kb]
-        A = H + damp * H.diagonal()[:k].mean().clamp_min(1e-12) * torch.eye(kb, dtype=H.dtype)
-        wt = stats.dense[fqn][:, :kb]
-        keep = mod.keep_mask().reshape(n, k).cpu()
-        if bias is not None:
-            keep = torch.cat([keep, keep.new_ones(n, 1)], 1)
-        B = wt @ H
-        uniq, inv = torch.unique(keep, dim=0, return_inverse=True)
-        if uniq.shape[0] <= max_groups:
-            X = _exact_groups(A, B, keep, wt, uniq, inv)
-        else:
-            X = _masked_pcg(A.float(), B.float(), keep, wt.float(), iters).double()
-        w.copy_(X[:, :k].reshape(w.shape).to(device=w.device, dtype=w.dtype))
-        if bias is not None:
-            bias.copy_(X[:, k].to(device=bias.device, dtype=bias.dtype))
-        mod.apply_mask()
-
-
 @torch.no_grad()
 def teacher_targets(model: nn.Module, batches: Sequence[Batch], layers: bool = True, progress: Optional[bool] = None
                     ) -> List[Tuple[Tensor, Tensor]]:
@@ -318,10 +175,14 @@ def teacher_targets(model: nn.Module, batches: Sequence[Batch], layers: bool = T
 
 
 def distill_loss(model: nn.Module, ids: Tensor, mask: Tensor, t_hidden: Tensor, t_emb: Tensor,
-                 hidden_weight: float = 1.0) -> Tensor:
+                 hidden_weight: float = 1.0, layer_map: Optional[Sequence[int]] = None) -> Tensor:
     """``1 - cos(e, e_dense)`` on the sentence embeddings plus ``hidden_weight``
     times the mean over the target layers of the MSE of the token states,
-    normalised by the dense states' mean square (real tokens only)."""
+    normalised by the dense states' mean square (real tokens only).
+    ``layer_map[j]``: the teacher layer student layer ``j`` matches (a student
+    with fewer layers); default the same index."""
+    if layer_map is not None:
+        t_hidden = t_hidden[list(layer_map)]
     layers = t_hidden.shape[0] > 1
     o = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
     e = mean_pool(o.last_hidden_state, mask)
@@ -339,7 +200,8 @@ def distill_loss(model: nn.Module, ids: Tensor, mask: Tensor, t_hidden: Tensor, 
 
 def distill(model: nn.Module, batches: Sequence[Batch], targets: Sequence[Tuple[Tensor, Tensor]], steps: int,
             lr: float = 5e-4, hidden_weight: float = 1.0, seed: int = 0, progress: Optional[bool] = None,
-            desc: str = "fine-tune", callback: Optional[Callable[[int], None]] = None, pruner=None) -> List[float]:
+            desc: str = "fine-tune", callback: Optional[Callable[[int], None]] = None, pruner=None,
+            layer_map: Optional[Sequence[int]] = None) -> List[float]:
     """``steps`` AdamW steps of distillation to the cached dense targets
     (batches in a seeded random order, cycling); pruned weights stay zero
     (the sparse modules mask their gradients). Returns the losses."""
@@ -369,7 +231,7 @@ def distill(model: nn.Module, batches: Sequence[Batch], targets: Sequence[Tuple[
         i = order.pop()
         _, ids, mask = batches[i]
         th, te = targets[i]
-        loss = distill_loss(model, ids, mask, th, te, hidden_weight)
+        loss = distill_loss(model, ids, mask, th, te, hidden_weight, layer_map)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -392,41 +254,59 @@ def distill(model: nn.Module, batches: Sequence[Batch], targets: Sequence[Tuple[
 # ---------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------
+Case = Tuple[str, float, int, int]  # (pattern, sparsity, tile, unit)
+
+
 @dataclass
 class MiniLMConfig:
-    patterns: Tuple[str, ...] = ("tw", "tew", "ew", "vw", "bw", "nm")
-    sparsities: Tuple[float, ...] = (0.5, 0.75, 0.875)
-    tile: int = 128
-    extra: Tuple[Tuple[str, float, int], ...] = (("tw", 0.75, 64),)  # (pattern, sparsity, tile) also run
+    # (pattern, sparsity, tile, unit): every case is pruned by magnitude (baseline), by tilesparse.oneshot
+    # ("calibrated") and then fine-tuned
+    cases: Tuple[Case, ...] = (("tw", 0.75, 128, 1), ("tw", 0.75, 64, 1), ("tw", 0.5, 128, 1),
+                               ("ew", 0.75, 128, 1), ("bw", 0.75, 128, 1))
     n_train: int = 2048
     n_eval: int = 512
     max_length: int = 48
     batch_size: int = 16
     calib_every: int = 4          # calibration: every 4th training batch
-    scope: str = "layer"
     delta: float = 0.02           # TEW residue
-    refit: bool = True
-    steps: int = 200              # distillation steps per model
+    bounds: Tuple[float, float] = (0.0, 0.95)  # oneshot's per-layer sparsity bounds
+    magnitude: bool = True        # also measure plain magnitude pruning (tilesparse.sparsify, no calibration)
+    steps: int = 300              # distillation steps per model
     lr: float = 5e-4
     hidden_weight: float = 1.0
     seed: int = 0
-    keep: Tuple[Tuple[str, float, int], ...] = ()  # fine-tuned models to return (pattern, sparsity, tile)
+    layer_drop: Tuple[int, ...] = (0, 2, 4)  # the dense alternative: keeps these encoder layers; () skips it
+    speed: bool = True            # whole-encoder speed of every TW model and of the layer-dropped one
+    keep: Tuple[Case, ...] = ()   # fine-tuned models to return
 
 
-def study_cases(cfg: MiniLMConfig) -> List[Tuple[str, float, int]]:
-    out = []
-    for p in cfg.patterns:
-        for s in (cfg.sparsities if p != "nm" else (0.5,)):
-            out.append((p, s, cfg.tile))
-    for case in cfg.extra:
-        if tuple(case) not in out:
-            out.append(tuple(case))
+def study_cases(cfg: MiniLMConfig) -> List[Case]:
+    out: List[Case] = []
+    for p, s, t, u in cfg.cases:
+        case = (p, 0.5 if p == "nm" else float(s), int(t), int(u))
+        if case not in out:
+            out.append(case)
     return out
+
+
+def _forward(model: nn.Module, batch: Batch):
+    return model(input_ids=batch[1], attention_mask=batch[2])
+
+
+def _allocation(model: nn.Module) -> Dict[str, float]:
+    """Mean sparsity of each kind of encoder layer (what the allocation chose)."""
+    kinds: Dict[str, List[float]] = {}
+    for fqn, mod in model.named_modules():
+        if isinstance(mod, SPARSE_MODULES):
+            kind = fqn.split(".")[-2] if fqn.endswith(".dense") else fqn.split(".")[-1]
+            kind = {"output": "attention output" if ".attention." in fqn else "output"}.get(kind, kind)
+            kinds.setdefault(kind, []).append(mod.sparsity)
+    return {k: sum(v) / len(v) for k, v in kinds.items()}
 
 
 class MiniLMStudy:
     """Holds the dense model, the batches, the dense embeddings and targets,
-    and the calibration statistics, shared by every pruned variant."""
+    shared by every pruned variant."""
 
     def __init__(self, cfg: MiniLMConfig, tokenizer=None, model: Optional[nn.Module] = None,
                  texts: Optional[Tuple[Sequence[str], Sequence[str]]] = None, progress: Optional[bool] = None):
@@ -443,33 +323,74 @@ class MiniLMStudy:
         self.eval = make_batches(tokenizer, held, 64, cfg.max_length)
         self.calib = self.train[::cfg.calib_every]
         self.dense_emb = embed(self.dense, self.eval, progress, "dense embeddings")
-        self.stats = InputStats(self.dense, self.calib, progress=progress)
         self.targets = teacher_targets(self.dense, self.train, True, progress) if cfg.steps > 0 else []
         self.setup_seconds = time.perf_counter() - t0
 
-    def variant(self, pattern: str, sparsity: float, tile: int, finetune: bool = True) -> Tuple[nn.Module, Dict]:
-        """Prunes a copy of the dense model, measures it one-shot, after the
-        refit and after distillation; returns ``(model, row)``."""
+    def speed_batches(self) -> List[Batch]:
+        return self.eval[: max(1, len(self.eval) // 4)]
+
+    def _finetune(self, m: nn.Module, row: Dict, name: str, layer_map=None) -> None:
+        cfg, pr = self.cfg, self.progress
+        swapped = _residue_as_masked(m)
+        losses = distill(m, self.train, self.targets, cfg.steps, cfg.lr, cfg.hidden_weight, cfg.seed, pr,
+                         desc=f"{name} distill", layer_map=layer_map)
+        _restore(m, swapped)
+        row["loss"] = [losses[0], losses[-1]]
+        row["finetuned"] = evaluate(m, self.eval, self.dense_emb, pr, f"{name} fine-tuned")
+
+    def variant(self, pattern: str, sparsity: float, tile: int, unit: int = 1, finetune: bool = True
+                ) -> Tuple[nn.Module, Dict]:
+        """A pruned copy of the dense model: magnitude-pruned (baseline),
+        ``tilesparse.oneshot`` (stage ``calibrated``), then distilled
+        (``finetuned``); returns ``(model, row)``."""
+        from ..oneshot import oneshot
+
         cfg, pr = self.cfg, self.progress
         t0 = time.perf_counter()
-        m = copy.deepcopy(self.dense)
+        name = f"{pattern} {sparsity:.1%} tile {tile} unit {unit}"
         kw = dict(delta=cfg.delta) if pattern == "tew" else {}
-        with _quiet():
-            sparsify(m, 0.5 if pattern == "nm" else sparsity, tile, pattern, encoder_filter, cfg.scope,
-                     self.stats.importance, progress=False, **kw)
-        row = {"pattern": pattern, "sparsity": 0.5 if pattern == "nm" else sparsity, "tile": tile,
-               "achieved": sparsity_summary(m)["__total__"]["sparsity"]}
-        row["oneshot"] = evaluate(m, self.eval, self.dense_emb, pr, f"{pattern} {sparsity:.1%} one-shot")
-        if cfg.refit:
-            refit(m, self.stats, progress=pr)
-            row["refit"] = evaluate(m, self.eval, self.dense_emb, pr, f"{pattern} {sparsity:.1%} refit")
+        row = {"pattern": pattern, "sparsity": sparsity, "tile": tile, "unit": unit}
+        if cfg.magnitude:
+            mag = copy.deepcopy(self.dense)
+            with _quiet():
+                sparsify(mag, sparsity, tile, pattern, encoder_filter, "layer", "magnitude", progress=False,
+                         **kw, **({"unit": unit} if unit != 1 else {}))
+            row["magnitude"] = evaluate(mag, self.eval, self.dense_emb, pr, f"{name} magnitude")
+            del mag
+        t1 = time.perf_counter()
+        m = oneshot(copy.deepcopy(self.dense), self.calib, sparsity, pattern=pattern, tile=tile, unit=unit,
+                    forward_fn=_forward, filter_fn=encoder_filter, bounds=cfg.bounds, progress=pr, **kw)
+        row["oneshot_seconds"] = time.perf_counter() - t1
+        row["achieved"] = sparsity_summary(m)["__total__"]["sparsity"]
+        row["allocation"] = _allocation(m)
+        row["calibrated"] = evaluate(m, self.eval, self.dense_emb, pr, f"{name} calibrated")
         if finetune and cfg.steps > 0:
-            swapped = _residue_as_masked(m)
-            losses = distill(m, self.train, self.targets, cfg.steps, cfg.lr, cfg.hidden_weight, cfg.seed, pr,
-                             desc=f"{pattern} {sparsity:.1%} distill")
-            _restore(m, swapped)
-            row["loss"] = [losses[0], losses[-1]]
-            row["finetuned"] = evaluate(m, self.eval, self.dense_emb, pr, f"{pattern} {sparsity:.1%} fine-tuned")
+            self._finetune(m, row, name)
+        if cfg.speed and pattern in ("tw", "tew"):
+            row["speed"] = model_speed(self.dense, m, self.speed_batches())
+        row["seconds"] = time.perf_counter() - t0
+        return m, row
+
+    def layer_dropped(self) -> Tuple[nn.Module, Dict]:
+        """The dense alternative: MiniLM with only the encoder layers
+        ``cfg.layer_drop``, distilled with the same budget (each kept layer
+        matched to the teacher layer that ends its span)."""
+        cfg, pr = self.cfg, self.progress
+        t0 = time.perf_counter()
+        keep = list(cfg.layer_drop)
+        n = len(self.dense.encoder.layer)
+        m = copy.deepcopy(self.dense)
+        m.encoder.layer = nn.ModuleList([m.encoder.layer[i] for i in keep])
+        m.config.num_hidden_layers = len(keep)
+        ends = [nxt - 1 for nxt in keep[1:]] + [n - 1]  # student layer j stands for teacher layers keep[j]..ends[j]
+        row = {"pattern": "layerdrop", "sparsity": 1 - len(keep) / n, "tile": 0, "unit": 0, "layers": keep,
+               "achieved": 1 - len(keep) / n}
+        name = f"dense {len(keep)} of {n} layers"
+        row["dropped"] = evaluate(m, self.eval, self.dense_emb, pr, f"{name} before distillation")
+        if cfg.steps > 0:
+            self._finetune(m, row, name, layer_map=ends)
+        if cfg.speed:
+            row["speed"] = model_speed(self.dense, m, self.speed_batches())
         row["seconds"] = time.perf_counter() - t0
         return m, row
 
@@ -524,10 +445,10 @@ class _quiet:
 
 def run_minilm(cfg: MiniLMConfig = MiniLMConfig(), progress: Optional[bool] = None, study: Optional[MiniLMStudy] = None,
                on_row: Optional[Callable[[Dict], None]] = None
-               ) -> Tuple[Dict, Dict[Tuple[str, float, int], nn.Module]]:
-    """Every pattern x sparsity of ``cfg``; returns the results dict and the
-    fine-tuned models named in ``cfg.keep``. ``on_row(partial results)`` is
-    called after each case (e.g. to save progress)."""
+               ) -> Tuple[Dict, Dict[Case, nn.Module]]:
+    """Every case of ``cfg`` (and the layer-dropped dense model); returns the
+    results dict and the fine-tuned models named in ``cfg.keep``.
+    ``on_row(partial results)`` is called after each case (e.g. to save)."""
     from tqdm.auto import tqdm
 
     study = study or MiniLMStudy(cfg, progress=progress)
@@ -535,15 +456,23 @@ def run_minilm(cfg: MiniLMConfig = MiniLMConfig(), progress: Optional[bool] = No
     t0 = time.perf_counter() - setup
     rows, kept = [], {}
     cases = study_cases(cfg)
-    bar = tqdm(cases, desc="MiniLM patterns", disable=_disable(progress))
-    for pattern, s, tile in bar:
-        bar.set_postfix(case=f"{pattern} {s:.1%} tile {tile}")
-        m, row = study.variant(pattern, s, tile)
+    bar = tqdm(total=len(cases) + bool(cfg.layer_drop), desc="MiniLM cases", disable=_disable(progress))
+    if cfg.layer_drop:  # first: the reference the pruned models are compared with
+        _, row = study.layer_dropped()
         rows.append(row)
-        if (pattern, s, tile) in [tuple(k) for k in cfg.keep]:
-            kept[(pattern, s, tile)] = m
         if on_row is not None:
             on_row(_result(cfg, study, rows, setup, t0))
+        bar.update(1)
+    for case in cases:
+        bar.set_postfix(case=f"{case[0]} {case[1]:.1%} tile {case[2]} unit {case[3]}")
+        m, row = study.variant(*case)
+        rows.append(row)
+        if case in [tuple(k) for k in cfg.keep]:
+            kept[case] = m
+        if on_row is not None:
+            on_row(_result(cfg, study, rows, setup, t0))
+        bar.update(1)
+    bar.close()
     return _result(cfg, study, rows, setup, t0), kept
 
 
