@@ -35,11 +35,16 @@ struct LayoutInfo {
   int64_t num_values = 0;  // sum_t g_t * slots_t (the length of values)
   int64_t max_rows = 0;    // max_t slots_t
   int64_t num_kept = 0;    // sum_t g_t * kept_t (padding excluded)
+  at::Tensor fwd_bounds;   // the v2 forward's chunk bounds, once computed for this layout (cached with it)
 };
 
 // Checks the layout against (n, k) as core::validate_layout does on the CPU,
 // raising ValueError "invalid tile layout: ..." when it is malformed.
 LayoutInfo check_layout_cuda(const LayoutArgs& l, int64_t n, int64_t k);
+
+// Remembers the v2 forward's chunk bounds with the layout's cache entry, so
+// later calls (inference) skip the bounds kernel: one launch less per call.
+void cache_fwd_bounds(const LayoutArgs& l, int64_t n, int64_t k, const at::Tensor& bounds);
 
 inline DevLayout dev_layout(const LayoutArgs& l) {
   return DevLayout{l.cols.data_ptr<int32_t>(), l.row_offsets.data_ptr<int32_t>(), l.rows.data_ptr<int32_t>(),

@@ -119,6 +119,7 @@ struct FwdWorkspace {
   int32_t* bounds;   // plan.bounds_count
   float* ws;         // plan.ws_floats
   uint8_t* covered;  // plan.covered_bytes
+  bool bounds_ready = false;  // bounds already hold this layout's chunk bounds (cached): skip their kernel
 };
 
 static __global__ void fill_bytes_kernel(uint8_t* p, int64_t count, uint8_t v) {
@@ -176,7 +177,8 @@ void run_fwd(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, La
          fwd_mma_smem_bytes<kFwdV1BM, 128, kFwdV1BK, kFwdV1Stages>());
   } else {
     const int64_t count = l.num_tiles * (plan.nchunks + 1);
-    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(fwd_ceil_div(count, 256))), dim3(256), 0, l, a.k,
+    if (!w.bounds_ready)
+      launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(fwd_ceil_div(count, 256))), dim3(256), 0, l, a.k,
            static_cast<int32_t>(kV2KC), static_cast<int32_t>(plan.nchunks), w.bounds);
     FwdV2Params<T> p{a.x, a.ldx, a.m, a.k, a.values, a.nv, a.bias, a.y, a.ldy, a.n, l, w.bounds, plan.nchunks,
                      plan.chunks_per_split, l.num_tiles * (l.tile / kV2Slice), plan.splits > 1 ? w.ws : nullptr, 0,

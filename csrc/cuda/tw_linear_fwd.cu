@@ -18,7 +18,7 @@ namespace {
 
 template <typename T>
 void forward(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const at::Tensor* bias, at::Tensor& y,
-             const LayoutArgs& l, cudaStream_t stream) {
+             const LayoutArgs& l, const LayoutInfo& info, cudaStream_t stream) {
   FwdArgs<T> a;
   a.x = reinterpret_cast<const T*>(x2.data_ptr());
   a.ldx = ldx;
@@ -38,13 +38,22 @@ void forward(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const 
   const bool half = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
   const FwdShape shape{a.m, a.k, a.n, l.view.tile, l.view.num_tiles, l.cols.numel(), half, a.x_vec16};
   const FwdPlan plan = plan_fwd(shape, device_caps());
-  // one workspace allocation (caching allocator): bounds, then partials, then the covered flags
-  const int64_t bytes = plan.bounds_count * 4 + plan.ws_floats * 4 + plan.covered_bytes;
+  // the chunk bounds depend on the layout only: cached with the validated layout
+  at::Tensor bounds = info.fwd_bounds;
+  const bool ready = bounds.defined() && bounds.numel() == plan.bounds_count && plan.bounds_count > 0;
+  if (!ready) bounds = at::empty({std::max<int64_t>(plan.bounds_count, 1)}, l.cols.options());
+  // one workspace allocation (caching allocator) for the partials and the covered flags
+  const int64_t bytes = plan.ws_floats * 4 + plan.covered_bytes;
   at::Tensor ws = at::empty({std::max<int64_t>(bytes, 1)}, y.options().dtype(at::kByte));
   uint8_t* base = ws.data_ptr<uint8_t>();
-  const FwdWorkspace w{reinterpret_cast<int32_t*>(base), reinterpret_cast<float*>(base + plan.bounds_count * 4),
-                       base + plan.bounds_count * 4 + plan.ws_floats * 4};
+  const FwdWorkspace w{bounds.data_ptr<int32_t>(), reinterpret_cast<float*>(base), base + plan.ws_floats * 4, ready};
   run_fwd<T>(plan, a, w, CudaLaunch{stream});
+  if (!ready && plan.bounds_count > 0 && info.known) {
+    // once per layout (like its validation): a later call on another stream
+    // must not read the bounds before this stream has written them
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cache_fwd_bounds(l, a.n, a.k, bounds);
+  }
 }
 
 at::Tensor tw_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& cols,
@@ -78,10 +87,10 @@ at::Tensor tw_linear_cuda(const at::Tensor& x, const at::Tensor& values, const a
     const at::Tensor v = values.contiguous();
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     switch (x.scalar_type()) {
-      case at::kHalf: forward<__half>(x2, ldx, v, bp, y, l, stream); break;
-      case at::kBFloat16: forward<__nv_bfloat16>(x2, ldx, v, bp, y, l, stream); break;
-      case at::kFloat: forward<float>(x2, ldx, v, bp, y, l, stream); break;
-      case at::kDouble: forward<double>(x2, ldx, v, bp, y, l, stream); break;
+      case at::kHalf: forward<__half>(x2, ldx, v, bp, y, l, info, stream); break;
+      case at::kBFloat16: forward<__nv_bfloat16>(x2, ldx, v, bp, y, l, info, stream); break;
+      case at::kFloat: forward<float>(x2, ldx, v, bp, y, l, info, stream); break;
+      case at::kDouble: forward<double>(x2, ldx, v, bp, y, l, info, stream); break;
       default:
         TORCH_CHECK_TYPE(false, "tw_linear on CUDA supports float16, bfloat16, float32 and float64, got ",
                          x.scalar_type());
