@@ -73,7 +73,7 @@ def v2_time(dev: Device, m: int, k: int, n: int, s: float, tile: int = 128) -> d
     flops = 2.0 * m * n * k * d
     idx = 4.0 * (n + n / tile + k * d * n / tile)  # cols, row_offsets, rows
     hbm_bytes = 2.0 * (m * k + m * n + d * n * k) + idx
-    launches = 2 + (1 if m <= 64 else 0)  # chunk bounds, main, split reduction
+    launches = 1 + (1 if m <= 64 else 0)  # main, split reduction (chunk bounds cached with the layout)
     if m <= 64:
         t_hbm = hbm_bytes / (dev.eta_stream * dev.hbm)
         return dict(t=t_hbm + launches * dev.launch, bound="hbm stream", q_l2=None, hbm_bytes=hbm_bytes)
