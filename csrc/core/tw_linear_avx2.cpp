@@ -1,11 +1,10 @@
 #include "tw_linear_avx2.h"
+#include "tw_linear_fused.h"
 
 #include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
-
-#include <unistd.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TS_HAVE_AVX2_BUILD 1
@@ -42,23 +41,13 @@ constexpr int64_t GMB = 256;
 
 // Per-core L2 size from the OS (glibc reads CPUID), 512 KiB when unknown.
 int64_t l2_bytes() {
-  static const int64_t bytes = [] {
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v >= (64 << 10) ? static_cast<int64_t>(v) : int64_t(512) << 10;
-  }();
+  static const int64_t bytes = fused::l2_cache_bytes(int64_t(512) << 10);
   return bytes;
 }
 
-// Row blocks (a multiple of FR rows) whose slice of the row-major inputs,
-// row_floats per row, fills ~3/4 of L2 while every tile streams past; their
-// count is a multiple of the workers where m allows. {rows per block, blocks}.
+// fused::row_blocks with this file's register tile and L2 size.
 std::pair<int64_t, int64_t> row_blocks(int64_t m, int64_t row_floats, int64_t workers) {
-  const int64_t fit = std::max<int64_t>(1, l2_bytes() * 3 / 4 / (4 * std::max<int64_t>(1, row_floats) * FR)) * FR;
-  const int64_t mb_max = std::max<int64_t>(FR, std::min<int64_t>(fit, 40 * FR));
-  int64_t blocks = (m + mb_max - 1) / mb_max;
-  blocks = std::min((blocks + workers - 1) / workers * workers, (m + FR - 1) / FR);
-  const int64_t mb = ((m + blocks - 1) / blocks + FR - 1) / FR * FR;
-  return {mb, (m + mb - 1) / mb};
+  return fused::row_blocks(m, row_floats, workers, FR, l2_bytes());
 }
 
 // idx[0..w) is one run of consecutive features (duplicates, e.g. padding
@@ -75,14 +64,7 @@ TS_AVX2 inline __m256i lane_mask(int64_t rem) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-struct FwdOut {
-  float* y;             // contiguous outputs: &y[0, first output of the panel]; else y
-  int64_t ldy;
-  const int32_t* cols;  // null: contiguous outputs; else the panel's output features
-  int64_t width;        // outputs in this panel (<= FW)
-  const float* bias;    // contiguous: &bias[first output]; else bias; may be null
-  bool accumulate;      // add to y (a later reduction chunk / another tile) instead of the bias
-};
+using fused::FwdOut;
 
 // y[row0 + r, out j] (+)= sum_p x[r * ldx + idx[p]] * b[p * ldb + j], r < R, j < width.
 // FullB: FW floats may be read from every row of b (else only `width`).
@@ -297,55 +279,8 @@ void pack_forward(const LayoutView& l, const float* values, ForwardPanels& out, 
 
 void forward_packed(const LayoutView& l, const ForwardPanels& panels, const float* x, int64_t m, int64_t k,
                     const float* bias, float* y, int64_t n, int64_t workers, const ParallelFn& parallel_for) {
-  if (m <= 0 || n <= 0) return;
-  workers = std::max<int64_t>(1, workers);
-  const float* bp = panels.data.data();
-  const std::vector<int64_t>& off = panels.offsets;
-  // Output features no tile computes (pruned, or in a tile that keeps no
-  // input feature) are bias only; every other feature is written by its tile.
-  std::vector<uint8_t> covered(n, 0);
-  for (int64_t t = 0; t < l.num_tiles; ++t)
-    if (l.tile_rows(t) > 0)
-      for (int64_t j = 0; j < l.tile_width(t); ++j) covered[l.cols[t * l.tile + j]] = 1;
-  std::vector<int64_t> bias_only;
-  for (int64_t c = 0; c < n; ++c)
-    if (!covered[c]) bias_only.push_back(c);
-  std::vector<uint8_t> contiguous(l.num_tiles);
-  for (int64_t t = 0; t < l.num_tiles; ++t) contiguous[t] = l.cols_contiguous(t);
-
-  // With fewer row blocks than workers the tiles are split too.
-  const auto [mb, blocks] = row_blocks(m, k, workers);
-  const int64_t groups = blocks >= workers ? 1 : std::min<int64_t>(std::max<int64_t>(1, l.num_tiles),
-                                                                    (workers + blocks - 1) / blocks);
-  parallel_for(0, blocks * groups, [&](int64_t w0, int64_t w1) {
-    for (int64_t item = w0; item < w1; ++item) {
-      const int64_t b = item / groups, grp = item % groups;
-      const int64_t i0 = b * mb, h = std::min(mb, m - i0);
-      const int64_t t0 = l.num_tiles * grp / groups, t1 = l.num_tiles * (grp + 1) / groups;
-      if (grp == 0)
-        for (int64_t i = 0; i < h; ++i)
-          for (int64_t c : bias_only) y[(i0 + i) * n + c] = bias ? bias[c] : 0.f;
-      for (int64_t t = t0; t < t1; ++t) {
-        // panels are [kt][FW] (kt slots); the reduction skips the padding slots
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
-        if (kr == 0) continue;
-        const int32_t* rows = l.rows + l.row_offsets[t];
-        const int32_t* cols = l.cols + t * l.tile;
-        for (int64_t p0 = 0; p0 < kr; p0 += FKC) {
-          const int64_t len = std::min(FKC, kr - p0);
-          for (int64_t q = 0; q * FW < g; ++q) {
-            const int64_t width = std::min(FW, g - q * FW);
-            const float* bq = bp + off[t] + (q * kt + p0) * FW;
-            const int64_t c0 = contiguous[t] ? cols[0] + q * FW : 0;
-            const FwdOut o{y + c0, n, contiguous[t] ? nullptr : cols + q * FW, width, bias ? bias + c0 : nullptr,
-                           p0 > 0};
-            for (int64_t i = 0; i < h; i += FR)
-              fwd_micro(std::min(FR, h - i), x + (i0 + i) * k, k, rows + p0, len, bq, FW, o, i0 + i, true);
-          }
-        }
-      }
-    }
-  });
+  fused::forward_panels<FR, FW, FKC>(l, panels.data.data(), panels.offsets, x, m, k, bias, y, n, workers, l2_bytes(),
+                                     parallel_for, fwd_micro);
 }
 
 void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const float* values, const float* bias,
