@@ -23,6 +23,7 @@
 #include "core/tw_linear_avx2.h"
 #include "core/tw_linear_avx512.h"
 #include "core/tw_linear_cpu.h"
+#include "format_reference.h"
 
 using namespace tilesparse::core;
 
@@ -103,44 +104,16 @@ Problem padded(const Problem& p, int64_t align) {
   return out;
 }
 
-// Slot r of a tile is padding when it repeats the slot before it (docs/format.md).
-bool is_padding(const OwnedLayout& l, int64_t t, int64_t r) {
-  return r > 0 && l.rows[l.row_offsets[t] + r] == l.rows[l.row_offsets[t] + r - 1];
-}
-
 // Dense W[n, k] (zeros where pruned) from the packed values, by the format's
-// definition, with naive loops; padding slots are not weights.
+// definition (tests/common/format_reference.h); padding slots are not weights.
 template <typename T>
 std::vector<double> dense_weight(const Problem& p, const std::vector<T>& values) {
-  const auto& l = p.layout;
-  std::vector<double> w(p.n * p.k, 0.0);
-  const int64_t T_ = static_cast<int64_t>(l.row_offsets.size()) - 1;
-  for (int64_t t = 0; t < T_; ++t) {
-    const int64_t g = std::min<int64_t>(p.tile, l.cols.size() - t * p.tile);
-    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
-    for (int64_t j = 0; j < g; ++j)
-      for (int64_t r = 0; r < kt; ++r)
-        if (!is_padding(l, t, r))
-          w[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]] =
-              static_cast<double>(values[p.tile * l.row_offsets[t] + j * kt + r]);
-  }
-  return w;
+  return tilesparse::format_reference::dense_weight(p.layout, p.n, p.k, p.tile, values);
 }
 
 // Packed values of a dense [n, k] matrix, by the format's definition.
 std::vector<double> packed(const Problem& p, const std::vector<double>& dense) {
-  const auto& l = p.layout;
-  std::vector<double> v(num_values(p.view()), 0.0);
-  const int64_t T_ = static_cast<int64_t>(l.row_offsets.size()) - 1;
-  for (int64_t t = 0; t < T_; ++t) {
-    const int64_t g = std::min<int64_t>(p.tile, l.cols.size() - t * p.tile);
-    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
-    for (int64_t j = 0; j < g; ++j)
-      for (int64_t r = 0; r < kt; ++r)
-        v[p.tile * l.row_offsets[t] + j * kt + r] =
-            is_padding(l, t, r) ? 0.0 : dense[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]];
-  }
-  return v;
+  return tilesparse::format_reference::packed(p.layout, p.k, p.tile, dense);
 }
 
 template <typename T>

@@ -19,6 +19,7 @@
 
 #include "core/tile_layout.h"
 #include "cuda/tw_device.cuh"
+#include "format_reference.h"
 
 namespace tilesparse::emu_testing {
 
@@ -173,54 +174,24 @@ inline Problem make_problem(const ProblemSpec& s) {
   return p;
 }
 
-// Slot r of tile t is padding when it repeats the slot before it (docs/format.md).
-inline bool is_padding(const core::OwnedLayout& l, int64_t t, int64_t r) {
-  return r > 0 && l.rows[l.row_offsets[t] + r] == l.rows[l.row_offsets[t] + r - 1];
-}
-
 // Random values with NaN in every padding slot (not weights: must be ignored).
 template <typename T>
 DeviceBuffer<T> random_values(const Problem& p, std::mt19937_64& rng) {
   DeviceBuffer<T> v = random_buffer<T>(core::num_values(p.view()), rng);
-  const auto& l = p.layout;
-  for (int64_t t = 0; t + 1 < static_cast<int64_t>(l.row_offsets.size()); ++t) {
-    const int64_t g = std::min<int64_t>(p.tile, static_cast<int64_t>(l.cols.size()) - t * p.tile);
-    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
-    for (int64_t j = 0; j < g; ++j)
-      for (int64_t r = 0; r < kt; ++r)
-        if (is_padding(l, t, r)) v[p.tile * l.row_offsets[t] + j * kt + r] = Elem<T>::nan();
-  }
+  format_reference::for_each_slot(p.layout, p.k, p.tile, [&](int64_t vi, int64_t, bool pad) {
+    if (pad) v[vi] = Elem<T>::nan();
+  });
   return v;
 }
 
 // Dense W[n, k] (zeros where pruned) of packed values, by the format's definition.
 inline std::vector<double> dense_weight(const Problem& p, const std::vector<double>& values) {
-  const auto& l = p.layout;
-  std::vector<double> w(p.n * p.k, 0.0);
-  for (int64_t t = 0; t + 1 < static_cast<int64_t>(l.row_offsets.size()); ++t) {
-    const int64_t g = std::min<int64_t>(p.tile, static_cast<int64_t>(l.cols.size()) - t * p.tile);
-    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
-    for (int64_t j = 0; j < g; ++j)
-      for (int64_t r = 0; r < kt; ++r)
-        if (!is_padding(l, t, r))
-          w[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]] = values[p.tile * l.row_offsets[t] + j * kt + r];
-  }
-  return w;
+  return format_reference::dense_weight(p.layout, p.n, p.k, p.tile, values);
 }
 
 // Packed values of a dense [n, k] matrix (zero in padding slots).
 inline std::vector<double> packed(const Problem& p, const std::vector<double>& dense) {
-  const auto& l = p.layout;
-  std::vector<double> v(core::num_values(p.view()), 0.0);
-  for (int64_t t = 0; t + 1 < static_cast<int64_t>(l.row_offsets.size()); ++t) {
-    const int64_t g = std::min<int64_t>(p.tile, static_cast<int64_t>(l.cols.size()) - t * p.tile);
-    const int64_t kt = l.row_offsets[t + 1] - l.row_offsets[t];
-    for (int64_t j = 0; j < g; ++j)
-      for (int64_t r = 0; r < kt; ++r)
-        v[p.tile * l.row_offsets[t] + j * kt + r] =
-            is_padding(l, t, r) ? 0.0 : dense[l.cols[t * p.tile + j] * p.k + l.rows[l.row_offsets[t] + r]];
-  }
-  return v;
+  return format_reference::packed(p.layout, p.k, p.tile, dense);
 }
 
 }  // namespace tilesparse::emu_testing
