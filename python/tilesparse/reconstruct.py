@@ -26,8 +26,9 @@ def _groups(keep: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.unique(keep, dim=0, return_inverse=True)
 
 
-def _exact(H: Tensor, B: Tensor, keep: Tensor, uniq: Tensor, inv: Tensor) -> Tensor:
-    X = torch.zeros_like(B)
+def _kept_set_factors(H: Tensor, uniq: Tensor, inv: Tensor, caller: str):
+    """For each distinct non-empty kept set: (its rows, its features R, the
+    Cholesky factor of ``H[R, R]``)."""
     for u in range(uniq.shape[0]):
         rows = (inv == u).nonzero().flatten()
         sel = uniq[u].nonzero().flatten()
@@ -35,8 +36,13 @@ def _exact(H: Tensor, B: Tensor, keep: Tensor, uniq: Tensor, inv: Tensor) -> Ten
             continue
         L, info = torch.linalg.cholesky_ex(H[sel][:, sel])
         if int(info) != 0:
-            raise torch.linalg.LinAlgError("masked_lstsq: the input statistic is not positive definite "
-                                           "(raise damp)")
+            raise torch.linalg.LinAlgError(f"{caller}: the input statistic is not positive definite (raise damp)")
+        yield rows, sel, L
+
+
+def _exact(H: Tensor, B: Tensor, uniq: Tensor, inv: Tensor) -> Tensor:
+    X = torch.zeros_like(B)
+    for rows, sel, L in _kept_set_factors(H, uniq, inv, "masked_lstsq"):
         X[rows[:, None], sel[None, :]] = torch.cholesky_solve(B[rows][:, sel].t(), L).t()
     return X
 
@@ -75,7 +81,7 @@ def masked_lstsq(H: Tensor, B: Tensor, keep: Tensor, X0: Tensor, *, max_groups: 
     by the iteration count anyway)."""
     uniq, inv = _groups(keep)
     if uniq.shape[0] <= max_groups:
-        return _exact(H, B, keep, uniq, inv)
+        return _exact(H, B, uniq, inv)
     return _pcg(H.float(), B.float(), keep, X0.float(), iters).to(B.dtype)
 
 
@@ -86,14 +92,7 @@ def kept_set_error(H: Tensor, B: Tensor, W: Tensor, keep: Tensor) -> float:
     energy = (W * B).sum(1)
     uniq, inv = _groups(keep)
     err = float(energy.sum())
-    for u in range(uniq.shape[0]):
-        rows = (inv == u).nonzero().flatten()
-        sel = uniq[u].nonzero().flatten()
-        if sel.numel() == 0:
-            continue
-        L, info = torch.linalg.cholesky_ex(H[sel][:, sel])
-        if int(info) != 0:
-            raise torch.linalg.LinAlgError("kept_set_error: not positive definite (raise damp)")
+    for rows, sel, L in _kept_set_factors(H, uniq, inv, "kept_set_error"):
         Z = torch.linalg.solve_triangular(L, B[rows][:, sel].t(), upper=False)
         err -= float((Z * Z).sum())
     return max(err, 0.0)
