@@ -736,6 +736,25 @@ TEST_CASE("atomics of layout_kernels.cuh: validate_offsets_kernel flags and sums
   CHECK((bad[kErr] & 4) != 0);
 }
 
+TEST_CASE("validate_rows_kernel: padding only at a tile's end, repeating its last kept feature", "[emu][atomics]") {
+  // one tile of 2 columns, k = 10: rows {1, 4, 9, 9, 9} (2 padding slots) is valid
+  std::vector<int32_t> cols = {0, 1};
+  std::vector<int32_t> offs = {0, 5};
+  std::vector<int32_t> rows = {1, 4, 9, 9, 9};
+  DevLayout l{cols.data(), offs.data(), rows.data(), 2, 1, 5, 4};
+  unsigned long long ok[4] = {0, 0, 0, 0};
+  emu::launch(validate_rows_kernel, dim3(1), dim3(32), 0, l, int64_t{10}, ok);
+  CHECK(ok[kErr] == 0);
+  for (const std::vector<int32_t>& bad_rows : {std::vector<int32_t>{1, 4, 4, 9, 9},    // a repeat, then a new feature
+                                              std::vector<int32_t>{1, 9, 4, 4, 4},    // decreasing
+                                              std::vector<int32_t>{1, 4, 9, 9, 10}}) {  // out of range
+    rows = bad_rows;
+    unsigned long long bad[4] = {0, 0, 0, 0};
+    emu::launch(validate_rows_kernel, dim3(1), dim3(32), 0, l, int64_t{10}, bad);
+    CHECK((bad[kErr] & 8) != 0);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Smoke test: the real v1 forward kernel on a tiny 2-D TW problem.
 // ---------------------------------------------------------------------------
