@@ -1,8 +1,9 @@
 """The performance model of the CUDA tile-wise kernels (docs/performance.md).
 
 Prints, for every benchmark shape, the physical cap of a tile-wise layer over
-dense and the speedup the model predicts for the v2 forward on H100 and A100,
-so that the first GPU run (scripts/gpu_check.sh) tests the model:
+dense and the speedup the model predicts for the v2 forward and for
+grad_values (v1 and v2) on H100 and A100, so that the first GPU run
+(scripts/gpu_check.sh) tests the model:
 
     python benchmarks/perf_model.py            # markdown table
     python benchmarks/perf_model.py --json     # records with every term
@@ -14,6 +15,11 @@ The model (bf16, all times in seconds):
           F_s = (1 - s) F;  q_l2 = 1 / (BN (1 - s)) + 1 / BM  (x once per 128-row block and 256 outputs,
           V once per block);  bytes_hbm = 2 (M K + M N + (1 - s) N K) + index bytes
   small M (M <= 64): t_s = bytes_hbm / (eta B_hbm) + launches, eta = achievable fraction of HBM bandwidth.
+  grad_values (gV = gy^T x over the kept slots, vs cuBLAS's dense gW, same FLOPs as the dense forward):
+      t_gv = max(F_s / R_mma, F_s * q / B_l2, bytes_hbm / B_hbm) + launches, with
+      v1: q = 1 / 128 + 1 / (128 (1 - s))      (gy once per 128 outputs; x's sectors per tile: all of them)
+      v2: q = 1 / (256 (1 - s)) + 1 / ((1 - s) KC)   (x chunk of KC features once per 256 outputs of 4 tiles,
+          gy once per chunk), KC = 112 / (1 - s) rounded down to a multiple of 128 in [128, 512]
 R_mma is what the v2 mainloop can sustain: mma.sync's own ceiling on the device times the fraction left by
 the A-fragment gathers (32 2-byte shared-memory loads and ~4 issue slots per mma per warp step,
 docs/performance.md). Every constant below is a prior, to be replaced by the ceilings gpu_check.sh measures.
@@ -83,6 +89,30 @@ def v2_time(dev: Device, m: int, k: int, n: int, s: float, tile: int = 128) -> d
     return dict(t=terms[bound] + launches * dev.launch, bound=bound, q_l2=q_l2, hbm_bytes=hbm_bytes)
 
 
+def gv_chunk(s: float, k: int) -> int:
+    """v2 grad_values' x chunk width (tw_bwd_launch.cuh gv_v2_chunk_width, ignoring shared memory)."""
+    kc = int(112.0 / (1.0 - s)) // 128 * 128
+    return max(128, min(kc, 512, max(128, -(-k // 128) * 128)))
+
+
+def gv_time(dev: Device, m: int, k: int, n: int, s: float, kernel: str, tile: int = 128) -> dict:
+    """grad_values, bf16, M >= 4096 (one M-split per block or a few)."""
+    d = 1.0 - s
+    flops = 2.0 * m * n * k * d
+    idx = 4.0 * (n + n / tile + k * d * n / tile)
+    hbm_bytes = 2.0 * (m * k + m * n + d * n * k) + idx
+    if kernel == "v1":
+        q_l2 = 1.0 / 128 + 1.0 / (128 * d)
+        launches = 1
+    else:
+        kc = gv_chunk(s, k)
+        q_l2 = 1.0 / (256 * d) + 1.0 / (d * kc)
+        launches = 2  # chunk bounds, main
+    terms = {"mma": flops / dev.mma, "l2": flops * q_l2 / dev.l2, "hbm": hbm_bytes / dev.hbm}
+    bound = max(terms, key=terms.get)
+    return dict(t=terms[bound] + launches * dev.launch, bound=bound, q_l2=q_l2)
+
+
 def records():
     out = []
     shapes = [(LARGE_M, k, n) for k, n in BERT + LLM] + [(m, k, n) for m in SMALL_M for k, n in LLM[:1] + BERT[1:2]]
@@ -91,9 +121,16 @@ def records():
             for s in SPARSITIES:
                 v2 = v2_time(dev, m, k, n, s)
                 t_d = dense_time(dev, m, k, n)
-                out.append(dict(device=dev.name, M=m, K=k, N=n, sparsity=s, cap=cap(dev, m, k, n, s),
-                                dense_us=t_d * 1e6, v2_us=v2["t"] * 1e6, speedup=t_d / v2["t"], bound=v2["bound"],
-                                q_l2=v2["q_l2"], io_bytes=2 * (m * k + m * n)))
+                rec = dict(device=dev.name, M=m, K=k, N=n, sparsity=s, cap=cap(dev, m, k, n, s),
+                           dense_us=t_d * 1e6, v2_us=v2["t"] * 1e6, speedup=t_d / v2["t"], bound=v2["bound"],
+                           q_l2=v2["q_l2"], io_bytes=2 * (m * k + m * n))
+                if m >= 4096:
+                    for kern in ("v1", "v2"):
+                        g = gv_time(dev, m, k, n, s, kern)
+                        rec[f"gv_{kern}_speedup"] = t_d / g["t"]
+                        rec[f"gv_{kern}_bound"] = g["bound"]
+                        rec[f"gv_{kern}_q_l2"] = g["q_l2"]
+                out.append(rec)
     return out
 
 
@@ -104,6 +141,14 @@ def markdown(recs) -> str:
             continue
         lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | {r['cap']:.2f}x | "
                      f"{r['speedup']:.2f}x | {r['bound']} |")
+    lines += ["", "grad_values (vs cuBLAS's dense weight gradient)", "",
+              "| device | M | K | N | s | v1 / dense | v1 bound | v2 / dense | v2 bound |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        if r["sparsity"] not in TABLE_SPARSITIES or "gv_v2_speedup" not in r:
+            continue
+        lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
+                     f"{r['gv_v1_speedup']:.2f}x | {r['gv_v1_bound']} | {r['gv_v2_speedup']:.2f}x | {r['gv_v2_bound']} |")
     return "\n".join(lines)
 
 

@@ -89,45 +89,100 @@ void run_grad_input(const GradInputPlan& plan, GradInputParams<T, Acc> p, int32_
 // ---------------------------------------------------------------------------
 constexpr int kGvBK = 32, kGvBNK = 128, kGvStages = 3;
 
-enum class GradValuesKernel : int { kSimt = 0, kMma64 = 1, kMma128 = 2 };
+enum class GradValuesKernel : int { kSimt = 0, kMma64 = 1, kMma128 = 2, kV2 = 3 };
 inline const char* grad_values_kernel_name(GradValuesKernel k) {
-  return k == GradValuesKernel::kSimt ? "simt" : (k == GradValuesKernel::kMma64 ? "mma_bmj64" : "mma_bmj128");
+  switch (k) {
+    case GradValuesKernel::kSimt: return "simt";
+    case GradValuesKernel::kMma64: return "mma_bmj64";
+    case GradValuesKernel::kMma128: return "mma_bmj128";
+    case GradValuesKernel::kV2: return "v2";
+  }
+  return "?";
 }
+
+// The problem, as the plan sees it.
+struct GradValuesShape {
+  int64_t m, k;
+  int64_t tile, num_tiles;
+  int64_t num_rows;  // slots of the layout
+  int64_t max_rows;  // the largest tile's slot count (known once the layout was checked; else k)
+  int64_t nv;
+  bool half;         // fp16/bf16 (tensor cores), else fp32/fp64 (SIMT)
+  bool x_vec;        // x 16-byte aligned with rows of whole 16-byte units
+};
 
 struct GradValuesPlan {
   GradValuesKernel kernel;
-  int bj, bk, row_step;   // block shape: outputs x kept features; rows per M step
-  int jchunks, kchunks;
-  int64_t splits;         // M-splits (grid.y)
-  int64_t split_rows;
-  int64_t ws_count;       // Acc workspace [splits, nv] when splits > 1
+  int bj = 0, bk = 0, row_step = 0;  // v1 block shape: outputs x kept features; rows per M step
+  int jchunks = 1, kchunks = 1;      // v1
+  int kc = 0, nchunks = 0;           // v2: x chunk width, chunks
+  int smem = 0;                      // dynamic shared memory per block
+  int64_t groups = 0;                // v2: blocks of 4 slices
+  int64_t bounds_count = 0;          // v2: int32 workspace, chunk bounds
+  int64_t splits = 1;                // M-splits (grid.y)
+  int64_t split_rows = 0;
+  int64_t ws_count = 0;              // Acc workspace [splits, nv] when splits > 1
 };
 
-// max_rows: the largest tile's slot count (known once the layout was checked; else k).
-inline GradValuesPlan plan_grad_values(int64_t m, int64_t tile, int64_t num_tiles, int64_t num_rows, int64_t max_rows,
-                                       int64_t nv, bool half, const DeviceCaps& caps) {
+// v2's chunk width: about 112 kept positions of a slice per chunk (1.75 of
+// its 64-position items; 8 warps take 8 items per pass, so one pass is the
+// rule even where a chunk keeps more than average), in [128, 512], within
+// shared memory, no wider than K needs.
+inline int gv_v2_chunk_width(int64_t k, double density, int smem_optin) {
+  int64_t kc = density > 0 ? static_cast<int64_t>(112.0 / density) / 128 * 128 : kGv2KcMax;
+  kc = std::max<int64_t>(128, std::min<int64_t>(kc, kGv2KcMax));
+  kc = std::min<int64_t>(kc, std::max<int64_t>(128, bwd_ceil_div(k, 128) * 128));
+  while (kc > 128 && gv_v2_smem_bytes(static_cast<int>(kc)) > smem_optin) kc -= 128;
+  return gv_v2_smem_bytes(static_cast<int>(kc)) <= smem_optin ? static_cast<int>(kc) : 0;
+}
+
+// `force` (tests): run that kernel where it applies instead of the choice below.
+inline GradValuesPlan plan_grad_values(const GradValuesShape& s, const DeviceCaps& caps,
+                                       const GradValuesKernel* force = nullptr) {
   GradValuesPlan p{};
-  if (half) {
-    p.kernel = tile <= 64 ? GradValuesKernel::kMma64 : GradValuesKernel::kMma128;
-    p.bj = tile <= 64 ? 64 : 128;
-    p.bk = kGvBNK;
-    p.row_step = kGvBK;
-  } else {
+  const double density = s.num_tiles > 0 && s.k > 0 ? static_cast<double>(s.num_rows) / (s.num_tiles * s.k) : 1.0;
+  const int kc = s.half && s.x_vec && s.tile % kGv2Slice == 0 && s.k > 0 ? gv_v2_chunk_width(s.k, density, caps.smem_optin)
+                                                                         : 0;
+  const GradValuesKernel v1 = s.tile <= 64 ? GradValuesKernel::kMma64 : GradValuesKernel::kMma128;
+  if (!s.half) {
     p.kernel = GradValuesKernel::kSimt;
-    p.bj = kGvSimtBJ;
-    p.bk = kGvSimtBK;
-    p.row_step = kGvSimtBM;
+  } else {
+    p.kernel = kc > 0 ? GradValuesKernel::kV2 : v1;
+    if (force != nullptr && *force != GradValuesKernel::kSimt && (*force != GradValuesKernel::kV2 || kc > 0))
+      p.kernel = *force == GradValuesKernel::kV2 ? GradValuesKernel::kV2 : v1;
   }
-  p.jchunks = static_cast<int>(bwd_ceil_div(tile, p.bj));
-  p.kchunks = static_cast<int>(std::max<int64_t>(1, bwd_ceil_div(max_rows, p.bk)));
+  int64_t active = 1;  // blocks of one split
+  if (p.kernel == GradValuesKernel::kV2) {
+    p.kc = kc;
+    p.nchunks = static_cast<int>(bwd_ceil_div(s.k, kc));
+    p.smem = gv_v2_smem_bytes(kc);
+    p.groups = bwd_ceil_div(s.num_tiles * (s.tile / kGv2Slice), kGv2Slices);
+    p.bounds_count = s.num_tiles * (p.nchunks + 1);
+    p.row_step = kGv2BK;
+    active = p.groups * p.nchunks;
+  } else {
+    if (p.kernel == GradValuesKernel::kSimt) {
+      p.bj = kGvSimtBJ;
+      p.bk = kGvSimtBK;
+      p.row_step = kGvSimtBM;
+    } else {
+      p.bj = p.kernel == GradValuesKernel::kMma64 ? 64 : 128;
+      p.bk = kGvBNK;
+      p.row_step = kGvBK;
+      p.smem = p.bj == 64 ? gv_mma_smem_bytes<64, kGvBNK, kGvBK, kGvStages>()
+                          : gv_mma_smem_bytes<128, kGvBNK, kGvBK, kGvStages>();
+    }
+    p.jchunks = static_cast<int>(bwd_ceil_div(s.tile, p.bj));
+    p.kchunks = static_cast<int>(std::max<int64_t>(1, bwd_ceil_div(s.max_rows, p.bk)));
+    const int64_t avg_k = s.num_tiles > 0 ? s.num_rows / s.num_tiles : 0;
+    active = s.num_tiles * p.jchunks * std::max<int64_t>(1, bwd_ceil_div(avg_k, p.bk));
+  }
   // Splits of M so that about two blocks per SM are busy; at least 512 rows each.
-  const int64_t avg_k = num_tiles > 0 ? num_rows / num_tiles : 0;
-  const int64_t active = std::max<int64_t>(1, num_tiles * p.jchunks * std::max<int64_t>(1, bwd_ceil_div(avg_k, p.bk)));
-  const int64_t want = bwd_ceil_div(2 * caps.num_sms, active);
-  int64_t splits = std::max<int64_t>(1, std::min({want, bwd_ceil_div(m, 512), kMaxGridY}));
-  p.split_rows = std::max<int64_t>(p.row_step, bwd_ceil_div(bwd_ceil_div(m, splits), p.row_step) * p.row_step);
-  p.splits = std::max<int64_t>(1, bwd_ceil_div(m, p.split_rows));
-  p.ws_count = p.splits > 1 ? p.splits * nv : 0;
+  const int64_t want = bwd_ceil_div(2 * caps.num_sms, std::max<int64_t>(1, active));
+  const int64_t splits = std::max<int64_t>(1, std::min({want, bwd_ceil_div(s.m, 512), kMaxGridY}));
+  p.split_rows = std::max<int64_t>(p.row_step, bwd_ceil_div(bwd_ceil_div(s.m, splits), p.row_step) * p.row_step);
+  p.splits = std::max<int64_t>(1, bwd_ceil_div(s.m, p.split_rows));
+  p.ws_count = p.splits > 1 ? p.splits * s.nv : 0;
   return p;
 }
 
@@ -142,24 +197,41 @@ struct SameValue {
   }
 };
 
+// bounds: int32 workspace of plan.bounds_count (v2), ws: Acc workspace of plan.ws_count.
 template <typename T, typename Acc, typename Launch>
-void run_grad_values(const GradValuesPlan& plan, GradValuesParams<T, Acc> p, Acc* ws, Launch&& launch) {
-  const int64_t gx = p.layout.num_tiles * plan.jchunks * plan.kchunks;
-  if (gx == 0 || p.nv == 0) return;
-  p.jchunks = plan.jchunks;
-  p.kchunks = plan.kchunks;
+void run_grad_values(const GradValuesPlan& plan, GradValuesParams<T, Acc> p, int32_t* bounds, Acc* ws,
+                     Launch&& launch) {
+  if (p.nv == 0 || p.layout.num_tiles == 0) return;
   p.split_rows = plan.split_rows;
   p.ws = plan.splits > 1 ? ws : nullptr;
-  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(plan.splits));
   constexpr bool simt = std::is_same_v<T, float> || std::is_same_v<T, double>;
   if constexpr (simt) {
-    launch(tw_grad_values_simt_kernel<T>, grid, dim3(256), 0, p);
-  } else if (plan.kernel == GradValuesKernel::kMma64) {
-    launch(tw_grad_values_mma_kernel<T, 64, kGvBNK, kGvBK, 2, 4, kGvStages>, grid, dim3(256),
-           gv_mma_smem_bytes<64, kGvBNK, kGvBK, kGvStages>(), p);
+    p.jchunks = plan.jchunks;
+    p.kchunks = plan.kchunks;
+    launch(tw_grad_values_simt_kernel<T>,
+           dim3(static_cast<unsigned>(p.layout.num_tiles * plan.jchunks * plan.kchunks),
+                static_cast<unsigned>(plan.splits)),
+           dim3(256), 0, p);
+  } else if (plan.kernel == GradValuesKernel::kV2) {
+    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(bwd_ceil_div(plan.bounds_count, 256))), dim3(256), 0,
+           p.layout, p.k, static_cast<int32_t>(plan.kc), static_cast<int32_t>(plan.nchunks), bounds);
+    p.bounds = bounds;
+    p.kc = plan.kc;
+    p.nchunks = plan.nchunks;
+    p.num_slices = p.layout.num_tiles * (p.layout.tile / kGv2Slice);
+    launch(tw_grad_values_v2_kernel<T>,
+           dim3(static_cast<unsigned>(plan.groups * plan.nchunks), static_cast<unsigned>(plan.splits)),
+           dim3(kGv2Warps * 32), plan.smem, p);
   } else {
-    launch(tw_grad_values_mma_kernel<T, 128, kGvBNK, kGvBK, 2, 4, kGvStages>, grid, dim3(256),
-           gv_mma_smem_bytes<128, kGvBNK, kGvBK, kGvStages>(), p);
+    p.jchunks = plan.jchunks;
+    p.kchunks = plan.kchunks;
+    const dim3 grid(static_cast<unsigned>(p.layout.num_tiles * plan.jchunks * plan.kchunks),
+                    static_cast<unsigned>(plan.splits));
+    if (plan.kernel == GradValuesKernel::kMma64) {
+      launch(tw_grad_values_mma_kernel<T, 64, kGvBNK, kGvBK, 2, 4, kGvStages>, grid, dim3(256), plan.smem, p);
+    } else {
+      launch(tw_grad_values_mma_kernel<T, 128, kGvBNK, kGvBK, 2, 4, kGvStages>, grid, dim3(256), plan.smem, p);
+    }
   }
   if (plan.splits > 1) {
     // half types are written as raw uint16_t, fp32/fp64 as themselves

@@ -2,12 +2,20 @@
 //
 //   gV_t[j, kk] = sum_m grad_out[m, cols_t[j]] * x[m, rows_t[kk]]
 //
-// A reduction over M. Block (tile t, j-chunk, kk-chunk, split s) owns one
-// [BMJ x BNK] block of gV_t and loops over the rows of its M-split, so no two
-// blocks write the same element: with one split the block writes gV itself;
-// with S > 1 splits (few tiles, long M) each split writes its fp32 (fp64)
-// partial to a workspace [S, num_values] and reduce_splits_kernel adds the S
-// partials in a fixed order. Deterministic, no atomics.
+// A reduction over M. Every block owns a disjoint set of gV elements and
+// loops over the rows of its M-split, so no two blocks write the same
+// element: with one split the block writes gV itself; with S > 1 splits
+// (few blocks, long M) each split writes its fp32 (fp64) partial to a
+// workspace [S, num_values] and reduce_splits_kernel adds the S partials in
+// a fixed order. Deterministic, no atomics.
+//
+// v1 (tw_grad_values_mma_kernel, tw_grad_values_simt_kernel): block = (tile
+// t, j-chunk, kk-chunk); x[:, rows_t] is gathered from global memory per
+// tile, so every tile re-reads (nearly) every 32-byte sector of x's rows.
+// v2 (tw_grad_values_v2_kernel): block = (4 slices of 64 outputs of any
+// tiles, x chunk of KC input features); x[rows, chunk] is read once per block,
+// dense, with 16-byte cp.async, and each slice gathers its tile's kept
+// features of the chunk from shared memory.
 #pragma once
 
 #include "tw_device.cuh"
@@ -28,6 +36,10 @@ struct GradValuesParams {
   int64_t split_rows;  // rows of M per split (a multiple of the kernel's BK)
   int32_t jchunks, kchunks;
   bool gy_vec, x_vec;
+  // v2 only
+  const int32_t* bounds;  // [num_tiles, nchunks + 1]: slots of rows_t below chunk c (chunk_bounds_kernel)
+  int32_t kc, nchunks;    // x chunk width (a multiple of 128) and ceil(k / kc)
+  int64_t num_slices;     // num_tiles * tile / 64
 };
 
 template <int BMJ, int BNK, int BK, int STAGES>
@@ -202,6 +214,222 @@ __global__ void __launch_bounds__(256) tw_grad_values_simt_kernel(const GradValu
         p.out[idx] = acc[i][j];
       }
     }
+}
+
+// ---------------------------------------------------------------------------
+// v2: x once per block.
+//
+// Block = (group g of 4 consecutive 64-output slices, x chunk c, split s);
+// slice i is outputs j0 .. j0+63 of tile t (tile % 64 == 0, so the group's
+// gy columns are cols[256 g .. 256 g + 256), consecutive in `cols`). Its
+// work: for each slice, the kept positions [b_t[c], b_t[c+1]) of tile t
+// whose features fall in chunk c, cut into items of 64 positions; the 8
+// warps take one item each per pass (passes = ceil(items / 8); the plan
+// sizes KC so that one pass is the rule). Per pass, the mainloop streams
+// the split's rows in stages of 32:
+//   x[32 rows, chunk]   dense, 16-byte cp.async (zero past k and past M)
+//   gy[32 rows, group]  16-byte cp.async per slice whose 64 columns are one
+//                       aligned run, else element loads stored at once
+// and every warp computes its item: gV_item[64 j, 64 kk] += gy^T x, with
+// A = gy^T by ldmatrix.trans and B gathered from the x chunk, each lane's
+// feature offset (kept position 8 nt + g8 of the item) fixed for the pass.
+// Padding slots (>= kr) are masked (B = 0): written, as zero.
+//
+// Traffic per block and row (bf16): x 2 KC + gy 512 bytes from L2 for
+// 2 * 256 * (kept of the chunk) FLOPs; shared memory per warp and k16 step:
+// 4 ldmatrix.x4 + 32 2-byte loads for 32 mma. See docs/performance.md.
+// ---------------------------------------------------------------------------
+constexpr int kGv2Slice = 64;                      // outputs per slice (one tile's)
+constexpr int kGv2Slices = 4;                      // slices per block
+constexpr int kGv2Cols = kGv2Slice * kGv2Slices;   // gy columns per block
+constexpr int kGv2BK = 32;                         // rows of M per stage
+constexpr int kGv2Stages = 3;
+constexpr int kGv2Warps = 8;
+constexpr int kGv2Item = 64;                       // kept positions per warp item
+constexpr int kGv2Ldg = kGv2Cols + 8;              // gy stage row stride (elements)
+constexpr int kGv2KcMax = 512;
+
+constexpr int gv_v2_ldx(int kc) { return kc + 8; }  // x stage row stride: 16-byte rows, banks shifted by 4
+constexpr int gv_v2_smem_bytes(int kc) { return kGv2Stages * kGv2BK * (gv_v2_ldx(kc) + kGv2Ldg) * 2; }
+
+// One slice's geometry in chunk c: kept positions [lo, hi) of tile t.
+struct Gv2Slice {
+  TileInfo ti;
+  int64_t t;
+  int j0, gv, lo, hi;
+};
+
+template <typename T>
+__device__ __forceinline__ Gv2Slice gv_v2_slice(const GradValuesParams<T, float>& p, int64_t slice, int c) {
+  Gv2Slice s{{0, 0, 0, 0, 0, false}, 0, 0, 0, 0, 0};
+  if (slice >= p.num_slices) return s;
+  const int64_t spt = p.layout.tile / kGv2Slice;
+  s.t = slice / spt;
+  s.j0 = static_cast<int>(slice % spt) * kGv2Slice;
+  s.ti = tile_info(p.layout, s.t, p.nv, p.k);
+  if (!s.ti.ok || s.j0 >= s.ti.g) return s;
+  s.gv = s.ti.g - s.j0 < kGv2Slice ? s.ti.g - s.j0 : kGv2Slice;
+  const int32_t* b = p.bounds + s.t * (p.nchunks + 1);
+  s.lo = static_cast<int>(clamp64(b[c], 0, s.ti.kt));
+  s.hi = static_cast<int>(clamp64(b[c + 1], s.lo, s.ti.kt));
+  return s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGv2Warps * 32, 1) tw_grad_values_v2_kernel(const GradValuesParams<T, float> p) {
+  constexpr int THREADS = kGv2Warps * 32;
+  constexpr int MT = kGv2Slice / 16, NT = kGv2Item / 8;
+  using H = Half16<T>;
+  const int ldx = gv_v2_ldx(p.kc);
+  uint16_t* xs = reinterpret_cast<uint16_t*>(dynamic_smem());  // [stages][BK][ldx]
+  uint16_t* gs = xs + kGv2Stages * kGv2BK * ldx;               // [stages][BK][kGv2Ldg]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g8 = lane >> 2, t4 = lane & 3;
+  const int64_t group = blockIdx.x / p.nchunks;
+  const int c = static_cast<int>(blockIdx.x % p.nchunks);
+  const int64_t split = blockIdx.y;
+  const int64_t ms = split * p.split_rows;
+  const int64_t me = ms + p.split_rows < p.m ? ms + p.split_rows : p.m;
+  const int num_steps = ms < me ? static_cast<int>((me - ms + kGv2BK - 1) / kGv2BK) : 0;
+  const int64_t f_base = static_cast<int64_t>(c) * p.kc;
+  const uint16_t* xg = reinterpret_cast<const uint16_t*>(p.x);
+  const uint16_t* gyg = reinterpret_cast<const uint16_t*>(p.gy);
+  const int32_t* gcols = p.layout.cols + group * kGv2Cols;
+  const int cols_valid = static_cast<int>(clamp64(p.layout.num_cols - group * kGv2Cols, 0, kGv2Cols));
+
+  // Items of the 4 slices (block-uniform: every thread reads the same bounds).
+  int items[kGv2Slices], total = 0;
+#pragma unroll
+  for (int i = 0; i < kGv2Slices; ++i) {
+    const Gv2Slice s = gv_v2_slice(p, group * kGv2Slices + i, c);
+    items[i] = s.gv > 0 ? (s.hi - s.lo + kGv2Item - 1) / kGv2Item : 0;
+    total += items[i];
+  }
+  // gy slice i is one aligned run of 64 columns: 16-byte copies (block-uniform)
+  bool gvec[kGv2Slices];
+#pragma unroll
+  for (int i = 0; i < kGv2Slices; ++i) {
+    const int c0 = i * kGv2Slice;
+    gvec[i] = p.gy_vec && c0 + kGv2Slice <= cols_valid && gcols[c0 + kGv2Slice - 1] - gcols[c0] == kGv2Slice - 1 &&
+              (gcols[c0] & 7) == 0 && gcols[c0] >= 0 && gcols[c0 + kGv2Slice - 1] < p.n;
+  }
+
+  // Stage s of the pass: rows ms + 32 s ..
+  auto issue = [&](int s) {
+    const int64_t r0 = ms + static_cast<int64_t>(s) * kGv2BK;
+    const int rv = me - r0 < kGv2BK ? static_cast<int>(me - r0) : kGv2BK;
+    uint16_t* xd = xs + (s % kGv2Stages) * kGv2BK * ldx;
+    const int cpr = p.kc / 8;  // 16-byte copies per x row
+    for (int ci = tid; ci < kGv2BK * cpr; ci += THREADS) {
+      const int r = ci / cpr, cc = (ci % cpr) * 8;
+      const int64_t left = p.k - (f_base + cc);
+      const int bytes = r < rv && left > 0 ? (left >= 8 ? 16 : static_cast<int>(left) * 2) : 0;
+      cp_async16(xd + r * ldx + cc, bytes > 0 ? xg + (r0 + r) * p.ldx + f_base + cc : xg, bytes);
+    }
+    uint16_t* gd = gs + (s % kGv2Stages) * kGv2BK * kGv2Ldg;
+#pragma unroll
+    for (int i = 0; i < kGv2Slices; ++i) {
+      const int c0 = i * kGv2Slice;
+      if (gvec[i]) {  // 32 rows x 8 copies: one per thread
+        const int r = tid / 8, cc = (tid % 8) * 8;
+        cp_async16(gd + r * kGv2Ldg + c0 + cc, r < rv ? gyg + (r0 + r) * p.ldg + gcols[c0] + cc : gyg,
+                   r < rv ? 16 : 0);
+      } else {  // gathered columns: element loads, stored at once (the slot is free)
+        const int jj = tid % kGv2Slice;
+        const int64_t col = c0 + jj < cols_valid ? clamp_index(gcols[c0 + jj], p.n) : -1;
+#pragma unroll
+        for (int u = 0; u < kGv2BK * kGv2Slice / THREADS; ++u) {
+          const int r = tid / kGv2Slice + u * (THREADS / kGv2Slice);
+          gd[r * kGv2Ldg + c0 + jj] = col >= 0 && r < rv ? __ldg(gyg + (r0 + r) * p.ldg + col) : uint16_t(0);
+        }
+      }
+    }
+  };
+
+  const int passes = (total + kGv2Warps - 1) / kGv2Warps;
+  for (int pass = 0; pass < passes; ++pass) {
+    // ---- this warp's item: slice si, kept positions [kk_lo, kk_hi)
+    int q = pass * kGv2Warps + warp, si = -1;
+#pragma unroll
+    for (int i = 0; i < kGv2Slices; ++i) {
+      if (si < 0 && q < items[i]) si = i;
+      else if (si < 0) q -= items[i];
+    }
+    Gv2Slice sl{{0, 0, 0, 0, 0, false}, 0, 0, 0, 0, 0};
+    if (si >= 0) sl = gv_v2_slice(p, group * kGv2Slices + si, c);
+    const int kk_lo = si >= 0 ? sl.lo + q * kGv2Item : 0;
+    const int kk_hi = si >= 0 ? (sl.hi - kk_lo < kGv2Item ? sl.hi : kk_lo + kGv2Item) : 0;
+    const int ntu = (kk_hi - kk_lo + 7) / 8;  // n-tiles with slots
+    // The lane's x column of n-tile nt: kept position kk_lo + 8 nt + g8; -1: masked
+    int off[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int kk = kk_lo + 8 * nt + g8;
+      off[nt] = -1;
+      if (kk < kk_hi && kk < sl.ti.kr) {
+        const int64_t f = clamp_index(p.layout.rows[sl.ti.lo + kk], p.k);
+        off[nt] = static_cast<int>(clamp64(f - f_base, 0, p.kc - 1));
+      }
+    }
+
+    float acc[MT][NT][4];
+    zero_accumulators(acc);
+
+#pragma unroll
+    for (int s = 0; s < kGv2Stages - 1; ++s) {
+      if (s < num_steps) issue(s);
+      cp_async_commit();
+    }
+    for (int it = 0; it < num_steps; ++it) {
+      cp_async_wait<kGv2Stages - 2>();
+      __syncthreads();  // stage it landed; the slot of it - 1 is free (every warp is past it)
+      if (it + kGv2Stages - 1 < num_steps) issue(it + kGv2Stages - 1);
+      cp_async_commit();
+      if (si < 0) continue;
+      const uint16_t* xst = xs + (it % kGv2Stages) * kGv2BK * ldx;
+      const uint16_t* gst = gs + (it % kGv2Stages) * kGv2BK * kGv2Ldg;
+#pragma unroll
+      for (int ks = 0; ks < kGv2BK; ks += 16) {
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) load_a_mmajor(af[mt], gst, kGv2Ldg, si * kGv2Slice + 16 * mt, ks, lane);
+        const uint16_t* xr = xst + (ks + 2 * t4) * ldx;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if (nt >= ntu) break;  // warp-uniform
+          const int o = off[nt] < 0 ? 0 : off[nt];
+          const uint32_t keep = off[nt] < 0 ? 0u : 0xffffffffu;
+          uint32_t b[2];
+          b[0] = (xr[o] | (static_cast<uint32_t>(xr[ldx + o]) << 16)) & keep;
+          b[1] = (xr[8 * ldx + o] | (static_cast<uint32_t>(xr[9 * ldx + o]) << 16)) & keep;
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) H::mma(acc[mt][nt], af[mt], b);
+        }
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the next pass's prologue refills slots warps may still read
+
+    // ---- epilogue: d0..d3 of (mt, nt) are outputs g8, g8 + 8 and positions 2 t4, 2 t4 + 1
+    if (si < 0) continue;
+    uint16_t* out = reinterpret_cast<uint16_t*>(p.out);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = 16 * mt + g8 + 8 * (e >> 1);
+          const int kk = kk_lo + 8 * nt + 2 * t4 + (e & 1);
+          if (j >= sl.gv || kk >= kk_hi) continue;
+          const int64_t idx = sl.ti.voff + static_cast<int64_t>(sl.j0 + j) * sl.ti.kt + kk;
+          if (p.ws != nullptr) {
+            p.ws[split * p.nv + idx] = acc[mt][nt][e];
+          } else {
+            out[idx] = H::from_float(acc[mt][nt][e]);
+          }
+        }
+  }
 }
 
 // out[i] = sum_s ws[s, i], in split order (deterministic). Convert(Acc) -> T.

@@ -1,12 +1,16 @@
-// CUDA kernel of tw_linear_grad_values: gV_t = grad_out[:, cols_t]^T @ x[:, rows_t].
-// One launch over (tile, j-chunk, kk-chunk) x M-splits; splits > 1 only when
-// the blocks would not fill the GPU (few tiles, long M), with fp32 (fp64)
-// partials added in a fixed order afterwards. Deterministic.
+// CUDA operator tw_linear_grad_values: gV_t = grad_out[:, cols_t]^T @ x[:, rows_t].
+// plan_grad_values (tw_bwd_launch.cuh) picks the kernel: v2 (x read once per
+// block of 4 slices) for fp16/bf16 with tiles of multiples of 64 and 16-byte
+// x rows, else v1 (x gathered per tile) or SIMT for fp32/fp64; M-splits only
+// when the blocks would not fill the GPU, with fp32 (fp64) partials added in a
+// fixed order afterwards. Deterministic.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -20,7 +24,7 @@ template <typename T, typename Acc>
 GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at::Tensor& x, int64_t ldx,
                                      const LayoutArgs& l, int64_t m, int64_t n, int64_t k, int64_t nv,
                                      at::Tensor& out) {
-  GradValuesParams<T, Acc> p;
+  GradValuesParams<T, Acc> p{};
   p.gy = reinterpret_cast<const T*>(gy.data_ptr());
   p.ldg = ldg;
   p.x = reinterpret_cast<const T*>(x.data_ptr());
@@ -40,17 +44,32 @@ GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at
   return p;
 }
 
+// TILESPARSE_CUDA_GRAD_VALUES_KERNEL=v1|v2 (read on every call): run that
+// kernel where it applies, for A/B measurements (scripts/gpu_check.sh); unset
+// or "auto": the plan's choice.
+const GradValuesKernel* forced_kernel() {
+  static const GradValuesKernel v1 = GradValuesKernel::kMma128, v2 = GradValuesKernel::kV2;
+  const char* e = std::getenv("TILESPARSE_CUDA_GRAD_VALUES_KERNEL");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return nullptr;
+  if (std::strcmp(e, "v1") == 0) return &v1;
+  if (std::strcmp(e, "v2") == 0) return &v2;
+  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_GRAD_VALUES_KERNEL must be auto, v1 or v2, got '", e, "'");
+}
+
 template <typename T, typename Acc>
 void run(GradValuesParams<T, Acc> p, const LayoutInfo& info, const at::TensorOptions& acc_opts, cudaStream_t stream) {
   constexpr bool half = !std::is_same_v<T, Acc>;
-  const int64_t max_rows = info.known ? info.max_rows : p.k;
-  const GradValuesPlan plan = plan_grad_values(p.m, p.layout.tile, p.layout.num_tiles, p.layout.num_rows, max_rows,
-                                               p.nv, half, device_caps());
-  TORCH_CHECK_VALUE(p.layout.num_tiles * plan.jchunks * plan.kchunks <= std::numeric_limits<int32_t>::max(),
-                    "tw_linear_grad_values: too many tiles");
-  at::Tensor ws;
+  const GradValuesShape shape{p.m, p.k, p.layout.tile, p.layout.num_tiles, p.layout.num_rows,
+                              info.known ? info.max_rows : p.k, p.nv, half, p.x_vec};
+  const GradValuesPlan plan = plan_grad_values(shape, device_caps(), forced_kernel());
+  const int64_t blocks = plan.kernel == GradValuesKernel::kV2 ? plan.groups * plan.nchunks
+                                                              : p.layout.num_tiles * plan.jchunks * plan.kchunks;
+  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(), "tw_linear_grad_values: too many tiles");
+  at::Tensor ws, bounds;
   if (plan.ws_count > 0) ws = at::empty({plan.ws_count}, acc_opts);
-  run_grad_values(plan, p, plan.ws_count > 0 ? ws.data_ptr<Acc>() : nullptr, CudaLaunch{stream});
+  if (plan.bounds_count > 0) bounds = at::empty({plan.bounds_count}, acc_opts.dtype(at::kInt));
+  run_grad_values(plan, p, plan.bounds_count > 0 ? bounds.data_ptr<int32_t>() : nullptr,
+                  plan.ws_count > 0 ? ws.data_ptr<Acc>() : nullptr, CudaLaunch{stream});
 }
 
 at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& cols,

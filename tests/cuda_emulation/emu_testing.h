@@ -130,6 +130,7 @@ struct ProblemSpec {
   int64_t pad;
   int64_t drop_tile;
   uint64_t seed;
+  int64_t dense_tile = -1;  // this tile keeps every input feature
 };
 
 struct Problem {
@@ -153,7 +154,8 @@ inline Problem make_problem(const ProblemSpec& s) {
   for (size_t start = 0; start < cols.size(); start += s.tile) {
     std::vector<bool> keep(s.k);
     bool any = false;
-    for (int64_t r = 0; r < s.k; ++r) any |= (keep[r] = u(rng) < s.row_density);
+    const bool dense = static_cast<int64_t>(start) / s.tile == s.dense_tile;
+    for (int64_t r = 0; r < s.k; ++r) any |= (keep[r] = dense || u(rng) < s.row_density);
     if (!any && s.k > 0) keep[rng() % s.k] = true;
     for (size_t j = start; j < std::min(cols.size(), start + s.tile); ++j)
       for (int64_t r = 0; r < s.k; ++r) mask8[cols[j] * s.k + r] = keep[r];

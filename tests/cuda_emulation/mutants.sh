@@ -26,15 +26,16 @@ rel=${header#csrc/}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-flags=(-std=c++17 -O1 -w -pthread -I"$root/tests/cuda_emulation")
+flags=(-std=c++17 -O1 -w -pthread -I"$root/tests/cuda_emulation" -I"$root/tests/common")
 g++ "${flags[@]}" -I"$root/csrc" -c "$root/tests/cuda_emulation/emu_runtime.cpp" -o "$work/runtime.o"
 g++ "${flags[@]}" -c "$root/tests/cpp/test_main.cpp" -o "$work/main.o"
+g++ "${flags[@]}" -I"$root/csrc" -c "$root/csrc/core/tile_layout.cpp" -o "$work/layout.o"
 
 run_mutant() {  # name, then the mutated copy is in $work/m/csrc
   local name=$1
-  if ! g++ "${flags[@]}" -I"$work/m/csrc" "$root/$test_cpp" "$work/runtime.o" "$work/main.o" -o "$work/t" \
+  if ! g++ "${flags[@]}" -I"$work/m/csrc" "$root/$test_cpp" "$work/runtime.o" "$work/main.o" "$work/layout.o" -o "$work/t" \
       2>"$work/build.log"; then
-    echo "BUILD FAILED  $name"
+    echo "BUILD FAILED  $name: $(grep -m1 error "$work/build.log")"
   elif "$work/t" $filter >"$work/run.log" 2>&1; then
     echo "SURVIVED      $name"
   else

@@ -15,23 +15,66 @@ namespace {
 
 const cuda::DeviceCaps kH100{227 * 1024, 132};
 const cuda::DeviceCaps kOneSm{227 * 1024, 1};
+const cuda::DeviceCaps kSmallSmem{cuda::gv_v2_smem_bytes(128) - 1024, 8};  // too little for v2, enough for v1
+
+using cuda::GradValuesKernel;
+constexpr GradValuesKernel kAnyGv = static_cast<GradValuesKernel>(-1);
 
 struct BwdCase {
   std::string name;
   ProblemSpec spec;
   int64_t m;
   cuda::DeviceCaps caps;
-  int expect_splits = 0;  // grad_values: 0 any, 1 exactly one, 2 more than one
+  int expect_splits = 0;                 // grad_values: 0 any, 1 exactly one, 2 more than one
+  GradValuesKernel expect_gv = kAnyGv;   // the kernel plan_grad_values must pick for fp16/bf16
+  int expect_passes = 0;                 // v2: 0 any, 2: some block needs more than one pass
+  bool grad_input = true;                // false: the device is too small for grad_input's ring
 };
 
 std::vector<BwdCase> cases() {
+  const auto v2 = GradValuesKernel::kV2;
   return {
-      {"1-D TW 75%, tile 128, M not a multiple of 128", {256, 640, 128, 0.25, 1.0, 8, -1, 31}, 200, kOneSm, 1},
-      {"2-D TW, tile 64, unpadded kept counts, a tile keeping nothing", {200, 300, 64, 0.35, 0.6, 1, 1, 32}, 77, kH100},
-      {"M = 1, tile 80 (partial panels)", {170, 96, 80, 0.5, 1.0, 8, -1, 33}, 1, kH100},
-      {"long M: M-splits of grad_values", {64, 160, 64, 0.4, 1.0, 8, -1, 34}, 1100, kH100, 2},
-      {"dense tiles, 90% sparse tiles", {128, 512, 64, 0.1, 1.0, 8, -1, 35}, 96, kH100},
+      {"1-D TW 75%, tile 128, M not a multiple of 128, two x chunks (the second partial)",
+       {256, 640, 128, 0.25, 1.0, 8, -1, 31}, 200, kOneSm, 1, v2},
+      {"2-D TW, tile 64, unpadded kept counts, a tile keeping nothing, K % 8 != 0 (x rows unaligned: v1)",
+       {200, 300, 64, 0.35, 0.6, 1, 1, 32}, 77, kH100, 0, GradValuesKernel::kMma64},
+      {"2-D TW, tile 64: gathered gy columns, M not a multiple of 32", {256, 320, 64, 0.3, 0.6, 8, 2, 36}, 150, kH100, 0,
+       v2},
+      {"M = 1, tile 80 (partial panels: v1)", {170, 96, 80, 0.5, 1.0, 8, -1, 33}, 1, kH100, 0,
+       GradValuesKernel::kMma128},
+      {"long M: M-splits of grad_values", {64, 160, 64, 0.4, 1.0, 8, -1, 34}, 1100, kH100, 2, v2},
+      {"dense tiles, 90% sparse tiles", {128, 512, 64, 0.1, 1.0, 8, -1, 35}, 96, kH100, 0, v2},
+      // 100 rows: 4 stages, so the last stage of a pass sits in the slot the next pass fills first
+      {"one dense tile among 90% sparse ones: a block needs two passes", {512, 1024, 64, 0.1, 1.0, 8, -1, 37, 5}, 100,
+       kH100, 0, v2, 2},
+      {"2-D TW with one dense tile: two passes, gathered gy columns", {512, 512, 64, 0.1, 0.7, 8, -1, 39, 1}, 100,
+       kH100, 0, v2, 2},
+      {"tile 128, a device with too little shared memory for v2 (v1)", {256, 256, 128, 0.3, 1.0, 8, -1, 38}, 64,
+       kSmallSmem, 0, GradValuesKernel::kMma128, 0, false},
   };
+}
+
+// Most items (64 kept positions of a 64-output slice in one x chunk) any v2
+// block of the plan has, in units of its 8 warps: the passes it runs.
+int64_t v2_max_passes(const Problem& p, const cuda::GradValuesPlan& plan) {
+  const auto& ro = p.layout.row_offsets;
+  const int64_t slices_per_tile = p.tile / 64, num_tiles = static_cast<int64_t>(ro.size()) - 1;
+  const int64_t num_cols = static_cast<int64_t>(p.layout.cols.size());
+  int64_t most = 0;
+  for (int64_t g = 0; g < plan.groups; ++g)
+    for (int c = 0; c < plan.nchunks; ++c) {
+      int64_t items = 0;
+      for (int64_t sl = 4 * g; sl < 4 * g + 4 && sl < num_tiles * slices_per_tile; ++sl) {
+        const int64_t t = sl / slices_per_tile;
+        if ((sl % slices_per_tile) * 64 >= num_cols - t * p.tile) continue;
+        int64_t kept = 0;
+        for (int32_t i = ro[t]; i < ro[t + 1]; ++i)
+          kept += p.layout.rows[i] >= int64_t(c) * plan.kc && p.layout.rows[i] < int64_t(c + 1) * plan.kc;
+        items += (kept + 63) / 64;
+      }
+      most = std::max(most, (items + 7) / 8);
+    }
+  return most;
 }
 
 template <typename T>
@@ -60,7 +103,7 @@ void run_case(const BwdCase& bc) {
   const std::vector<double> w = dense_weight(p, vd), wa = abs_of(w);
 
   // ---- grad_input: gx = gy @ W
-  {
+  if (bc.grad_input) {
     const cuda::GradInputPlan plan = cuda::plan_grad_input(k, p.layout.rows.size(), p.dev().num_tiles, E::is_half, bc.caps);
     REQUIRE(plan.kc > 0);
     DeviceBuffer<T> gx(m * k);
@@ -91,20 +134,31 @@ void run_case(const BwdCase& bc) {
     check_close(gx, ref, mag, "gx");
     SUCCEED("grad_input " << cuda::grad_input_kernel_name(plan.kernel) << " kc=" << plan.kc << " ok");
   }
-  // ---- grad_values: gV = packed(gy^T @ x), zero in padding
-  {
-    int64_t max_rows = 0;
-    for (size_t t = 0; t + 1 < p.layout.row_offsets.size(); ++t)
-      max_rows = std::max<int64_t>(max_rows, p.layout.row_offsets[t + 1] - p.layout.row_offsets[t]);
-    const int64_t nv = values.size();
-    const cuda::GradValuesPlan plan = cuda::plan_grad_values(m, p.tile, p.dev().num_tiles, p.layout.rows.size(),
-                                                             max_rows, nv, E::is_half, bc.caps);
-    INFO("grad_values plan: " << cuda::grad_values_kernel_name(plan.kernel) << " splits=" << plan.splits);
-    if (bc.expect_splits == 1) REQUIRE(plan.splits == 1);
-    if (bc.expect_splits == 2) REQUIRE(plan.splits > 1);
+  // ---- grad_values: gV = packed(gy^T @ x), zero in padding; the plan's kernel,
+  // and v1 as well where the plan picked v2 (both stay reachable)
+  int64_t max_rows = 0;
+  for (size_t t = 0; t + 1 < p.layout.row_offsets.size(); ++t)
+    max_rows = std::max<int64_t>(max_rows, p.layout.row_offsets[t + 1] - p.layout.row_offsets[t]);
+  const int64_t nv = values.size();
+  const bool x_vec = aligned16(x.data()) && k % 8 == 0;
+  const cuda::GradValuesShape shape{m, k, p.tile, p.dev().num_tiles, static_cast<int64_t>(p.layout.rows.size()),
+                                    max_rows, nv, E::is_half, x_vec};
+  std::vector<double> gw(n * k, 0.0), gwa(n * k, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t q = 0; q < k; ++q) {
+        gw[c * k + q] += gyd[i * n + c] * xd[i * k + q];
+        gwa[c * k + q] += std::fabs(gyd[i * n + c] * xd[i * k + q]);
+      }
+  const std::vector<double> ref = packed(p, gw), mag = packed(p, gwa);
+  auto run_gv = [&](const GradValuesKernel* force) {
+    const cuda::GradValuesPlan plan = cuda::plan_grad_values(shape, bc.caps, force);
+    INFO("grad_values plan: " << cuda::grad_values_kernel_name(plan.kernel) << " splits=" << plan.splits
+                              << " kc=" << plan.kc);
     DeviceBuffer<T> gv(nv);
     gv.fill_garbage();  // every slot must be written (padding: zero)
     DeviceBuffer<Acc> ws(plan.ws_count);
+    DeviceBuffer<int32_t> bounds(plan.bounds_count);
     cuda::GradValuesParams<T, Acc> prm{};
     prm.gy = gy.data();
     prm.ldg = n;
@@ -117,23 +171,26 @@ void run_case(const BwdCase& bc) {
     prm.nv = nv;
     prm.out = gv.data();
     prm.gy_vec = aligned16(prm.gy) && n % 8 == 0;
-    prm.x_vec = aligned16(prm.x) && k % 8 == 0;
-    cuda::run_grad_values(plan, prm, ws.data(), EmuLaunch{});
-    std::vector<double> gw(n * k, 0.0), gwa(n * k, 0.0);
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t c = 0; c < n; ++c)
-        for (int64_t q = 0; q < k; ++q) {
-          gw[c * k + q] += gyd[i * n + c] * xd[i * k + q];
-          gwa[c * k + q] += std::fabs(gyd[i * n + c] * xd[i * k + q]);
-        }
-    check_close(gv, packed(p, gw), packed(p, gwa), "gV");
+    prm.x_vec = x_vec;
+    cuda::run_grad_values(plan, prm, bounds.data(), ws.data(), EmuLaunch{});
+    check_close(gv, ref, mag, "gV");
     SUCCEED("grad_values " << cuda::grad_values_kernel_name(plan.kernel) << " splits=" << plan.splits << " ok");
+    return plan;
+  };
+  const cuda::GradValuesPlan plan = run_gv(nullptr);
+  if (bc.expect_splits == 1) CHECK(plan.splits == 1);
+  if (bc.expect_splits == 2) CHECK(plan.splits > 1);
+  if (E::is_half && bc.expect_gv != kAnyGv) CHECK(plan.kernel == bc.expect_gv);
+  if (plan.kernel == GradValuesKernel::kV2) {
+    if (bc.expect_passes == 2) CHECK(v2_max_passes(p, plan) >= 2);
+    const GradValuesKernel v1 = GradValuesKernel::kMma128;  // the plan maps it to the tile's v1 kernel
+    CHECK(run_gv(&v1).kernel != GradValuesKernel::kV2);
   }
 }
 
 }  // namespace
 
-TEST_CASE("emulated CUDA backward, bf16: grad_input (mma) and grad_values (mma, BMJ 64/128)",
+TEST_CASE("emulated CUDA backward, bf16: grad_input (mma) and grad_values (v2, and v1 with BMJ 64/128)",
           "[cuda-emulation][backward]") {
   for (const BwdCase& c : cases()) run_case<__nv_bfloat16>(c);
 }
@@ -144,7 +201,7 @@ TEST_CASE("emulated CUDA backward, fp16", "[cuda-emulation][backward]") {
 
 TEST_CASE("emulated CUDA backward, fp32 and fp64: SIMT kernels", "[cuda-emulation][backward]") {
   const auto all = cases();
-  for (size_t i : {size_t(1), size_t(2)}) {
+  for (size_t i : {size_t(1), size_t(3)}) {
     run_case<float>(all[i]);
     run_case<double>(all[i]);
   }
@@ -170,11 +227,17 @@ TEST_CASE("emulated CUDA backward: malformed layouts stay in bounds", "[cuda-emu
     gi.gy = gy.data(), gi.ldg = p.n, gi.values = values.data(), gi.nv = nv, gi.m = m, gi.n = p.n, gi.k = p.k;
     gi.layout = p.dev(), gi.gx = gx.data(), gi.ldx = p.k, gi.gy_vec = gi.v_vec = gi.gx_vec = true;
     CHECK_NOTHROW(cuda::run_grad_input(gip, gi, bounds.data(), EmuLaunch{}));
-    const cuda::GradValuesPlan gvp = cuda::plan_grad_values(m, p.tile, p.dev().num_tiles, l.rows.size(), p.k, nv, true, kH100);
-    DeviceBuffer<float> ws(gvp.ws_count);
-    cuda::GradValuesParams<__nv_bfloat16, float> g{};
-    g.gy = gy.data(), g.ldg = p.n, g.x = x.data(), g.ldx = p.k, g.m = m, g.n = p.n, g.k = p.k, g.layout = p.dev();
-    g.nv = nv, g.out = gv.data(), g.gy_vec = g.x_vec = true;
-    CHECK_NOTHROW(cuda::run_grad_values(gvp, g, ws.data(), EmuLaunch{}));
+    const cuda::GradValuesShape shape{m, p.k, p.tile, p.dev().num_tiles, static_cast<int64_t>(l.rows.size()), p.k, nv,
+                                      true, true};
+    for (const auto kernel : {GradValuesKernel::kV2, GradValuesKernel::kMma64}) {
+      const cuda::GradValuesPlan gvp = cuda::plan_grad_values(shape, kH100, &kernel);
+      REQUIRE(gvp.kernel == kernel);
+      DeviceBuffer<float> ws(gvp.ws_count);
+      DeviceBuffer<int32_t> gvb(gvp.bounds_count);
+      cuda::GradValuesParams<__nv_bfloat16, float> g{};
+      g.gy = gy.data(), g.ldg = p.n, g.x = x.data(), g.ldx = p.k, g.m = m, g.n = p.n, g.k = p.k, g.layout = p.dev();
+      g.nv = nv, g.out = gv.data(), g.gy_vec = g.x_vec = true;
+      CHECK_NOTHROW(cuda::run_grad_values(gvp, g, gvb.data(), ws.data(), EmuLaunch{}));
+    }
   }
 }

@@ -145,6 +145,29 @@ def test_grad_values_accuracy(case, dtype):
         check_accuracy(gv, ref, dense, f"grad_values {kind}")
 
 
+@pytest.mark.parametrize("dtype", LOW)
+def test_grad_values_v1_and_v2_agree(dtype, monkeypatch):
+    """TILESPARSE_CUDA_GRAD_VALUES_KERNEL forces v1 or v2 (the A/B of
+    scripts/gpu_check.sh); both match the float64 reference, also with a
+    tile that keeps every feature (a second pass of v2) and 2-D TW."""
+    for n, k, tile, s, cs in ((512, 1024, 64, 0.9, 0.0), (384, 768, 128, 0.75, 0.3)):
+        w, mask, layout = make_case(n, k, tile, s, cs)
+        if cs == 0.0:  # one tile keeps everything
+            mask[:tile] = True
+            layout = TileLayout.from_mask(mask, tile)
+        lay = layout.to(DEV)
+        x = torch.randn(300, k, device=DEV).to(dtype)
+        gy = torch.randn(300, n, device=DEV).to(dtype)
+        ref = lay.pack(gy.double().t() @ x.double())
+        for kernel in ("v1", "v2", "auto"):
+            monkeypatch.setenv("TILESPARSE_CUDA_GRAD_VALUES_KERNEL", kernel)
+            gv = _ops.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
+            check_accuracy(gv, ref, lay.pack(gy.t() @ x), f"grad_values {kernel} tile {tile}")
+    monkeypatch.setenv("TILESPARSE_CUDA_GRAD_VALUES_KERNEL", "v3")
+    with pytest.raises(ValueError, match="TILESPARSE_CUDA_GRAD_VALUES_KERNEL"):
+        _ops.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
+
+
 def test_grad_values_long_m_uses_splits():
     """Few tiles and a long M: the split-M path with its reduction."""
     w, mask, layout = make_case(128, 96, 128, 0.5)
