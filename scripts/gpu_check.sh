@@ -12,16 +12,18 @@
 #             capture, where no validation runs) and racecheck, on tiny cases
 #   ceilings  device copy bandwidth, an 8192^3 bf16 matmul, L2 re-read bandwidth
 #   bench     benchmarks/bench_linear.py --device cuda (BERT, LLM and small-M shapes)
+#   gvab      grad_values v1 vs v2 vs cuBLAS's dense gW (TILESPARSE_CUDA_GRAD_VALUES_KERNEL),
+#             M=16384, interleaved medians (docs/performance.md predicts the ratios)
 #   ncu       one v2 forward launch (M=16384, 768->3072, 75%): L2 sectors, shared-memory
 #             wavefronts, instructions, tensor-pipe activity, DRAM bytes
 # OUT_DIR defaults to $OUT, else ./gpu_check_out. Per-stage timeouts in seconds:
-# T_BUILD T_TEST T_SANITIZE T_CEILINGS T_BENCH T_NCU; BENCH_ARGS go to bench_linear.py.
+# T_BUILD T_TEST T_SANITIZE T_CEILINGS T_BENCH T_GVAB T_NCU; BENCH_ARGS go to bench_linear.py.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUTDIR="${1:-${OUT:-$ROOT/gpu_check_out}}"
 shift || true
-STAGES="${*:-build test sanitize ceilings bench ncu}"
+STAGES="${*:-build test sanitize ceilings bench gvab ncu}"
 mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 cd "$ROOT"
@@ -199,6 +201,50 @@ if has bench; then
   run bench "${T_BENCH:-200}" "$OUTDIR/bench.log" "$PY" "$ROOT/benchmarks/bench_linear.py" --device cuda \
     --out-dir "$OUTDIR" ${BENCH_ARGS:-}
   [ -f "$OUTDIR/cuda_linear.md" ] && cat "$OUTDIR/cuda_linear.md" >> "$SUMMARY"
+fi
+
+if has gvab; then
+  GVAB_PY="$(mktemp /tmp/ts_gvab_XXXX.py)"
+  cat > "$GVAB_PY" <<'EOF'
+# grad_values v1 / v2 / cuBLAS dense gW, bf16, M = 16384: interleaved, median of 15 (ratios of one run).
+import json, os, torch
+from tilesparse import TileLayout, ops
+def timed(fn):
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record(); fn(); b.record(); torch.cuda.synchronize()
+    return a.elapsed_time(b)
+def kernel(key):  # the operator reads the variable on every call
+    os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = "v1" if key == "v1" else "v2"
+torch.manual_seed(0)
+m, tile = 16384, 128
+gv_op = torch.ops.tilesparse.tw_linear_grad_values
+for k, n in ((768, 3072), (3072, 768), (4096, 14336)):
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    for s in (0.5, 0.75, 0.9):
+        lay = TileLayout.from_mask(ops.tile_mask(torch.randn(n, k).abs(), tile, s), tile).to("cuda")
+        sparse = lambda: gv_op(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
+        fns = {"dense": lambda: gy.t() @ x, "v1": sparse, "v2": sparse}
+        ref = lay.pack(gy.float().t() @ x.float())
+        errs = {}
+        for key in ("v1", "v2"):
+            kernel(key)
+            errs[key] = (sparse().float() - ref).abs().max().item()
+        ts = {key: [] for key in fns}
+        for rep in range(18):
+            for key, fn in fns.items():
+                kernel(key)
+                t = timed(fn)
+                if rep >= 3:
+                    ts[key].append(t)
+        med = {key: sorted(v)[len(v) // 2] for key, v in ts.items()}
+        print(json.dumps(dict(M=m, K=k, N=n, sparsity=s, dense_ms=med["dense"], v1_ms=med["v1"], v2_ms=med["v2"],
+                              v1_speedup=med["dense"] / med["v1"], v2_speedup=med["dense"] / med["v2"],
+                              v1_max_err=errs["v1"], v2_max_err=errs["v2"])))
+EOF
+  run gvab "${T_GVAB:-60}" "$OUTDIR/gvab.log" "$PY" "$GVAB_PY"
+  status gvab_result "$(grep -c '"M"' "$OUTDIR/gvab.log") records (gvab.log); v1, v2 / dense at 75%: $(grep '"sparsity": 0.75' "$OUTDIR/gvab.log" | sed -E 's/.*"v1_speedup": ([0-9.]+), "v2_speedup": ([0-9.]+).*/\1 \2/' | awk '{printf "%.2f %.2f; ", $1, $2}')"
+  rm -f "$GVAB_PY"
 fi
 
 if has ncu; then
