@@ -24,7 +24,8 @@ architecture.
 **Trainer.** :class:`PruningCallback` runs a :class:`tilesparse.Pruner`
 (gradual or staged) inside ``Trainer.train()``.
 """
-from .hf_quantizer import QUANT_METHOD, TileSparseConfig, TileSparseHfQuantizer, attach
+from .hf_quantizer import QUANT_METHOD, REQUIRES_TILESPARSE, TileSparseConfig, TileSparseHfQuantizer, attach
 from .trainer import PruningCallback
 
-__all__ = ["TileSparseConfig", "TileSparseHfQuantizer", "attach", "PruningCallback", "QUANT_METHOD"]
+__all__ = ["TileSparseConfig", "TileSparseHfQuantizer", "attach", "PruningCallback", "QUANT_METHOD",
+           "REQUIRES_TILESPARSE"]
