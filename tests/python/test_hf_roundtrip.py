@@ -85,7 +85,7 @@ _WITHOUT_TILESPARSE = textwrap.dedent("""
         model = {cls}.from_pretrained(sys.argv[1], **{kwargs}).eval()
     except Exception as e:
         print(f"{{type(e).__name__}}: {{e}}")
-        sys.exit(3)
+        sys.exit(3 if "tilesparse" not in sys.modules else 4)
     assert "tilesparse" not in sys.modules
     torch.save(model(torch.load(sys.argv[2])).last_hidden_state, sys.argv[3])
 """)
@@ -93,7 +93,7 @@ _WITHOUT_TILESPARSE = textwrap.dedent("""
 
 def _load_without_tilesparse(tmp_path, cls, **kwargs):
     torch.save(IDS, tmp_path / "ids.pt")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # this tree's tilesparse not importable
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # and the script never imports tilesparse
     code = _WITHOUT_TILESPARSE.format(cls=cls, kwargs=repr(kwargs))
     return subprocess.run([sys.executable, "-c", code, str(tmp_path / "m"), str(tmp_path / "ids.pt"),
                            str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, cwd=tmp_path,
