@@ -13,6 +13,7 @@ import tilesparse
 transformers = pytest.importorskip("transformers", reason="transformers is installed by `make deps`")
 from transformers import AutoModel, BertConfig, BertForSequenceClassification, BertModel  # noqa: E402
 
+from tilesparse.integrations.transformers import REQUIRES_TILESPARSE  # noqa: E402
 from tilesparse.nn import TileSparseLinear  # noqa: E402
 
 
@@ -43,6 +44,7 @@ def test_from_pretrained_gives_the_sparse_model(tmp_path, pattern, final, loader
     assert (tmp_path / "model.safetensors").exists() and not (tmp_path / "pytorch_model.bin").exists()
     qc = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "tilesparse" and len(qc["layers"]) == 13
+    assert json.loads((tmp_path / "config.json").read_text())["fusion_config"] == {REQUIRES_TILESPARSE: True}
 
     loaded = loader.from_pretrained(tmp_path).eval()
     q = loaded.encoder.layer[1].attention.self.query
@@ -79,40 +81,76 @@ def test_task_model_checkpoint_loads_into_the_base_model(tmp_path):
 _WITHOUT_TILESPARSE = textwrap.dedent("""
     import sys, torch
     from transformers import {cls}
-    model = {cls}.from_pretrained(sys.argv[1]).eval()
+    try:
+        model = {cls}.from_pretrained(sys.argv[1], **{kwargs}).eval()
+    except Exception as e:
+        print(f"{{type(e).__name__}}: {{e}}")
+        sys.exit(3 if "tilesparse" not in sys.modules else 4)
     assert "tilesparse" not in sys.modules
     torch.save(model(torch.load(sys.argv[2])).last_hidden_state, sys.argv[3])
 """)
 
 
-def _load_without_tilesparse(tmp_path, cls):
+def _load_without_tilesparse(tmp_path, cls, **kwargs):
     torch.save(IDS, tmp_path / "ids.pt")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # this tree's tilesparse not importable
-    return subprocess.run([sys.executable, "-c", _WITHOUT_TILESPARSE.format(cls=cls), str(tmp_path / "m"),
-                           str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # and the script never imports tilesparse
+    code = _WITHOUT_TILESPARSE.format(cls=cls, kwargs=repr(kwargs))
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path / "m"), str(tmp_path / "ids.pt"),
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
 
 
+@pytest.mark.parametrize("final,pattern", [(False, "tew"), (True, "tw")])
 @pytest.mark.parametrize("cls", ["AutoModel", "BertModel"])
-def test_finalized_checkpoint_without_tilesparse_is_an_error_not_random_layers(tmp_path, cls):
-    _sparse_bert("tw", final=True).save_pretrained(tmp_path / "m")
+def test_checkpoint_without_tilesparse_is_an_error_naming_tilesparse(tmp_path, cls, final, pattern):
+    # transformers only warns about the unknown quant_method; the fusion_config entry makes it raise
+    # (before any layer is built or weight read), for masked and finalized checkpoints alike
+    _sparse_bert(pattern, final=final).save_pretrained(tmp_path / "m")
     r = _load_without_tilesparse(tmp_path, cls)
-    assert r.returncode != 0, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
     assert not (tmp_path / "out.pt").exists()
-    assert "tilesparse" in r.stderr  # transformers: "Unknown quantization type, got tilesparse"
-    assert "size mismatch" in r.stderr.lower() or "ignore_mismatched_sizes" in r.stderr
+    error = r.stdout.strip().splitlines()[-1]
+    assert error.startswith("ValueError") and "`import tilesparse` before from_pretrained" in error, error
+    assert REQUIRES_TILESPARSE in error
 
 
-def test_masked_checkpoint_without_tilesparse_loads_the_same_dense_function(tmp_path):
-    # a masked layer's checkpoint holds the full weight with the pruned entries at zero: without
-    # tilesparse, transformers loads it as the dense layer it is (same outputs), and names tilesparse
-    model = _sparse_bert("tew", final=False)
-    ref = model(IDS).last_hidden_state
-    model.save_pretrained(tmp_path / "m")
-    r = _load_without_tilesparse(tmp_path, "BertModel")
-    assert r.returncode == 0, r.stderr
-    assert "tilesparse" in r.stderr
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), ref, rtol=1e-5, atol=1e-6)
+def test_finalized_checkpoint_without_tilesparse_and_its_fusion_entry_still_stops_at_the_guards(tmp_path):
+    # `fusion_config={}` replaces the config's entry: the empty `<layer>.weight` guards still give a size mismatch
+    _sparse_bert("tw", final=True).save_pretrained(tmp_path / "m")
+    r = _load_without_tilesparse(tmp_path, "BertModel", fusion_config={})
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert not (tmp_path / "out.pt").exists()
+    assert "size mismatch" in r.stderr.lower() or "ignore_mismatched_sizes" in r.stdout + r.stderr
+
+
+def test_fusion_entry_is_written_removed_on_load_and_written_again(tmp_path):
+    model = _sparse_bert("tw", final=False)
+    model.config.fusion_config = {"patch_embeddings": False}  # a user's own entries stay
+    tilesparse.integrations.transformers.attach(model)
+    assert model.config.fusion_config == {REQUIRES_TILESPARSE: True, "patch_embeddings": False}
+    model.save_pretrained(tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "config.json").read_text())["fusion_config"]
+    assert written == {REQUIRES_TILESPARSE: True, "patch_embeddings": False}
+    loaded = BertModel.from_pretrained(tmp_path / "a").eval()
+    assert loaded.config.fusion_config == {REQUIRES_TILESPARSE: True, "patch_embeddings": False}
+    loaded.save_pretrained(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["fusion_config"] == written
+    torch.testing.assert_close(loaded(IDS).last_hidden_state, model(IDS).last_hidden_state, rtol=0, atol=0)
+
+
+def test_checkpoint_without_the_fusion_entry_still_loads(tmp_path):
+    # written before the entry existed, or by a tilesparse whose wording differs (any "tilesparse:" key is ours)
+    model = _sparse_bert("tew", final=True)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for fusion in (None, {"tilesparse: another wording": True}):
+        if fusion is None:
+            config.pop("fusion_config")
+        else:
+            config["fusion_config"] = fusion
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        loaded = AutoModel.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(loaded(IDS).last_hidden_state, model(IDS).last_hidden_state, rtol=0, atol=0)
 
 
 def test_copied_and_pickled_models_record_their_own_state(tmp_path):

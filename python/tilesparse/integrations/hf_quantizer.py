@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 import weakref
+from collections.abc import Mapping
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -21,9 +22,47 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from .. import serialization
 from ..sparsify import _set_submodule
 
-__all__ = ["TileSparseConfig", "TileSparseHfQuantizer", "attach", "QUANT_METHOD"]
+__all__ = ["TileSparseConfig", "TileSparseHfQuantizer", "attach", "QUANT_METHOD", "REQUIRES_TILESPARSE"]
 
 QUANT_METHOD = "tilesparse"
+
+# The one `fusion_config` entry of a tile-sparse model's config.json. transformers (5.x) only *warns* about an
+# unknown `quant_method` and would go on to build a dense model (random or dense-equivalent layers), but it
+# validates `fusion_config` in from_pretrained, after the quantizer is chosen and before any weight is read:
+# without tilesparse imported it raises `ValueError: Unknown fusion type: <this key>`; with tilesparse imported
+# TileSparseHfQuantizer.update_attn_implementation removes the entry first. Any key starting with
+# _MARKER_PREFIX is ours, so checkpoints keep loading if the wording changes.
+_MARKER_PREFIX = "tilesparse:"
+REQUIRES_TILESPARSE = (f"{_MARKER_PREFIX} this checkpoint was saved by tilesparse (tile-sparse layers); "
+                       "`import tilesparse` before from_pretrained")
+
+
+def _is_marker(key) -> bool:
+    return isinstance(key, str) and key.startswith(_MARKER_PREFIX)
+
+
+def _mark(config) -> None:
+    """Adds the REQUIRES_TILESPARSE entry to ``config.fusion_config`` (first; any fusions already there stay)."""
+    current = getattr(config, "fusion_config", None)
+    if current is not None and not isinstance(current, Mapping):
+        return  # not ours to rewrite (transformers rejects it anyway); the finalized layers' guards still apply
+    others = {k: v for k, v in (current or {}).items() if not _is_marker(k)}
+    config.fusion_config = {REQUIRES_TILESPARSE: True, **others}
+
+
+def _unmark(config) -> None:
+    """Removes tilesparse's entry from ``config.fusion_config`` (and the attribute if nothing else is left)."""
+    current = getattr(config, "fusion_config", None)
+    if not isinstance(current, Mapping) or not any(_is_marker(k) for k in current):
+        return
+    others = {k: v for k, v in current.items() if not _is_marker(k)}
+    if others:
+        config.fusion_config = others
+        return
+    try:
+        delattr(config, "fusion_config")
+    except AttributeError:
+        config.fusion_config = None
 
 
 class TileSparseConfig(QuantizationConfigMixin):
@@ -101,6 +140,7 @@ def attach(model: nn.Module) -> None:
         raise ValueError(f"model {type(model).__name__} is already quantized with {current!r}: tilesparse cannot "
                          "record its layers in the same config")
     config.quantization_config = TileSparseConfig().bind(model)
+    _mark(config)
     # save_pretrained takes the state dict from model.hf_quantizer (get_state_dict_and_metadata): that is where
     # the finalized layers' guards are added. `is_quantized` stays unset, so .half()/.float() keep working.
     if not isinstance(getattr(model, "hf_quantizer", None), TileSparseHfQuantizer):
@@ -114,8 +154,10 @@ def _guard_keys(model: nn.Module):
     """``<layer>.weight`` of every finalized layer: the key a dense model expects
     there. save_pretrained stores an empty tensor under it, so that transformers
     without tilesparse imported stops with a size mismatch on that key instead
-    of silently initialising a random weight (it only *warns* about an unknown
-    ``quant_method``); with tilesparse imported the key is ignored."""
+    of silently initialising a random weight where the REQUIRES_TILESPARSE
+    entry does not stop it first (transformers without ``fusion_config``, or a
+    ``fusion_config=`` argument that replaces it); with tilesparse imported the
+    key is ignored."""
     return [f"{fqn}.{GUARD}" if fqn else GUARD for fqn, m in serialization.sparse_layers(model)
             if getattr(m, "finalized", False)]
 
@@ -153,6 +195,14 @@ class TileSparseHfQuantizer(HfQuantizer):
             raise ValueError("TileSparseConfig describes a saved sparse model: prune a model with "
                              "tilesparse.sparsify / tilesparse.Pruner instead of passing it to from_pretrained")
 
+    def update_attn_implementation(self, config):
+        # from_pretrained hands the model's config to the quantizer here, before it reads `fusion_config`
+        parent = getattr(super(), "update_attn_implementation", None)
+        if parent is not None:
+            config = parent(config)
+        _unmark(config)
+        return config
+
     def _process_model_before_weight_loading(self, model, **kwargs):
         self._built = {}
         for fqn, entry in self.quantization_config.layers.items():
@@ -176,6 +226,7 @@ class TileSparseHfQuantizer(HfQuantizer):
         self._built = {}
         if isinstance(self.quantization_config, TileSparseConfig):
             self.quantization_config.bind(model)
+        _mark(model.config)  # saving the loaded model again writes the entry again
         return model
 
     def get_state_dict_and_metadata(self, model):
@@ -183,6 +234,7 @@ class TileSparseHfQuantizer(HfQuantizer):
         config = getattr(model.config, "quantization_config", None)
         if isinstance(config, TileSparseConfig):
             config.bind(model)
+        _mark(model.config)
         state = model.state_dict()
         ref = next((t for t in state.values() if t.is_floating_point()), None)
         for key in _guard_keys(model):

@@ -21,10 +21,18 @@ point ``from_pretrained`` consults for *every* model class (``AutoModel*``,
 subclasses or ``AutoConfig.register`` would need one registration per
 architecture.
 
+**Without tilesparse imported**, ``from_pretrained`` of that directory
+raises ``ValueError: Unknown fusion type: tilesparse: ... `import tilesparse`
+before from_pretrained`` (masked or finalized): the config also carries the
+``fusion_config`` entry :data:`REQUIRES_TILESPARSE`, which transformers
+validates before building the model, and which the quantizer removes first when
+tilesparse is imported (see :mod:`tilesparse.integrations.hf_quantizer`).
+
 **Trainer.** :class:`PruningCallback` runs a :class:`tilesparse.Pruner`
 (gradual or staged) inside ``Trainer.train()``.
 """
-from .hf_quantizer import QUANT_METHOD, TileSparseConfig, TileSparseHfQuantizer, attach
+from .hf_quantizer import QUANT_METHOD, REQUIRES_TILESPARSE, TileSparseConfig, TileSparseHfQuantizer, attach
 from .trainer import PruningCallback
 
-__all__ = ["TileSparseConfig", "TileSparseHfQuantizer", "attach", "PruningCallback", "QUANT_METHOD"]
+__all__ = ["TileSparseConfig", "TileSparseHfQuantizer", "attach", "PruningCallback", "QUANT_METHOD",
+           "REQUIRES_TILESPARSE"]
