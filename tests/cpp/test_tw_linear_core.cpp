@@ -303,8 +303,7 @@ struct FusedKernels {
 };
 
 const FusedKernels kAvx512{"avx512", &avx512::available, &avx512::forward, &avx512::grad_input,
-                           [](const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k,
-                              float* gv, int64_t, const Pf& pf) { avx512::grad_values(l, gy, x, m, n, k, gv, pf); }};
+                           &avx512::grad_values};
 const FusedKernels kAvx2{"avx2", &avx2::available, &avx2::forward, &avx2::grad_input, &avx2::grad_values};
 
 // Problems for the fused kernels: the shared ones, their padded forms, and
