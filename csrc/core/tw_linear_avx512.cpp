@@ -103,17 +103,30 @@ TS_AVX512 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, i
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(yr + r * o.ldy + 16 * v, mk[v], c[r][v]);
-  } else {  // outputs regrouped by 2-D TW: scatter through a small buffer
-    alignas(64) float tmp[R * FW];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
+  } else {  // scattered outputs (2-D TW, grad_input's kept inputs): gather, add, scatter 16 at a time.
+            // The indices are distinct (cols and a tile's kept rows are strictly increasing), so
+            // one scatter never writes an element twice.
+    __m512i ix[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) _mm512_store_ps(tmp + r * FW + 16 * v, c[r][v]);
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < o.width; ++j) {
-        float& dst = yr[r * o.ldy + o.cols[j]];
-        dst = (o.accumulate ? dst : o.bias ? o.bias[o.cols[j]] : 0.f) + tmp[r * FW + j];
+    for (int v = 0; v < NV; ++v) ix[v] = _mm512_maskz_loadu_epi32(mk[v], o.cols + 16 * v);
+    __m512 base[NV];
+    if (!o.accumulate) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        base[v] = o.bias ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[v], ix[v], o.bias, 4)
+                         : _mm512_setzero_ps();
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      float* row = yr + r * o.ldy;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        if (!mk[v]) continue;
+        const __m512 prev = o.accumulate ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[v], ix[v], row, 4)
+                                         : base[v];
+        _mm512_mask_i32scatter_ps(row, mk[v], ix[v], _mm512_add_ps(prev, c[r][v]), 4);
       }
+    }
   }
 }
 
