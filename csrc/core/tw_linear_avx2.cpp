@@ -126,11 +126,20 @@ TS_AVX2 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, int
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) _mm256_store_ps(tmp + r * FW + 8 * v, c[r][v]);
-    for (int r = 0; r < R; ++r)
+    if (o.accumulate) {  // column by column: one index load for the R rows
       for (int64_t j = 0; j < o.width; ++j) {
-        float& dst = yr[r * o.ldy + o.cols[j]];
-        dst = (o.accumulate ? dst : o.bias ? o.bias[o.cols[j]] : 0.f) + tmp[r * FW + j];
+        float* dst = yr + o.cols[j];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) dst[r * o.ldy] += tmp[r * FW + j];
       }
+    } else {
+      for (int64_t j = 0; j < o.width; ++j) {
+        float* dst = yr + o.cols[j];
+        const float b0 = o.bias ? o.bias[o.cols[j]] : 0.f;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) dst[r * o.ldy] = b0 + tmp[r * FW + j];
+      }
+    }
   }
 }
 
@@ -147,12 +156,13 @@ void fwd_micro(int64_t rows, const float* x, int64_t ldx, const int32_t* idx, in
 #undef TS_CASE
 }
 
-// out[j * ldo + r] += sum_i xg[i * FR + r] * gp[i * FW + j] for r < R,
+// out[j * ldo + r] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R,
 // j < width: both operands packed (contiguous, so L1 holds them: in place,
 // rows of gy and x a multiple of 4 KiB apart all map to one L1 set), 16
 // output gradients per load, the R x 16 result added transposed.
 template <int R>
-TS_AVX2 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+TS_AVX2 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, int64_t width, float* out,
+                         int64_t ldo) {
   __m256 c[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -165,7 +175,7 @@ TS_AVX2 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_
     for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(gp + i * FW + 8 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(xg + i * FR + r);
+      const __m256 a = _mm256_broadcast_ss(xg + i * ldxg + r);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(a, bv[v], c[r][v]);
     }
@@ -179,14 +189,15 @@ TS_AVX2 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_
     for (int r = 0; r < R; ++r) out[j * ldo + r] += tmp[r * FW + j];
 }
 
-void gv_micro(int64_t rows, const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, int64_t width, float* out,
+              int64_t ldo) {
   switch (rows) {
-    case 6: return gv_micro_impl<6>(xg, len, gp, width, out, ldo);
-    case 5: return gv_micro_impl<5>(xg, len, gp, width, out, ldo);
-    case 4: return gv_micro_impl<4>(xg, len, gp, width, out, ldo);
-    case 3: return gv_micro_impl<3>(xg, len, gp, width, out, ldo);
-    case 2: return gv_micro_impl<2>(xg, len, gp, width, out, ldo);
-    default: return gv_micro_impl<1>(xg, len, gp, width, out, ldo);
+    case 6: return gv_micro_impl<6>(xg, ldxg, len, gp, width, out, ldo);
+    case 5: return gv_micro_impl<5>(xg, ldxg, len, gp, width, out, ldo);
+    case 4: return gv_micro_impl<4>(xg, ldxg, len, gp, width, out, ldo);
+    case 3: return gv_micro_impl<3>(xg, ldxg, len, gp, width, out, ldo);
+    case 2: return gv_micro_impl<2>(xg, ldxg, len, gp, width, out, ldo);
+    default: return gv_micro_impl<1>(xg, ldxg, len, gp, width, out, ldo);
   }
 }
 
@@ -203,6 +214,26 @@ TS_AVX2 void pack_gy_panel(const float* g, int64_t ldg, int64_t h, int64_t width
   for (int64_t i = 0; i < h; ++i) {
     _mm256_storeu_ps(gp + i * FW, _mm256_maskload_ps(g + i * ldg, m0));
     _mm256_storeu_ps(gp + i * FW + 8, _mm256_maskload_ps(g + i * ldg + 8, m1));
+  }
+}
+
+// xg[i * GPC + p] = x[i * ldx + rows[p]] for i < h, p < len (<= GPC), 8
+// kept inputs per vector gather (zero past len); the next rows' span of x is
+// prefetched (rows a multiple of 4 KiB apart defeat the hardware prefetcher).
+TS_AVX2 void gather_x_rows(const float* x, int64_t ldx, int64_t h, const int32_t* rows, int64_t len, float* xg) {
+  constexpr int64_t NQ = (GPC + 7) / 8;
+  alignas(32) int32_t idx[NQ * 8];
+  for (int64_t p = 0; p < NQ * 8; ++p) idx[p] = p < len ? rows[p] : rows[len - 1];  // past len: a valid address
+  const int64_t nq = (len + 7) / 8, span0 = rows[0], span1 = rows[len - 1];
+  constexpr int64_t ahead = 4;
+  for (int64_t i = 0; i < h; ++i) {
+    const float* xr = x + i * ldx;
+    if (i + ahead < h)
+      for (int64_t c = span0; c <= span1 + 15; c += 16)
+        _mm_prefetch(reinterpret_cast<const char*>(xr + ahead * ldx + std::min(c, span1)), _MM_HINT_T0);
+    for (int64_t v = 0; v < nq; ++v)
+      _mm256_storeu_ps(xg + i * GPC + 8 * v,
+                       _mm256_i32gather_ps(xr, _mm256_load_si256(reinterpret_cast<const __m256i*>(idx + 8 * v)), 4));
   }
 }
 
@@ -298,7 +329,8 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
 
 void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k, float* gv,
                  int64_t workers, const ParallelFn& parallel_for) {
-  fused::grad_values_items<FR, FW, GPC, GMB>(l, gy, x, m, n, k, gv, workers, parallel_for, pack_gy_panel, gv_micro);
+  fused::grad_values_items<FR, FW, GPC>(l, gy, x, m, n, k, gv, workers, GMB, parallel_for, gather_x_rows,
+                                        pack_gy_panel, gv_micro);
 }
 
 #else  // no AVX2 build support: never selected

@@ -36,11 +36,12 @@ constexpr int64_t FW = 16 * NV;
 // 48 KiB L1 / 2 MiB L2 against 128-512.
 constexpr int64_t FKC = 1024;
 
-// grad_values: kept inputs per work item, and rows of the reduction per pass
-// (the item's x columns of a pass stay in L2 while its 64-output gy panel,
-// 32 KiB at 128 rows, stays in a 48 KiB L1).
+// grad_values: kept inputs per work item (a multiple of 16), and rows of the
+// reduction per pass: the item's gathered x (144 KiB) and 64-output gy panel
+// (96 KiB) stay in L2; longer passes amortize the transposed adds to gv
+// (measured against 128-1024 rows on the Xeon of benchmarks/results).
 constexpr int64_t GPC = 96;
-constexpr int64_t GMB = 128;
+constexpr int64_t GMB = 384;
 
 // Per-core L2 size from the OS (glibc reads CPUID), 1 MiB when unknown.
 int64_t l2_bytes() {
@@ -179,11 +180,12 @@ TS_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int64_t ld
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
 }
 
-// out[j * ldo + r] += sum_i xg[i * FR + r] * gp[i * FW + j] for r < R,
+// out[j * ldo + r] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R,
 // j < width: both operands packed (contiguous, so L1 holds them), 64 output
 // gradients per 4 loads, the R x 64 result added transposed.
 template <int R>
-TS_AVX512 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+TS_AVX512 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, int64_t width, float* out,
+                         int64_t ldo) {
   __m512 c[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -196,7 +198,7 @@ TS_AVX512 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int6
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(gp + i * FW + 16 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(xg[i * FR + r]);
+      const __m512 a = _mm512_set1_ps(xg[i * ldxg + r]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, bv[v], c[r][v]);
     }
@@ -210,14 +212,15 @@ TS_AVX512 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int6
     for (int r = 0; r < R; ++r) out[j * ldo + r] += tmp[r * FW + j];
 }
 
-void gv_micro(int64_t rows, const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, int64_t width, float* out,
+              int64_t ldo) {
   switch (rows) {
-    case 6: return gv_micro_impl<6>(xg, len, gp, width, out, ldo);
-    case 5: return gv_micro_impl<5>(xg, len, gp, width, out, ldo);
-    case 4: return gv_micro_impl<4>(xg, len, gp, width, out, ldo);
-    case 3: return gv_micro_impl<3>(xg, len, gp, width, out, ldo);
-    case 2: return gv_micro_impl<2>(xg, len, gp, width, out, ldo);
-    default: return gv_micro_impl<1>(xg, len, gp, width, out, ldo);
+    case 6: return gv_micro_impl<6>(xg, ldxg, len, gp, width, out, ldo);
+    case 5: return gv_micro_impl<5>(xg, ldxg, len, gp, width, out, ldo);
+    case 4: return gv_micro_impl<4>(xg, ldxg, len, gp, width, out, ldo);
+    case 3: return gv_micro_impl<3>(xg, ldxg, len, gp, width, out, ldo);
+    case 2: return gv_micro_impl<2>(xg, ldxg, len, gp, width, out, ldo);
+    default: return gv_micro_impl<1>(xg, ldxg, len, gp, width, out, ldo);
   }
 }
 
@@ -231,6 +234,29 @@ TS_AVX512 void pack_gy_panel(const float* g, int64_t ldg, int64_t h, int64_t wid
   for (int64_t i = 0; i < h; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(gp + i * FW + 16 * v, _mm512_maskz_loadu_ps(mk[v], g + i * ldg + 16 * v));
+}
+
+// xg[i * GPC + p] = x[i * ldx + rows[p]] for i < h, p < len (<= GPC), 16
+// kept inputs per vector gather (zero past len); the next rows' span of x is
+// prefetched (rows a multiple of 4 KiB apart defeat the hardware prefetcher).
+TS_AVX512 void gather_x_rows(const float* x, int64_t ldx, int64_t h, const int32_t* rows, int64_t len, float* xg) {
+  constexpr int64_t NQ = (GPC + 15) / 16;
+  __m512i ix[NQ];
+  __mmask16 mk[NQ];
+  for (int64_t v = 0; v < NQ; ++v) {
+    const int64_t rem = len - 16 * v;
+    mk[v] = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1);
+    ix[v] = _mm512_maskz_loadu_epi32(mk[v], rows + 16 * v);
+  }
+  const int64_t nq = (len + 15) / 16, span0 = rows[0], span1 = rows[len - 1];
+  constexpr int64_t ahead = 4;
+  for (int64_t i = 0; i < h; ++i) {
+    const float* xr = x + i * ldx;
+    if (i + ahead < h)
+      for (int64_t c = span0; c <= span1 + 15; c += 16) _mm_prefetch(reinterpret_cast<const char*>(xr + ahead * ldx + std::min(c, span1)), _MM_HINT_T0);
+    for (int64_t v = 0; v < nq; ++v)
+      _mm512_storeu_ps(xg + i * GPC + 16 * v, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[v], ix[v], xr, 4));
+  }
 }
 
 // A per-thread buffer that only grows: the packed weight is rebuilt every
@@ -305,7 +331,8 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
 
 void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k, float* gv,
                  int64_t workers, const ParallelFn& parallel_for) {
-  fused::grad_values_items<FR, FW, GPC, GMB>(l, gy, x, m, n, k, gv, workers, parallel_for, pack_gy_panel, gv_micro);
+  fused::grad_values_items<FR, FW, GPC>(l, gy, x, m, n, k, gv, workers, GMB, parallel_for, gather_x_rows,
+                                        pack_gy_panel, gv_micro);
 }
 
 #else  // no AVX-512 build support: never selected

@@ -192,16 +192,17 @@ void grad_input_panels(const LayoutView& l, const float* pk, const std::vector<i
 // gv = packed(gy^T @ x). Work items: (tile, chunk of GPC kept inputs); each
 // owns its [g, chunk] slice of gv and sums over all of m, so no two items
 // write the same gradient and no partial sums are added. Per pass of GMB
-// rows an item gathers its x columns as groups of FR kept inputs ([h][FR]
-// each, contiguous) and packs the tile's gy as [h][FW] panels, both small
-// enough for L1/L2, then micro-kernel gv_micro(rows, xg, h, gp, width, out,
-// ldo) adds the FR x width result, transposed, to gv.
-// pack_gy(g, ldg, h, width, gp): gp[i * FW + j] = g[i * ldg + j], zero past width.
-template <int64_t FR, int64_t FW, int64_t GPC, int64_t GMB, typename PackGy, typename GvMicro,
+// rows an item gathers its x columns, gather_x(x, ldx, h, rows, len, xg):
+// xg[i * GPC + p] = x[i * ldx + rows[p]] (vector gathers), packs the tile's
+// gy as [h][FW] panels, pack_gy(g, ldg, h, width, gp): gp[i * FW + j] =
+// g[i * ldg + j], zero past width, both sized for L2, and micro-kernel
+// gv_micro(rows, xg, ldxg, h, gp, width, out, ldo) adds each FR x width
+// result, transposed, to gv.
+template <int64_t FR, int64_t FW, int64_t GPC, typename GatherX, typename PackGy, typename GvMicro,
           typename ParallelFor>
 void grad_values_items(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k,
-                       float* gv, int64_t workers, const ParallelFor& parallel_for, PackGy&& pack_gy,
-                       GvMicro&& gv_micro) {
+                       float* gv, int64_t workers, int64_t GMB, const ParallelFor& parallel_for, GatherX&& gather_x,
+                       PackGy&& pack_gy, GvMicro&& gv_micro) {
   const int64_t nv = num_values(l);
   std::fill(gv, gv + nv, 0.f);
   if (m <= 0 || nv == 0) return;
@@ -230,7 +231,7 @@ void grad_values_items(const LayoutView& l, const float* gy, const float* x, int
     if (chunk <= 2 * FR || static_cast<int64_t>(items.size()) >= 4 * workers) break;
   }
   parallel_for(0, static_cast<int64_t>(items.size()), [&](int64_t a, int64_t b) {
-    std::vector<float> xg((GPC + FR - 1) / FR * FR * GMB), gp(GMB * FW);
+    std::vector<float> xg(GPC * GMB), gp(GMB * FW);
     // Row blocks outside the items: a worker's consecutive items are chunks
     // of the same tile, so the tile's gy rows of the block stay in L2.
     for (int64_t i0 = 0; i0 < m; i0 += GMB) {
@@ -242,31 +243,13 @@ void grad_values_items(const LayoutView& l, const float* gy, const float* x, int
         const bool contiguous = all_contiguous || l.cols_contiguous(t);
         const float* gsrc = contiguous ? gy + l.cols[t * l.tile] : gyc.data() + t * l.tile;
         const int64_t ldg = contiguous ? n : l.num_cols;
-        const int32_t* rows = l.rows + l.row_offsets[t] + p0;
         float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
-        // The chunk's kept inputs span x[i, rows[0] .. rows[len-1]]: rows a
-        // multiple of 4 KiB apart defeat the hardware prefetcher (it stays
-        // within a page), so the next rows' span is prefetched by hand.
-        constexpr int64_t ahead = 4;
-        const int64_t span0 = rows[0], span1 = rows[len - 1];
-        for (int64_t r0 = 0; r0 < len; r0 += FR) {  // a group past len repeats its last feature (ignored)
-          int64_t ri[FR];
-          for (int64_t r = 0; r < FR; ++r) ri[r] = rows[r0 + std::min(r, len - r0 - 1)];
-          float* d = xg.data() + r0 * h;
-          const float* xr = x + i0 * k;
-          for (int64_t i = 0; i < h; ++i, xr += k, d += FR) {
-            if (r0 == 0 && i + ahead < h)
-              for (int64_t c = span0; c <= span1 + 15; c += 16)
-                __builtin_prefetch(xr + ahead * k + std::min(c, span1));
-#pragma GCC unroll 8
-            for (int64_t r = 0; r < FR; ++r) d[r] = xr[ri[r]];
-          }
-        }
+        gather_x(x + i0 * k, k, h, l.rows + l.row_offsets[t] + p0, len, xg.data());
         for (int64_t q = 0; q * FW < g; ++q) {
           const int64_t width = std::min(FW, g - q * FW);
           pack_gy(gsrc + i0 * ldg + q * FW, ldg, h, width, gp.data());
           for (int64_t r0 = 0; r0 < len; r0 += FR)
-            gv_micro(std::min(FR, len - r0), xg.data() + r0 * h, h, gp.data(), width, gvt + q * FW * kt + r0, kt);
+            gv_micro(std::min(FR, len - r0), xg.data() + r0, GPC, h, gp.data(), width, gvt + q * FW * kt + r0, kt);
         }
       }
     }
