@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -50,6 +51,27 @@ template <typename ParallelFor, typename Fn>
 void maybe_parallel(bool serial, const ParallelFor& parallel_for, int64_t begin, int64_t end, Fn&& fn) {
   if (serial) fn(begin, end);
   else parallel_for(begin, end, fn);
+}
+
+// fn(begin, end) over [0, total) in units of `unit` items, handed out on
+// demand to `workers` tasks: on a shared machine a worker may start a
+// scheduler tick (4 ms) late or be preempted, and with a static split the
+// others then wait for its share; here they take it.
+template <typename ParallelFor, typename Fn>
+void dynamic_for(const ParallelFor& parallel_for, int64_t workers, int64_t total, int64_t unit, Fn&& fn) {
+  if (total <= 0) return;
+  unit = std::max<int64_t>(1, unit);
+  const int64_t units = (total + unit - 1) / unit;
+  workers = std::max<int64_t>(1, std::min(workers, units));
+  if (workers == 1) {
+    parallel_for(0, units, [&](int64_t u0, int64_t u1) { fn(u0 * unit, std::min(total, u1 * unit)); });
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  parallel_for(0, workers, [&](int64_t, int64_t) {
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;)
+      fn(u * unit, std::min(total, (u + 1) * unit));
+  });
 }
 
 // idx[0..w) is one run of consecutive features (duplicates, e.g. padding
@@ -96,7 +118,7 @@ void forward_panels(const LayoutView& l, const float* panels, const std::vector<
   const auto [mb, blocks] = row_blocks(m, k, workers, FR, l2_bytes);
   const int64_t groups = blocks >= workers ? 1 : std::min<int64_t>(std::max<int64_t>(1, l.num_tiles),
                                                                     (workers + blocks - 1) / blocks);
-  parallel_for(0, blocks * groups, [&](int64_t w0, int64_t w1) {
+  dynamic_for(parallel_for, workers, blocks * groups, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t item = w0; item < w1; ++item) {
       const int64_t b = item / groups, grp = item % groups;
       const int64_t i0 = b * mb, h = std::min(mb, m - i0);
@@ -166,7 +188,7 @@ void grad_input_panels(const LayoutView& l, const float* pk, const std::vector<i
                        int64_t m, int64_t n, float* gx, int64_t k, int64_t workers, int64_t l2_bytes,
                        const ParallelFor& parallel_for, Micro&& micro) {
   const auto [mb, blocks] = row_blocks(m, n + k, std::max<int64_t>(1, workers), FR, l2_bytes);
-  parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
+  dynamic_for(parallel_for, workers, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i0 = b * mb, h = std::min(mb, m - i0);
       std::fill(gx + i0 * k, gx + (i0 + h) * k, 0.f);
@@ -230,7 +252,11 @@ void grad_values_items(const LayoutView& l, const float* gy, const float* x, int
         for (int64_t p0 = 0; p0 < l.tile_kept(t); p0 += chunk) items.emplace_back(t, p0);  // padding keeps 0
     if (chunk <= 2 * FR || static_cast<int64_t>(items.size()) >= 4 * workers) break;
   }
-  parallel_for(0, static_cast<int64_t>(items.size()), [&](int64_t a, int64_t b) {
+  // Units of consecutive items (a quarter of a worker's share): each does all
+  // of m for its items, so no two workers add to the same gradient.
+  const int64_t num_items = static_cast<int64_t>(items.size());
+  dynamic_for(parallel_for, workers, num_items, std::max<int64_t>(1, num_items / (4 * workers)),
+              [&](int64_t a, int64_t b) {
     std::vector<float> xg(GPC * GMB), gp(GMB * FW);
     // Row blocks outside the items: a worker's consecutive items are chunks
     // of the same tile, so the tile's gy rows of the block stay in L2.
