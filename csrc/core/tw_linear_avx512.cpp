@@ -180,17 +180,17 @@ TS_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int64_t ld
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
 }
 
-// out[j * ldo + r] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R,
-// j < width: both operands packed (contiguous, so L1 holds them), 64 output
-// gradients per 4 loads, the R x 64 result added transposed.
+// acc[r * FW + j] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R, j <
+// FW: both operands packed (gp is zero past the tile's width), 64 output
+// gradients per 4 loads; the R x FW accumulator tile is loaded and stored
+// once per call (no transposed scalar adds to gv per pass).
 template <int R>
-TS_AVX512 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, int64_t width, float* out,
-                         int64_t ldo) {
+TS_AVX512 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
   __m512 c[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm512_loadu_ps(acc + r * FW + 16 * v);
 #pragma GCC unroll 2
   for (int64_t i = 0; i < len; ++i) {
     __m512 bv[NV];
@@ -203,24 +203,20 @@ TS_AVX512 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const f
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, bv[v], c[r][v]);
     }
   }
-  alignas(64) float tmp[R * FW];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_store_ps(tmp + r * FW + 16 * v, c[r][v]);
-  for (int64_t j = 0; j < width; ++j)
-    for (int r = 0; r < R; ++r) out[j * ldo + r] += tmp[r * FW + j];
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + r * FW + 16 * v, c[r][v]);
 }
 
-void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, int64_t width, float* out,
-              int64_t ldo) {
+void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
   switch (rows) {
-    case 6: return gv_micro_impl<6>(xg, ldxg, len, gp, width, out, ldo);
-    case 5: return gv_micro_impl<5>(xg, ldxg, len, gp, width, out, ldo);
-    case 4: return gv_micro_impl<4>(xg, ldxg, len, gp, width, out, ldo);
-    case 3: return gv_micro_impl<3>(xg, ldxg, len, gp, width, out, ldo);
-    case 2: return gv_micro_impl<2>(xg, ldxg, len, gp, width, out, ldo);
-    default: return gv_micro_impl<1>(xg, ldxg, len, gp, width, out, ldo);
+    case 6: return gv_micro_impl<6>(xg, ldxg, len, gp, acc);
+    case 5: return gv_micro_impl<5>(xg, ldxg, len, gp, acc);
+    case 4: return gv_micro_impl<4>(xg, ldxg, len, gp, acc);
+    case 3: return gv_micro_impl<3>(xg, ldxg, len, gp, acc);
+    case 2: return gv_micro_impl<2>(xg, ldxg, len, gp, acc);
+    default: return gv_micro_impl<1>(xg, ldxg, len, gp, acc);
   }
 }
 
@@ -331,8 +327,8 @@ void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, cons
 
 void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k, float* gv,
                  int64_t workers, const ParallelFn& parallel_for) {
-  fused::grad_values_items<FR, FW, GPC>(l, gy, x, m, n, k, gv, workers, GMB, parallel_for, gather_x_rows,
-                                        pack_gy_panel, gv_micro);
+  fused::grad_values_items<FR, FW, GPC>(l, gy, x, m, n, k, gv, workers, fused::grad_values_rows(k, l2_bytes(), GMB),
+                                        parallel_for, gather_x_rows, pack_gy_panel, gv_micro);
 }
 
 #else  // no AVX-512 build support: never selected

@@ -211,24 +211,39 @@ void grad_input_panels(const LayoutView& l, const float* pk, const std::vector<i
   });
 }
 
+// Rows per grad_values pass: the pass's block of x (every tile reads nearly
+// every line of it) should stay in L2 while the tiles stream by, so x is
+// read from memory once per pass, not once per tile (a tile's gy columns
+// are only reused by its own, consecutive, items). Longer passes amortize
+// the gathers' and panels' setup.
+inline int64_t grad_values_rows(int64_t k, int64_t l2_bytes, int64_t max_rows) {
+  const int64_t fit = l2_bytes / 2 / (4 * std::max<int64_t>(1, k));
+  return std::max<int64_t>(48, std::min<int64_t>(max_rows, fit / 16 * 16));
+}
+
 // gv = packed(gy^T @ x). Work items: (tile, chunk of GPC kept inputs); each
 // owns its [g, chunk] slice of gv and sums over all of m, so no two items
-// write the same gradient and no partial sums are added. Per pass of GMB
-// rows an item gathers its x columns, gather_x(x, ldx, h, rows, len, xg):
-// xg[i * GPC + p] = x[i * ldx + rows[p]] (vector gathers), packs the tile's
-// gy as [h][FW] panels, pack_gy(g, ldg, h, width, gp): gp[i * FW + j] =
-// g[i * ldg + j], zero past width, both sized for L2, and micro-kernel
-// gv_micro(rows, xg, ldxg, h, gp, width, out, ldo) adds each FR x width
-// result, transposed, to gv.
+// write the same gradient and no partial sums are added. Items, in tile
+// order, are cut into 2 * workers ranges (units) handed out on demand: a
+// unit's consecutive items are chunks of one tile (its gy columns stay in
+// cache) and its pass's block of x, sized for L2, serves all its tiles. Per
+// pass of `rows` rows an item gathers its x columns, gather_x(x, ldx, h,
+// rows, len, xg): xg[i * GPC + p] = x[i * ldx + rows[p]] (vector gathers),
+// packs the tile's gy as [h][FW] panels, pack_gy(g, ldg, h, width, gp):
+// gp[i * FW + j] = g[i * ldg + j], zero past width, and micro-kernel
+// gv_micro(rows, xg, ldxg, h, gp, acc) adds to an FR x FW accumulator tile
+// acc[r * FW + j] kept for the unit over all passes; the tiles are written,
+// transposed, to gv at the end.
 template <int64_t FR, int64_t FW, int64_t GPC, typename GatherX, typename PackGy, typename GvMicro,
           typename ParallelFor>
 void grad_values_items(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k,
-                       float* gv, int64_t workers, int64_t GMB, const ParallelFor& parallel_for, GatherX&& gather_x,
-                       PackGy&& pack_gy, GvMicro&& gv_micro) {
+                       float* gv, int64_t workers, int64_t rows_per_pass, const ParallelFor& parallel_for,
+                       GatherX&& gather_x, PackGy&& pack_gy, GvMicro&& gv_micro) {
   const int64_t nv = num_values(l);
   std::fill(gv, gv + nv, 0.f);
   if (m <= 0 || nv == 0) return;
   workers = std::max<int64_t>(1, workers);
+  const int64_t GMB = std::max<int64_t>(1, rows_per_pass);
   // Output gradients of regrouped (2-D) tiles, gathered once into tile order:
   // gyc[i, t * tile + j] = gy[i, cols_t[j]].
   bool all_contiguous = true;
@@ -252,31 +267,50 @@ void grad_values_items(const LayoutView& l, const float* gy, const float* x, int
         for (int64_t p0 = 0; p0 < l.tile_kept(t); p0 += chunk) items.emplace_back(t, p0);  // padding keeps 0
     if (chunk <= 2 * FR || static_cast<int64_t>(items.size()) >= 4 * workers) break;
   }
-  // Units of consecutive items (a quarter of a worker's share): each does all
-  // of m for its items, so no two workers add to the same gradient.
   const int64_t num_items = static_cast<int64_t>(items.size());
-  dynamic_for(parallel_for, workers, num_items, std::max<int64_t>(1, num_items / (4 * workers)),
-              [&](int64_t a, int64_t b) {
-    std::vector<float> xg(GPC * GMB), gp(GMB * FW);
-    // Row blocks outside the items: a worker's consecutive items are chunks
-    // of the same tile, so the tile's gy rows of the block stay in L2.
-    for (int64_t i0 = 0; i0 < m; i0 += GMB) {
-      const int64_t h = std::min(GMB, m - i0);
-      for (int64_t it = a; it < b; ++it) {
-        const auto [t, p0] = items[it];
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
-        const int64_t len = std::min(chunk, l.tile_kept(t) - p0);
-        const bool contiguous = all_contiguous || l.cols_contiguous(t);
-        const float* gsrc = contiguous ? gy + l.cols[t * l.tile] : gyc.data() + t * l.tile;
-        const int64_t ldg = contiguous ? n : l.num_cols;
-        float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
-        gather_x(x + i0 * k, k, h, l.rows + l.row_offsets[t] + p0, len, xg.data());
-        for (int64_t q = 0; q * FW < g; ++q) {
-          const int64_t width = std::min(FW, g - q * FW);
-          pack_gy(gsrc + i0 * ldg + q * FW, ldg, h, width, gp.data());
-          for (int64_t r0 = 0; r0 < len; r0 += FR)
-            gv_micro(std::min(FR, len - r0), xg.data() + r0, GPC, h, gp.data(), width, gvt + q * FW * kt + r0, kt);
+  const int64_t units = std::min<int64_t>(num_items, 2 * workers);
+  auto item_len = [&](int64_t it) { return std::min(chunk, l.tile_kept(items[it].first) - items[it].second); };
+  auto item_tiles = [&](int64_t it) {  // FR x FW accumulator tiles of an item
+    return (item_len(it) + FR - 1) / FR * ((l.tile_width(items[it].first) + FW - 1) / FW);
+  };
+  dynamic_for(parallel_for, workers, units, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<float> xg(GPC * GMB), gp(GMB * FW), acc;
+    for (int64_t u = u0; u < u1; ++u) {
+      std::vector<int64_t> mine, acc_off{0};
+      for (int64_t it = u * num_items / units; it < (u + 1) * num_items / units; ++it) {
+        mine.push_back(it);
+        acc_off.push_back(acc_off.back() + item_tiles(it) * FR * FW);
+      }
+      acc.assign(acc_off.back(), 0.f);
+      for (int64_t i0 = 0; i0 < m; i0 += GMB) {
+        const int64_t h = std::min(GMB, m - i0);
+        for (size_t e = 0; e < mine.size(); ++e) {
+          const auto [t, p0] = items[mine[e]];
+          const int64_t g = l.tile_width(t), len = item_len(mine[e]);
+          const bool contiguous = all_contiguous || l.cols_contiguous(t);
+          const float* gsrc = contiguous ? gy + l.cols[t * l.tile] : gyc.data() + t * l.tile;
+          const int64_t ldg = contiguous ? n : l.num_cols;
+          gather_x(x + i0 * k, k, h, l.rows + l.row_offsets[t] + p0, len, xg.data());
+          const int64_t panels = (g + FW - 1) / FW;
+          for (int64_t q = 0; q < panels; ++q) {
+            pack_gy(gsrc + i0 * ldg + q * FW, ldg, h, std::min(FW, g - q * FW), gp.data());
+            for (int64_t r0 = 0; r0 < len; r0 += FR)
+              gv_micro(std::min(FR, len - r0), xg.data() + r0, GPC, h, gp.data(),
+                       acc.data() + acc_off[e] + (r0 / FR * panels + q) * FR * FW);
+          }
         }
+      }
+      for (size_t e = 0; e < mine.size(); ++e) {  // gv_t[q * FW + j, p0 + r0 + r] = acc tile [r][j]
+        const auto [t, p0] = items[mine[e]];
+        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), len = item_len(mine[e]);
+        const int64_t panels = (g + FW - 1) / FW;
+        float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
+        for (int64_t r0 = 0; r0 < len; r0 += FR)
+          for (int64_t q = 0; q < panels; ++q) {
+            const float* a = acc.data() + acc_off[e] + (r0 / FR * panels + q) * FR * FW;
+            for (int64_t j = 0; j < std::min(FW, g - q * FW); ++j)
+              for (int64_t r = 0; r < std::min(FR, len - r0); ++r) gvt[(q * FW + j) * kt + r0 + r] = a[r * FW + j];
+          }
       }
     }
   });
