@@ -84,17 +84,26 @@ TS_AVX512 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, i
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
   }
+  // One base pointer per row: each broadcast is then a single load from
+  // base + idx[p] (a chain of `+ ldx` adds per kept feature, which the
+  // compiler emits otherwise, crowds the front end next to the 24 FMAs).
+  const float* xr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x + r * ldx;
+    asm("" : "+r"(xr[r]));  // opaque, so the compiler cannot fold them back into that chain
+  }
 #pragma GCC unroll 2
   for (int64_t p = 0; p < len; ++p) {
-    const float* xp = x + idx[p];
+    const int64_t ip = idx[p];
     const float* bp = b + p * ldb;
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)  // (masked loads cost an extra ALU uop: only at the edge)
       bv[v] = FullB ? _mm512_loadu_ps(bp + 16 * v) : _mm512_maskz_loadu_ps(mk[v], bp + 16 * v);
-#pragma GCC unroll 16
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(xp[r * ldx]);
+      const __m512 a = _mm512_set1_ps(xr[r][ip]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, bv[v], c[r][v]);
     }
