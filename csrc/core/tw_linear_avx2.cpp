@@ -158,15 +158,16 @@ void fwd_micro(int64_t rows, const float* x, int64_t ldx, const int32_t* idx, in
 
 // acc[r * FW + j] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R, j <
 // FW: both operands packed (gp is zero past the tile's width), 16 output
-// gradients per 2 loads; the R x FW accumulator tile is loaded and stored
-// once per call (no transposed scalar adds to gv per pass).
+// gradients per 2 loads; the call's sum (one pass of rows) is added to the
+// accumulator tile as vectors (no transposed scalar adds to gv per pass;
+// summing per pass keeps the error of a blocked sum over m).
 template <int R>
 TS_AVX2 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
   __m256 c[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) c[r][v] = _mm256_loadu_ps(acc + r * FW + 8 * v);
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_ps();
 #pragma GCC unroll 2
   for (int64_t i = 0; i < len; ++i) {
     __m256 bv[NV];
@@ -182,7 +183,7 @@ TS_AVX2 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const flo
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + r * FW + 8 * v, c[r][v]);
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + r * FW + 8 * v, _mm256_add_ps(_mm256_loadu_ps(acc + r * FW + 8 * v), c[r][v]));
 }
 
 void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {

@@ -191,15 +191,16 @@ TS_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int64_t ld
 
 // acc[r * FW + j] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R, j <
 // FW: both operands packed (gp is zero past the tile's width), 64 output
-// gradients per 4 loads; the R x FW accumulator tile is loaded and stored
-// once per call (no transposed scalar adds to gv per pass).
+// gradients per 4 loads; the call's sum (one pass of rows) is added to the
+// accumulator tile as vectors (no transposed scalar adds to gv per pass;
+// summing per pass keeps the error of a blocked sum over m).
 template <int R>
 TS_AVX512 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
   __m512 c[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) c[r][v] = _mm512_loadu_ps(acc + r * FW + 16 * v);
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
 #pragma GCC unroll 2
   for (int64_t i = 0; i < len; ++i) {
     __m512 bv[NV];
@@ -215,7 +216,7 @@ TS_AVX512 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const f
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + r * FW + 16 * v, c[r][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + r * FW + 16 * v, _mm512_add_ps(_mm512_loadu_ps(acc + r * FW + 16 * v), c[r][v]));
 }
 
 void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
