@@ -57,6 +57,7 @@ void maybe_parallel(bool serial, const ParallelFor& parallel_for, int64_t begin,
 // demand to `workers` tasks: on a shared machine a worker may start a
 // scheduler tick (4 ms) late or be preempted, and with a static split the
 // others then wait for its share; here they take it.
+// One worker (or one unit): fn(0, total) on the calling thread.
 template <typename ParallelFor, typename Fn>
 void dynamic_for(const ParallelFor& parallel_for, int64_t workers, int64_t total, int64_t unit, Fn&& fn) {
   if (total <= 0) return;
@@ -64,7 +65,7 @@ void dynamic_for(const ParallelFor& parallel_for, int64_t workers, int64_t total
   const int64_t units = (total + unit - 1) / unit;
   workers = std::max<int64_t>(1, std::min(workers, units));
   if (workers == 1) {
-    parallel_for(0, units, [&](int64_t u0, int64_t u1) { fn(u0 * unit, std::min(total, u1 * unit)); });
+    fn(0, total);
     return;
   }
   std::atomic<int64_t> next{0};
@@ -72,6 +73,16 @@ void dynamic_for(const ParallelFor& parallel_for, int64_t workers, int64_t total
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;)
       fn(u * unit, std::min(total, (u + 1) * unit));
   });
+}
+
+// Multiply-adds below which a kernel runs on the calling thread: waking the
+// workers costs tens of microseconds (hundreds on a loaded machine), more
+// than such a call's arithmetic (decoding-sized m).
+constexpr int64_t kSerialMacs = int64_t(1) << 21;
+
+// The workers a call of m rows over this layout's kept weights should use.
+inline int64_t workers_for(const LayoutView& l, int64_t m, int64_t workers) {
+  return m * num_kept(l) < kSerialMacs ? 1 : std::max<int64_t>(1, workers);
 }
 
 // idx[0..w) is one run of consecutive features (duplicates, e.g. padding
@@ -101,7 +112,7 @@ void forward_panels(const LayoutView& l, const float* panels, const std::vector<
                     int64_t m, int64_t k, const float* bias, float* y, int64_t n, int64_t workers, int64_t l2_bytes,
                     const ParallelFor& parallel_for, Micro&& micro) {
   if (m <= 0 || n <= 0) return;
-  workers = std::max<int64_t>(1, workers);
+  workers = workers_for(l, m, workers);
   // Output features no tile computes (pruned, or in a tile that keeps no
   // input feature) are bias only; every other feature is written by its tile.
   std::vector<uint8_t> covered(n, 0);
@@ -187,7 +198,8 @@ template <int64_t FR, int64_t FW, typename Micro, typename ParallelFor>
 void grad_input_panels(const LayoutView& l, const float* pk, const std::vector<int64_t>& off, const float* gy,
                        int64_t m, int64_t n, float* gx, int64_t k, int64_t workers, int64_t l2_bytes,
                        const ParallelFor& parallel_for, Micro&& micro) {
-  const auto [mb, blocks] = row_blocks(m, n + k, std::max<int64_t>(1, workers), FR, l2_bytes);
+  workers = workers_for(l, m, workers);
+  const auto [mb, blocks] = row_blocks(m, n + k, workers, FR, l2_bytes);
   dynamic_for(parallel_for, workers, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i0 = b * mb, h = std::min(mb, m - i0);
@@ -242,7 +254,7 @@ void grad_values_items(const LayoutView& l, const float* gy, const float* x, int
   const int64_t nv = num_values(l);
   std::fill(gv, gv + nv, 0.f);
   if (m <= 0 || nv == 0) return;
-  workers = std::max<int64_t>(1, workers);
+  workers = workers_for(l, m, workers);
   const int64_t GMB = std::max<int64_t>(1, rows_per_pass);
   // Output gradients of regrouped (2-D) tiles, gathered once into tile order:
   // gyc[i, t * tile + j] = gy[i, cols_t[j]].
@@ -251,7 +263,7 @@ void grad_values_items(const LayoutView& l, const float* gy, const float* x, int
   std::vector<float> gyc;
   if (!all_contiguous) {
     gyc.resize(m * l.num_cols);
-    parallel_for(0, m, [&](int64_t i0, int64_t i1) {
+    maybe_parallel(workers == 1, parallel_for, 0, m, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t c = 0; c < l.num_cols; ++c) gyc[i * l.num_cols + c] = gy[i * n + l.cols[c]];
     });
@@ -274,7 +286,8 @@ void grad_values_items(const LayoutView& l, const float* gy, const float* x, int
     return (item_len(it) + FR - 1) / FR * ((l.tile_width(items[it].first) + FW - 1) / FW);
   };
   dynamic_for(parallel_for, workers, units, 1, [&](int64_t u0, int64_t u1) {
-    std::vector<float> xg(GPC * GMB), gp(GMB * FW), acc;
+    const int64_t rows = std::min(GMB, m);  // (a small m needs, and zero-fills, less)
+    std::vector<float> xg(GPC * rows), gp(rows * FW), acc;
     for (int64_t u = u0; u < u1; ++u) {
       std::vector<int64_t> mine, acc_off{0};
       for (int64_t it = u * num_items / units; it < (u + 1) * num_items / units; ++it) {
