@@ -102,8 +102,11 @@ class CpuTimer:
     scheduler's tick (4 ms at HZ=250): a single call of a few ms then reads as
     a multiple of the tick, whatever the kernel did, and a 3-tile 384x384
     layer's ratio collapses to ~1x. Each sample therefore runs the op back to
-    back for about min_sample_ms (the count calibrated on the warm-up, the
-    same for both variants' share of time) and reports the mean per call.
+    back for about min_sample_ms (the count calibrated on the fastest warm-up
+    call) and reports the mean per call, which averages over the ticks when
+    only some calls wait. When every call of both variants waits (load above
+    the core count), ms-sized layers still read ~1x: check the load average
+    in the record.
     """
 
     def __init__(self, args):
