@@ -73,6 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--kernel", choices=["auto", "avx512", "avx2", "generic"], default="auto",
                    help="CPU tw_linear kernel (sets TILESPARSE_CPU_KERNEL; an unsupported one is an error)")
     p.add_argument("--name", default=None, help="output file stem (default <device>_linear[_t<tile>])")
+    p.add_argument("--shapes", default=None,
+                   help="CPU: comma-separated KxN list instead of the default shapes (M=2048), e.g. 384x384,768x3072")
+    p.add_argument("--sparsities", default=None, help="comma-separated list (default 0,0.5,0.75,0.9)")
+    p.add_argument("--min-sample-ms", type=float, default=None,
+                   help="CPU: each timed sample runs the op back to back until it lasts about this long and "
+                        "reports the mean per call (default 25; 0: one call per sample)")
     return p.parse_args(argv)
 
 
@@ -90,18 +96,45 @@ def make_layer(n, k, sparsity, tile, k_align, dtype, device, seed, unit=1):
 # timers
 # ---------------------------------------------------------------------------
 class CpuTimer:
+    """Interleaved samples (dense, sparse, dense, ...), median of the repeats.
+
+    On a shared machine a thread that waits for a core waits for the
+    scheduler's tick (4 ms at HZ=250): a single call of a few ms then reads as
+    a multiple of the tick, whatever the kernel did, and a 3-tile 384x384
+    layer's ratio collapses to ~1x. Each sample therefore runs the op back to
+    back for about min_sample_ms (the count calibrated on the fastest warm-up
+    call) and reports the mean per call, which averages over the ticks when
+    only some calls wait. When every call of both variants waits (load above
+    the core count), ms-sized layers still read ~1x: check the load average
+    in the record.
+    """
+
     def __init__(self, args):
         self.repeats = args.repeats or (3 if args.quick else 7)
         self.warmup = args.warmup if args.warmup is not None else 1
+        self.min_sample_s = (25.0 if args.min_sample_ms is None else args.min_sample_ms) / 1e3
+        self.calls = []  # calls per sample of each measurement, (dense, sparse)
+
+    @staticmethod
+    def _sample(fn, n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
 
     def time_pair(self, dense_fn, sparse_fn):
-        for _ in range(self.warmup):
-            dense_fn()
-            sparse_fn()
+        cd = cs = 1
+        td = ts = float("inf")
+        for _ in range(max(2, self.warmup)):  # the fastest warm-up call (a slow one may have waited for a core)
+            td, ts = min(td, self._sample(dense_fn, 1)), min(ts, self._sample(sparse_fn, 1))
+        if self.min_sample_s > 0:  # capped so a slow op runs once and a fast one at most 200 times
+            cd = max(1, min(200, round(self.min_sample_s / max(td, 1e-6))))
+            cs = max(1, min(200, round(self.min_sample_s / max(ts, 1e-6))))
+        self.calls.append((cd, cs))
         d, s = [], []
         for _ in range(self.repeats):
-            t0 = time.perf_counter(); dense_fn(); d.append(time.perf_counter() - t0)
-            t0 = time.perf_counter(); sparse_fn(); s.append(time.perf_counter() - t0)
+            d.append(self._sample(dense_fn, cd))
+            s.append(self._sample(sparse_fn, cs))
         return 1e3 * statistics.median(d), 1e3 * statistics.median(s)
 
 
@@ -156,6 +189,11 @@ def run(args):
     if args.quick:
         shapes = shapes[:2] if device == "cpu" else [(4096, 768, 768), (4096, 1024, 4096), (16384, 4096, 1024)]
         sparsities = [0.0, 0.75]
+    if args.shapes:
+        m0 = 2048 if device == "cpu" else 4096
+        shapes = [(m0, *map(int, kn.lower().split("x"))) for kn in args.shapes.split(",")]
+    if args.sparsities:
+        sparsities = [float(v) for v in args.sparsities.split(",")]
     passes = ["forward"] if args.no_backward else ["forward", "backward"]
 
     records, accuracy = [], []
@@ -200,12 +238,13 @@ def run(args):
                                 # x read and y written once: the cap is dense / max(d * dense, io / bandwidth)
                                 io_bytes=(m * k + m * n) * x.element_size(),
                                 dense_ms=round(dense_ms, 5), sparse_ms=round(sparse_ms, 5),
+                                calls_per_sample=list(timer.calls[-1]) if device == "cpu" else [1, 1],
                                 speedup=round(dense_ms / sparse_ms, 4),
                                 dense_tflops=round(flops / dense_ms / 1e9, 2),
                                 sparse_effective_tflops=round(flops * layout.density / sparse_ms / 1e9, 2)))
         if s == 0.75 and all(a["M"] != m or a["K"] != k or a["N"] != n for a in accuracy):
             accuracy.append(accuracy_record(x, gy, wm, layout, values, args.tile, device, dtype, m, k, n, s))
-    return dtype, records, accuracy
+    return dtype, records, accuracy, timer
 
 
 def accuracy_record(x, gy, wm, layout, values, tile, device, dtype, m, k, n, s):
@@ -288,7 +327,9 @@ def summary(records):
 def to_markdown(meta, records, accuracy):
     lines = [f"# tw_linear vs dense F.linear ({meta['device']}, {meta['dtype']}, kernel {meta['kernel']})", "",
              f"torch {meta['torch']}, CUDA {meta['cuda']}, tile {meta['tile']}, k_align {meta['k_align']}, "
-             f"median of {meta['repeats']} runs" + (", L2 flushed for small shapes" if meta['device_kind'] == "cuda"
+             f"median of {meta['repeats']} runs" + (
+                 f" (each the mean of back-to-back calls lasting >= {meta['min_sample_ms']:g} ms)"
+                 if meta.get('min_sample_ms') else "") + (", L2 flushed for small shapes" if meta['device_kind'] == "cuda"
                                                      else f", {meta['threads']} threads, CPU flags "
                                                           f"{'/'.join(meta['cpu_flags'])}, env {meta['isa_env']}, "
                                                           f"load average {meta['load_before']} before / "
@@ -330,12 +371,13 @@ def main(argv=None):
         print(f"CPU {cpu_model()} ({'/'.join(cpu_flags())}), tw_linear kernel {kernel_name('cpu')}, "
               f"load average {load_average()}", flush=True)
     load_before = load_average()
-    dtype, records, accuracy = run(args)
+    dtype, records, accuracy, timer = run(args)
     timer_repeats = args.repeats or ((3 if args.quick else 7) if args.device == "cpu" else (20 if args.quick else 30))
     meta = dict(device=device_name(args.device), device_kind=args.device, dtype=str(dtype).replace("torch.", ""),
                 torch=torch.__version__, cuda=torch.version.cuda, tilesparse=tilesparse.__version__,
                 tile=args.tile, k_align=args.k_align, repeats=max(20, timer_repeats) if args.device == "cuda"
-                else timer_repeats, quick=args.quick, threads=torch.get_num_threads(),
+                else timer_repeats, min_sample_ms=1e3 * timer.min_sample_s if args.device == "cpu" else None,
+                quick=args.quick, threads=torch.get_num_threads(),
                 python=platform.python_version(), kernel=kernel_name(args.device),
                 cpu_model=cpu_model() if args.device == "cpu" else None, cpu_flags=cpu_flags(),
                 isa_env={k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",

@@ -50,14 +50,6 @@ std::pair<int64_t, int64_t> row_blocks(int64_t m, int64_t row_floats, int64_t wo
   return fused::row_blocks(m, row_floats, workers, FR, l2_bytes());
 }
 
-// idx[0..w) is one run of consecutive features (duplicates, e.g. padding
-// that repeats a tile's last kept feature, are not).
-bool consecutive(const int32_t* idx, int64_t w) {
-  for (int64_t j = 1; j < w; ++j)
-    if (idx[j] != idx[0] + j) return false;
-  return true;
-}
-
 // Lanes [0, rem) of a ymm set (rem clamped to [0, 8]), for maskload/maskstore.
 TS_AVX2 inline __m256i lane_mask(int64_t rem) {
   const int r = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(0, rem)));
@@ -134,11 +126,20 @@ TS_AVX2 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, int
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) _mm256_store_ps(tmp + r * FW + 8 * v, c[r][v]);
-    for (int r = 0; r < R; ++r)
+    if (o.accumulate) {  // column by column: one index load for the R rows
       for (int64_t j = 0; j < o.width; ++j) {
-        float& dst = yr[r * o.ldy + o.cols[j]];
-        dst = (o.accumulate ? dst : o.bias ? o.bias[o.cols[j]] : 0.f) + tmp[r * FW + j];
+        float* dst = yr + o.cols[j];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) dst[r * o.ldy] += tmp[r * FW + j];
       }
+    } else {
+      for (int64_t j = 0; j < o.width; ++j) {
+        float* dst = yr + o.cols[j];
+        const float b0 = o.bias ? o.bias[o.cols[j]] : 0.f;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) dst[r * o.ldy] = b0 + tmp[r * FW + j];
+      }
+    }
   }
 }
 
@@ -155,12 +156,13 @@ void fwd_micro(int64_t rows, const float* x, int64_t ldx, const int32_t* idx, in
 #undef TS_CASE
 }
 
-// out[j * ldo + r] += sum_i xg[i * FR + r] * gp[i * FW + j] for r < R,
-// j < width: both operands packed (contiguous, so L1 holds them: in place,
-// rows of gy and x a multiple of 4 KiB apart all map to one L1 set), 16
-// output gradients per load, the R x 16 result added transposed.
+// acc[r * FW + j] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R, j <
+// FW: both operands packed (gp is zero past the tile's width), 16 output
+// gradients per 2 loads; the call's sum (one pass of rows) is added to the
+// accumulator tile as vectors (no transposed scalar adds to gv per pass;
+// summing per pass keeps the error of a blocked sum over m).
 template <int R>
-TS_AVX2 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+TS_AVX2 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
   __m256 c[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -173,28 +175,25 @@ TS_AVX2 void gv_micro_impl(const float* xg, int64_t len, const float* gp, int64_
     for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(gp + i * FW + 8 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(xg + i * FR + r);
+      const __m256 a = _mm256_broadcast_ss(xg + i * ldxg + r);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(a, bv[v], c[r][v]);
     }
   }
-  alignas(32) float tmp[R * FW];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) _mm256_store_ps(tmp + r * FW + 8 * v, c[r][v]);
-  for (int64_t j = 0; j < width; ++j)
-    for (int r = 0; r < R; ++r) out[j * ldo + r] += tmp[r * FW + j];
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + r * FW + 8 * v, _mm256_add_ps(_mm256_loadu_ps(acc + r * FW + 8 * v), c[r][v]));
 }
 
-void gv_micro(int64_t rows, const float* xg, int64_t len, const float* gp, int64_t width, float* out, int64_t ldo) {
+void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
   switch (rows) {
-    case 6: return gv_micro_impl<6>(xg, len, gp, width, out, ldo);
-    case 5: return gv_micro_impl<5>(xg, len, gp, width, out, ldo);
-    case 4: return gv_micro_impl<4>(xg, len, gp, width, out, ldo);
-    case 3: return gv_micro_impl<3>(xg, len, gp, width, out, ldo);
-    case 2: return gv_micro_impl<2>(xg, len, gp, width, out, ldo);
-    default: return gv_micro_impl<1>(xg, len, gp, width, out, ldo);
+    case 6: return gv_micro_impl<6>(xg, ldxg, len, gp, acc);
+    case 5: return gv_micro_impl<5>(xg, ldxg, len, gp, acc);
+    case 4: return gv_micro_impl<4>(xg, ldxg, len, gp, acc);
+    case 3: return gv_micro_impl<3>(xg, ldxg, len, gp, acc);
+    case 2: return gv_micro_impl<2>(xg, ldxg, len, gp, acc);
+    default: return gv_micro_impl<1>(xg, ldxg, len, gp, acc);
   }
 }
 
@@ -211,6 +210,26 @@ TS_AVX2 void pack_gy_panel(const float* g, int64_t ldg, int64_t h, int64_t width
   for (int64_t i = 0; i < h; ++i) {
     _mm256_storeu_ps(gp + i * FW, _mm256_maskload_ps(g + i * ldg, m0));
     _mm256_storeu_ps(gp + i * FW + 8, _mm256_maskload_ps(g + i * ldg + 8, m1));
+  }
+}
+
+// xg[i * GPC + p] = x[i * ldx + rows[p]] for i < h, p < len (<= GPC), 8
+// kept inputs per vector gather (zero past len); the next rows' span of x is
+// prefetched (rows a multiple of 4 KiB apart defeat the hardware prefetcher).
+TS_AVX2 void gather_x_rows(const float* x, int64_t ldx, int64_t h, const int32_t* rows, int64_t len, float* xg) {
+  constexpr int64_t NQ = (GPC + 7) / 8;
+  alignas(32) int32_t idx[NQ * 8];
+  for (int64_t p = 0; p < NQ * 8; ++p) idx[p] = p < len ? rows[p] : rows[len - 1];  // past len: a valid address
+  const int64_t nq = (len + 7) / 8, span0 = rows[0], span1 = rows[len - 1];
+  constexpr int64_t ahead = 4;
+  for (int64_t i = 0; i < h; ++i) {
+    const float* xr = x + i * ldx;
+    if (i + ahead < h)
+      for (int64_t c = span0; c <= span1 + 15; c += 16)
+        _mm_prefetch(reinterpret_cast<const char*>(xr + ahead * ldx + std::min(c, span1)), _MM_HINT_T0);
+    for (int64_t v = 0; v < nq; ++v)
+      _mm256_storeu_ps(xg + i * GPC + 8 * v,
+                       _mm256_i32gather_ps(xr, _mm256_load_si256(reinterpret_cast<const __m256i*>(idx + 8 * v)), 4));
   }
 }
 
@@ -254,7 +273,8 @@ void pack_forward(const LayoutView& l, const float* values, ForwardPanels& out, 
   out.data.resize(out.offsets[l.num_tiles]);  // every element is written below
   float* packed = out.data.data();
   const std::vector<int64_t>& off = out.offsets;
-  parallel_for(0, l.num_tiles, [&](int64_t t0, int64_t t1) {
+  fused::maybe_parallel(out.offsets[l.num_tiles] < fused::kSerialPackElems, parallel_for, 0, l.num_tiles,
+                        [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
       const float* v = values + l.value_offset(t);  // [g, kt]
@@ -296,129 +316,17 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
 void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, const float* values, float* gx,
                 int64_t k, int64_t workers, const ParallelFn& parallel_for) {
   if (m <= 0 || k <= 0) return;
-  workers = std::max<int64_t>(1, workers);
-  // gx[i, rows_t[p]] += sum_j gy[i, cols_t[j]] * V_t[j, p]: the forward's
-  // micro-kernel with gy's kept outputs broadcast and V_t as panels of 16
-  // kept inputs, [g][16] (copied from the [g, kt] rows: read in place, rows
-  // kt floats apart often share a few L1 sets, and every 6-row micro-tile
-  // re-reads them), accumulated into gx through the tile's kept inputs.
-  thread_local std::vector<float> packed;
-  std::vector<int64_t> off(l.num_tiles + 1, 0);
-  for (int64_t t = 0; t < l.num_tiles; ++t) off[t + 1] = off[t] + (l.tile_rows(t) + FW - 1) / FW * FW * l.tile_width(t);
-  packed.resize(off[l.num_tiles]);
-  float* pk = packed.data();
-  parallel_for(0, l.num_tiles, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      // panels of the kr kept inputs (padding slots are not weights); rows of v are kt long
-      const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
-      const float* v = values + l.value_offset(t);
-      for (int64_t q = 0; q * FW < kr; ++q) {
-        const int64_t width = std::min(FW, kr - q * FW);
-        float* panel = pk + off[t] + q * FW * g;
-        for (int64_t j = 0; j < g; ++j) {
-          const float* src = v + j * kt + q * FW;
-          float* dst = panel + j * FW;
-          for (int64_t c = 0; c < FW; ++c) dst[c] = c < width ? src[c] : 0.f;
-        }
-      }
-    }
-  });
-  const auto [mb, blocks] = row_blocks(m, n + k, workers);
-  parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t i0 = b * mb, h = std::min(mb, m - i0);
-      std::fill(gx + i0 * k, gx + (i0 + h) * k, 0.f);
-      for (int64_t t = 0; t < l.num_tiles; ++t) {
-        const int64_t g = l.tile_width(t), kr = l.tile_kept(t);
-        if (kr == 0 || g == 0) continue;
-        const int32_t* rows = l.rows + l.row_offsets[t];
-        const int32_t* cols = l.cols + t * l.tile;
-        for (int64_t q = 0; q * FW < kr; ++q) {
-          const int64_t width = std::min(FW, kr - q * FW);
-          const int32_t* qr = rows + q * FW;
-          const bool contiguous = consecutive(qr, width);
-          const FwdOut o{contiguous ? gx + qr[0] : gx, k, contiguous ? nullptr : qr, width, nullptr, true};
-          for (int64_t i = 0; i < h; i += FR)
-            fwd_micro(std::min(FR, h - i), gy + (i0 + i) * n, n, cols, g, pk + off[t] + q * FW * g, FW, o, i0 + i,
-                      true);
-        }
-      }
-    }
-  });
+  thread_local std::vector<float> packed;  // reused: no page faults of a fresh buffer per call
+  std::vector<int64_t> off;
+  fused::pack_grad_input<FW>(l, values, packed, off, parallel_for);
+  fused::grad_input_panels<FR, FW>(l, packed.data(), off, gy, m, n, gx, k, workers, l2_bytes(), parallel_for,
+                                   fwd_micro);
 }
 
 void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k, float* gv,
                  int64_t workers, const ParallelFn& parallel_for) {
-  const int64_t nv = num_values(l);
-  std::fill(gv, gv + nv, 0.f);
-  if (m <= 0 || nv == 0) return;
-  // Output gradients of regrouped (2-D) tiles, gathered once into tile order:
-  // gyc[i, t * tile + j] = gy[i, cols_t[j]].
-  bool all_contiguous = true;
-  for (int64_t t = 0; t < l.num_tiles; ++t) all_contiguous &= l.cols_contiguous(t);
-  std::vector<float> gyc;
-  if (!all_contiguous) {
-    gyc.resize(m * l.num_cols);
-    parallel_for(0, m, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t c = 0; c < l.num_cols; ++c) gyc[i * l.num_cols + c] = gy[i * n + l.cols[c]];
-    });
-  }
-  // Work items: (tile, GPC kept inputs); each owns its [g, GPC] slice of gv
-  // and sums over all of m, so no two items write the same gradient.
-  // Chunks of GPC kept inputs, halved while there are too few to balance the workers.
-  std::vector<std::pair<int64_t, int64_t>> items;
-  int64_t chunk = GPC;
-  for (;; chunk /= 2) {
-    items.clear();
-    for (int64_t t = 0; t < l.num_tiles; ++t)
-      if (l.tile_width(t) > 0)
-        for (int64_t p0 = 0; p0 < l.tile_kept(t); p0 += chunk) items.emplace_back(t, p0);  // padding keeps 0
-    if (chunk <= 2 * FR || static_cast<int64_t>(items.size()) >= 4 * std::max<int64_t>(1, workers)) break;
-  }
-  parallel_for(0, static_cast<int64_t>(items.size()), [&](int64_t a, int64_t b) {
-    // x[:, rows] of a pass as groups of FR kept inputs, [h][FR] each; one gy panel [h][FW]
-    std::vector<float> xg((GPC + FR - 1) / FR * FR * GMB), gp(GMB * FW);
-    // Row blocks outside the items: a worker's consecutive items are chunks
-    // of the same tile, so the tile's gy rows of the block stay in L2.
-    for (int64_t i0 = 0; i0 < m; i0 += GMB) {
-      const int64_t h = std::min(GMB, m - i0);
-      for (int64_t it = a; it < b; ++it) {
-        const auto [t, p0] = items[it];
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
-        const int64_t len = std::min(chunk, l.tile_kept(t) - p0);
-        const bool contiguous = all_contiguous || l.cols_contiguous(t);
-        const float* gsrc = contiguous ? gy + l.cols[t * l.tile] : gyc.data() + t * l.tile;
-        const int64_t ldg = contiguous ? n : l.num_cols;
-        const int32_t* rows = l.rows + l.row_offsets[t] + p0;
-        float* gvt = gv + l.value_offset(t) + p0;  // [g, kt] from column p0
-        // The chunk's kept inputs span x[i, rows[0] .. rows[len-1]]: rows a
-        // multiple of 4 KiB apart defeat the hardware prefetcher (it stays
-        // within a page), so the next rows' span is prefetched by hand.
-        constexpr int64_t ahead = 4;
-        const int64_t span0 = rows[0], span1 = rows[len - 1];
-        for (int64_t r0 = 0; r0 < len; r0 += FR) {  // a group past len repeats its last feature (ignored)
-          int64_t ri[FR];
-          for (int64_t r = 0; r < FR; ++r) ri[r] = rows[r0 + std::min(r, len - r0 - 1)];
-          float* d = xg.data() + r0 * h;
-          const float* xr = x + i0 * k;
-          for (int64_t i = 0; i < h; ++i, xr += k, d += FR) {
-            if (r0 == 0 && i + ahead < h)
-              for (int64_t c = span0; c <= span1 + 15; c += 16)
-                __builtin_prefetch(xr + ahead * k + std::min(c, span1));
-#pragma GCC unroll 8
-            for (int64_t r = 0; r < FR; ++r) d[r] = xr[ri[r]];
-          }
-        }
-        for (int64_t q = 0; q * FW < g; ++q) {
-          const int64_t width = std::min(FW, g - q * FW);
-          pack_gy_panel(gsrc + i0 * ldg + q * FW, ldg, h, width, gp.data());
-          for (int64_t r0 = 0; r0 < len; r0 += FR)
-            gv_micro(std::min(FR, len - r0), xg.data() + r0 * h, h, gp.data(), width, gvt + q * FW * kt + r0, kt);
-        }
-      }
-    }
-  });
+  fused::grad_values_items<FR, FW, GPC>(l, gy, x, m, n, k, gv, workers, fused::grad_values_rows(k, l2_bytes(), GMB),
+                                        parallel_for, gather_x_rows, pack_gy_panel, gv_micro);
 }
 
 #else  // no AVX2 build support: never selected

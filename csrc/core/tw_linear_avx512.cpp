@@ -21,72 +21,6 @@ namespace tilesparse::core::avx512 {
 
 namespace {
 
-// ---- grad_values: NB outputs x VL kept inputs ---------------------------------
-// Micro-tile: NB outputs broadcast from a packed panel x VL = 3 vectors of 16
-// along the other output dimension: 24 accumulators in zmm registers.
-constexpr int64_t NB = 8;
-constexpr int64_t VL = 48;
-
-std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[std::max<int64_t>(1, n)]); }
-
-// acc[j][v] = sum_p b[p * NB + j] * a[p * lda + v] for v < h (h <= VL), written to
-// out[j * ldo + v]. Full (h == VL) chunks use plain loads and stores; only
-// the edge chunk pays for masks.
-template <bool Full>
-TS_AVX512 void micro_impl(const float* a, int64_t lda, int64_t len, const float* b, int64_t h,
-                          float* out, int64_t ldo) {
-  const __mmask16 m0 = h >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << h) - 1);
-  const __mmask16 m1 = h >= 32 ? 0xFFFF : h <= 16 ? 0 : static_cast<__mmask16>((1u << (h - 16)) - 1);
-  const __mmask16 m2 = h >= 48 ? 0xFFFF : h <= 32 ? 0 : static_cast<__mmask16>((1u << (h - 32)) - 1);
-  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
-         c22 = c00, c30 = c00, c31 = c00, c32 = c00, c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00,
-         c52 = c00, c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
-#pragma GCC unroll 2
-  for (int64_t p = 0; p < len; ++p) {
-    const float* ap = a + p * lda;
-    __m512 a0, a1, a2;
-    if (Full) {
-      a0 = _mm512_loadu_ps(ap);
-      a1 = _mm512_loadu_ps(ap + 16);
-      a2 = _mm512_loadu_ps(ap + 32);
-    } else {
-      a0 = _mm512_maskz_loadu_ps(m0, ap);
-      a1 = _mm512_maskz_loadu_ps(m1, ap + 16);
-      a2 = _mm512_maskz_loadu_ps(m2, ap + 32);
-    }
-    const float* bp = b + p * NB;
-#define TS_ROW(j)                                   \
-  {                                                 \
-    const __m512 bj = _mm512_set1_ps(bp[j]);        \
-    c##j##0 = _mm512_fmadd_ps(a0, bj, c##j##0);     \
-    c##j##1 = _mm512_fmadd_ps(a1, bj, c##j##1);     \
-    c##j##2 = _mm512_fmadd_ps(a2, bj, c##j##2);     \
-  }
-    TS_ROW(0) TS_ROW(1) TS_ROW(2) TS_ROW(3) TS_ROW(4) TS_ROW(5) TS_ROW(6) TS_ROW(7)
-#undef TS_ROW
-  }
-#define TS_STORE(j)                                            \
-  if (Full) {                                                  \
-    _mm512_storeu_ps(out + (j) * ldo, c##j##0);                \
-    _mm512_storeu_ps(out + (j) * ldo + 16, c##j##1);           \
-    _mm512_storeu_ps(out + (j) * ldo + 32, c##j##2);           \
-  } else {                                                     \
-    _mm512_mask_storeu_ps(out + (j) * ldo, m0, c##j##0);       \
-    _mm512_mask_storeu_ps(out + (j) * ldo + 16, m1, c##j##1);  \
-    _mm512_mask_storeu_ps(out + (j) * ldo + 32, m2, c##j##2);  \
-  }
-  TS_STORE(0) TS_STORE(1) TS_STORE(2) TS_STORE(3) TS_STORE(4) TS_STORE(5) TS_STORE(6) TS_STORE(7)
-#undef TS_STORE
-}
-
-void micro(const float* a, int64_t lda, int64_t len, const float* b, int64_t h, float* out,
-           int64_t ldo) {
-  if (h == VL) micro_impl<true>(a, lda, len, b, h, out, ldo);
-  else micro_impl<false>(a, lda, len, b, h, out, ldo);
-}
-
-int64_t panels(int64_t width) { return (width + NB - 1) / NB; }
-
 // ---- forward: R rows of x x FW outputs --------------------------------------
 // The rows of x are read in place: each kept input feature is broadcast from
 // x[i, rows[p]] (the gather is the load address), the packed weight panel
@@ -101,6 +35,13 @@ constexpr int64_t FW = 16 * NV;
 // chunk reloads and re-stores the outputs); measured best on a Xeon with
 // 48 KiB L1 / 2 MiB L2 against 128-512.
 constexpr int64_t FKC = 1024;
+
+// grad_values: kept inputs per work item (a multiple of 16), and rows of the
+// reduction per pass: the item's gathered x (144 KiB) and 64-output gy panel
+// (96 KiB) stay in L2; longer passes amortize the transposed adds to gv
+// (measured against 128-1024 rows on the Xeon of benchmarks/results).
+constexpr int64_t GPC = 96;
+constexpr int64_t GMB = 384;
 
 // Per-core L2 size from the OS (glibc reads CPUID), 1 MiB when unknown.
 int64_t l2_bytes() {
@@ -143,17 +84,26 @@ TS_AVX512 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, i
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
   }
+  // One base pointer per row: each broadcast is then a single load from
+  // base + idx[p] (a chain of `+ ldx` adds per kept feature, which the
+  // compiler emits otherwise, crowds the front end next to the 24 FMAs).
+  const float* xr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    xr[r] = x + r * ldx;
+    asm("" : "+r"(xr[r]));  // opaque, so the compiler cannot fold them back into that chain
+  }
 #pragma GCC unroll 2
   for (int64_t p = 0; p < len; ++p) {
-    const float* xp = x + idx[p];
+    const int64_t ip = idx[p];
     const float* bp = b + p * ldb;
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)  // (masked loads cost an extra ALU uop: only at the edge)
       bv[v] = FullB ? _mm512_loadu_ps(bp + 16 * v) : _mm512_maskz_loadu_ps(mk[v], bp + 16 * v);
-#pragma GCC unroll 16
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(xp[r * ldx]);
+      const __m512 a = _mm512_set1_ps(xr[r][ip]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, bv[v], c[r][v]);
     }
@@ -163,17 +113,30 @@ TS_AVX512 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, i
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(yr + r * o.ldy + 16 * v, mk[v], c[r][v]);
-  } else {  // outputs regrouped by 2-D TW: scatter through a small buffer
-    alignas(64) float tmp[R * FW];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r)
+  } else {  // scattered outputs (2-D TW, grad_input's kept inputs): gather, add, scatter 16 at a time.
+            // The indices are distinct (cols and a tile's kept rows are strictly increasing), so
+            // one scatter never writes an element twice.
+    __m512i ix[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) _mm512_store_ps(tmp + r * FW + 16 * v, c[r][v]);
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < o.width; ++j) {
-        float& dst = yr[r * o.ldy + o.cols[j]];
-        dst = (o.accumulate ? dst : o.bias ? o.bias[o.cols[j]] : 0.f) + tmp[r * FW + j];
+    for (int v = 0; v < NV; ++v) ix[v] = _mm512_maskz_loadu_epi32(mk[v], o.cols + 16 * v);
+    __m512 base[NV];
+    if (!o.accumulate) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        base[v] = o.bias ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[v], ix[v], o.bias, 4)
+                         : _mm512_setzero_ps();
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      float* row = yr + r * o.ldy;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        if (!mk[v]) continue;
+        const __m512 prev = o.accumulate ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[v], ix[v], row, 4)
+                                         : base[v];
+        _mm512_mask_i32scatter_ps(row, mk[v], ix[v], _mm512_add_ps(prev, c[r][v]), 4);
       }
+    }
   }
 }
 
@@ -226,6 +189,82 @@ TS_AVX512 void transpose16(const float* src, int64_t lds, float* dst, int64_t ld
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ldd, r[i]);
 }
 
+// acc[r * FW + j] += sum_i xg[i * ldxg + r] * gp[i * FW + j] for r < R, j <
+// FW: both operands packed (gp is zero past the tile's width), 64 output
+// gradients per 4 loads; the call's sum (one pass of rows) is added to the
+// accumulator tile as vectors (no transposed scalar adds to gv per pass;
+// summing per pass keeps the error of a blocked sum over m).
+template <int R>
+TS_AVX512 void gv_micro_impl(const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
+  __m512 c[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t i = 0; i < len; ++i) {
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(gp + i * FW + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(xg[i * ldxg + r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(a, bv[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + r * FW + 16 * v, _mm512_add_ps(_mm512_loadu_ps(acc + r * FW + 16 * v), c[r][v]));
+}
+
+void gv_micro(int64_t rows, const float* xg, int64_t ldxg, int64_t len, const float* gp, float* acc) {
+  switch (rows) {
+    case 6: return gv_micro_impl<6>(xg, ldxg, len, gp, acc);
+    case 5: return gv_micro_impl<5>(xg, ldxg, len, gp, acc);
+    case 4: return gv_micro_impl<4>(xg, ldxg, len, gp, acc);
+    case 3: return gv_micro_impl<3>(xg, ldxg, len, gp, acc);
+    case 2: return gv_micro_impl<2>(xg, ldxg, len, gp, acc);
+    default: return gv_micro_impl<1>(xg, ldxg, len, gp, acc);
+  }
+}
+
+// gp[i * FW + j] = g[i * ldg + j] for i < h, j < width, zero for j >= width.
+TS_AVX512 void pack_gy_panel(const float* g, int64_t ldg, int64_t h, int64_t width, float* gp) {
+  __mmask16 mk[NV];
+  for (int v = 0; v < NV; ++v) {
+    const int64_t rem = width - 16 * v;
+    mk[v] = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1);
+  }
+  for (int64_t i = 0; i < h; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(gp + i * FW + 16 * v, _mm512_maskz_loadu_ps(mk[v], g + i * ldg + 16 * v));
+}
+
+// xg[i * GPC + p] = x[i * ldx + rows[p]] for i < h, p < len (<= GPC), 16
+// kept inputs per vector gather (zero past len); the next rows' span of x is
+// prefetched (rows a multiple of 4 KiB apart defeat the hardware prefetcher).
+TS_AVX512 void gather_x_rows(const float* x, int64_t ldx, int64_t h, const int32_t* rows, int64_t len, float* xg) {
+  constexpr int64_t NQ = (GPC + 15) / 16;
+  __m512i ix[NQ];
+  __mmask16 mk[NQ];
+  for (int64_t v = 0; v < NQ; ++v) {
+    const int64_t rem = len - 16 * v;
+    mk[v] = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1);
+    ix[v] = _mm512_maskz_loadu_epi32(mk[v], rows + 16 * v);
+  }
+  const int64_t nq = (len + 15) / 16, span0 = rows[0], span1 = rows[len - 1];
+  constexpr int64_t ahead = 4;
+  for (int64_t i = 0; i < h; ++i) {
+    const float* xr = x + i * ldx;
+    if (i + ahead < h)
+      for (int64_t c = span0; c <= span1 + 15; c += 16) _mm_prefetch(reinterpret_cast<const char*>(xr + ahead * ldx + std::min(c, span1)), _MM_HINT_T0);
+    for (int64_t v = 0; v < nq; ++v)
+      _mm512_storeu_ps(xg + i * GPC + 16 * v, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[v], ix[v], xr, 4));
+  }
+}
+
 // A per-thread buffer that only grows: the packed weight is rebuilt every
 // call (values change between training steps), and reusing the memory avoids
 // a fresh allocation's page faults and zero fill each time. It holds at most
@@ -244,7 +283,8 @@ const float* pack_forward_panels(const LayoutView& l, const float* values, std::
   for (int64_t t = 0; t < l.num_tiles; ++t)
     offsets[t + 1] = offsets[t] + (l.tile_width(t) + FW - 1) / FW * FW * l.tile_rows(t);
   float* packed = forward_panel_buffer(offsets[l.num_tiles]);
-  parallel_for(0, l.num_tiles, [&](int64_t t0, int64_t t1) {
+  fused::maybe_parallel(offsets[l.num_tiles] < fused::kSerialPackElems, parallel_for, 0, l.num_tiles,
+                        [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
       const float* v = values + l.value_offset(t);  // [g, kt]
@@ -288,82 +328,17 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
 void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, const float* values, float* gx,
                 int64_t k, int64_t workers, const ParallelFn& parallel_for) {
   if (m <= 0 || k <= 0) return;
-  workers = std::max<int64_t>(1, workers);
-  // gx[i, rows_t[p]] += sum_j gy[i, cols_t[j]] * V_t[j, p]: the forward's
-  // micro-kernel with gy's kept outputs broadcast and V_t read in place
-  // ([g, kt] row-major: 64 consecutive kept inputs of one output are one
-  // panel row), accumulated into gx through the tile's kept inputs.
-  const auto [mb, blocks] = row_blocks(m, n + k, workers);
-  parallel_for(0, blocks, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t i0 = b * mb, h = std::min(mb, m - i0);
-      std::fill(gx + i0 * k, gx + (i0 + h) * k, 0.f);
-      for (int64_t t = 0; t < l.num_tiles; ++t) {
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
-        if (kr == 0 || g == 0) continue;
-        const int32_t* rows = l.rows + l.row_offsets[t];
-        const int32_t* cols = l.cols + t * l.tile;
-        const float* v = values + l.value_offset(t);  // [g, kt]: kr weights, then padding
-        for (int64_t q = 0; q * FW < kr; ++q) {
-          const int64_t width = std::min(FW, kr - q * FW);
-          const int32_t* qr = rows + q * FW;
-          // entry by entry: padded rows repeat a feature, so the span alone can mislead
-          const bool contiguous = std::adjacent_find(qr, qr + width, [](int32_t a, int32_t b) { return b != a + 1; }) ==
-                                  qr + width;
-          FwdOut o{contiguous ? gx + qr[0] : gx, k, contiguous ? nullptr : qr, width, nullptr, true};
-          for (int64_t i = 0; i < h; i += FR)
-            fwd_micro(std::min(FR, h - i), gy + (i0 + i) * n, n, cols, g, v + q * FW, kt, o, i0 + i,
-                      width == FW);
-        }
-      }
-    }
-  });
+  thread_local std::vector<float> packed;  // reused: no page faults of a fresh buffer per call
+  std::vector<int64_t> off;
+  fused::pack_grad_input<FW>(l, values, packed, off, parallel_for);
+  fused::grad_input_panels<FR, FW>(l, packed.data(), off, gy, m, n, gx, k, workers, l2_bytes(), parallel_for,
+                                   fwd_micro);
 }
 
 void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k, float* gv,
-                 const ParallelFn& parallel_for) {
-  const int64_t mb = std::min<int64_t>(256, std::max<int64_t>(1, m));
-  const int64_t blocks = (m + mb - 1) / mb;
-  std::fill(gv, gv + num_values(l), 0.f);
-  // Workers own whole tiles (the sum over m stays inside one worker).
-  parallel_for(0, l.num_tiles, [&](int64_t t0, int64_t t1) {
-    int64_t max_k = 0;
-    for (int64_t t = t0; t < t1; ++t) max_k = std::max(max_k, l.tile_rows(t));
-    auto xg = scratch(mb * max_k), gyp = scratch(panels(l.tile) * NB * mb);
-    alignas(64) float tmp[NB * VL];
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i0 = b * mb, w = std::min(mb, m - i0);
-      for (int64_t t = t0; t < t1; ++t) {
-        // gv_t[:, :kr] only: the padding slots keep their zero gradient
-        const int64_t g = l.tile_width(t), kt = l.tile_rows(t), kr = l.tile_kept(t);
-        if (kr == 0) continue;
-        const int32_t* rows = l.rows + l.row_offsets[t];
-        const int32_t* cols = l.cols + t * l.tile;
-        for (int64_t i = 0; i < w; ++i) {  // x[:, rows_t] of the block, [w, kr] (leading dimension kt)
-          const float* xr = x + (i0 + i) * k;
-          float* d = xg.get() + i * kt;
-          for (int64_t r = 0; r < kr; ++r) d[r] = xr[rows[r]];
-        }
-        for (int64_t q = 0; q < panels(g); ++q)  // gY[:, cols_t] as panels [w][NB]
-          for (int64_t i = 0; i < w; ++i)
-            for (int64_t j = 0; j < NB; ++j)
-              gyp[(q * w + i) * NB + j] = q * NB + j < g ? gy[(i0 + i) * n + cols[q * NB + j]] : 0.f;
-        float* gvt = gv + l.value_offset(t);  // [g, kt]
-        for (int64_t q = 0; q < panels(g); ++q) {
-          const int64_t nj = std::min(NB, g - q * NB);
-          for (int64_t r0 = 0; r0 < kr; r0 += VL) {
-            const int64_t h = std::min(VL, kr - r0);
-            // tmp[j][r] = sum_i gY[i, cols_j] * X[i, rows_r]
-            micro(xg.get() + r0, kt, w, gyp.get() + q * w * NB, h, tmp, VL);
-            for (int64_t j = 0; j < nj; ++j) {
-              float* dst = gvt + (q * NB + j) * kt + r0;
-              for (int64_t r = 0; r < h; ++r) dst[r] += tmp[j * VL + r];
-            }
-          }
-        }
-      }
-    }
-  });
+                 int64_t workers, const ParallelFn& parallel_for) {
+  fused::grad_values_items<FR, FW, GPC>(l, gy, x, m, n, k, gv, workers, fused::grad_values_rows(k, l2_bytes(), GMB),
+                                        parallel_for, gather_x_rows, pack_gy_panel, gv_micro);
 }
 
 #else  // no AVX-512 build support: never selected
@@ -373,7 +348,8 @@ void forward(const LayoutView&, const float*, int64_t, int64_t, const float*, co
              const ParallelFn&) {}
 void grad_input(const LayoutView&, const float*, int64_t, int64_t, const float*, float*, int64_t, int64_t,
                 const ParallelFn&) {}
-void grad_values(const LayoutView&, const float*, const float*, int64_t, int64_t, int64_t, float*, const ParallelFn&) {}
+void grad_values(const LayoutView&, const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                 const ParallelFn&) {}
 
 #endif
 

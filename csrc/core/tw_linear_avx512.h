@@ -27,8 +27,8 @@ void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const fl
 void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, const float* values, float* gx,
                 int64_t k, int64_t workers, const ParallelFn& parallel_for);
 
-// gv = packed(gy^T @ x)
+// gv = packed(gy^T @ x); `workers` sizes the work items.
 void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k, float* gv,
-                 const ParallelFn& parallel_for);
+                 int64_t workers, const ParallelFn& parallel_for);
 
 }  // namespace tilesparse::core::avx512

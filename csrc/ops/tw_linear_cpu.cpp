@@ -388,7 +388,7 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
     at::mm_out(gw, gy.t(), x2);
   } else if (num_values > 0 && kernel == CpuKernel::kAvx512) {
     core::avx512::grad_values(l.view, gy.data_ptr<float>(), x2.data_ptr<float>(), M, N, K, gv.data_ptr<float>(),
-                              aten_parallel_for());
+                              at::get_num_threads(), aten_parallel_for());
   } else if (num_values > 0 && kernel == CpuKernel::kAvx2) {
     core::avx2::grad_values(l.view, gy.data_ptr<float>(), x2.data_ptr<float>(), M, N, K, gv.data_ptr<float>(),
                             at::get_num_threads(), aten_parallel_for());

@@ -17,12 +17,14 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/tile_layout.h"
 #include "core/tw_linear_avx2.h"
 #include "core/tw_linear_avx512.h"
 #include "core/tw_linear_cpu.h"
+#include "core/tw_linear_fused.h"
 #include "format_reference.h"
 
 using namespace tilesparse::core;
@@ -303,8 +305,7 @@ struct FusedKernels {
 };
 
 const FusedKernels kAvx512{"avx512", &avx512::available, &avx512::forward, &avx512::grad_input,
-                           [](const LayoutView& l, const float* gy, const float* x, int64_t m, int64_t n, int64_t k,
-                              float* gv, int64_t, const Pf& pf) { avx512::grad_values(l, gy, x, m, n, k, gv, pf); }};
+                           &avx512::grad_values};
 const FusedKernels kAvx2{"avx2", &avx2::available, &avx2::forward, &avx2::grad_input, &avx2::grad_values};
 
 // Problems for the fused kernels: the shared ones, their padded forms, and
@@ -322,6 +323,29 @@ std::vector<Problem> fused_problems() {
   // tile 64: whole 16-output panels; 37 kept rows per tile group: remainder of 6
   all.push_back(make_problem("tile 64, 1d", 192, 100, 64, 1.0, 0.37, 25));
   return all;
+}
+
+// One problem through the three kernels, against the float64 reference.
+void check_fused_case(const FusedKernels& kern, const Problem& p, int64_t m, int64_t workers, bool with_bias,
+                      const Pf& pf, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t nv = num_values(p.view());
+  const auto x = random_vector<float>(m * p.k, rng);
+  const auto values = random_vector<float>(nv, rng);
+  const auto bias = random_vector<float>(p.n, rng);
+  const auto gy = random_vector<float>(m * p.n, rng);
+  const Reference ref = reference<float>(p, m, x, values, with_bias ? &bias : nullptr, gy);
+  const float nan = std::numeric_limits<float>::quiet_NaN();  // outputs must be fully written
+  std::vector<float> y(m * p.n, nan), gx(m * p.k, nan), gv(nv, nan);
+  const LayoutView l = p.view();
+  kern.forward(l, x.data(), m, p.k, values.data(), with_bias ? bias.data() : nullptr, y.data(), p.n,
+               workers, pf);
+  kern.grad_input(l, gy.data(), m, p.n, values.data(), gx.data(), p.k, workers, pf);
+  kern.grad_values(l, gy.data(), x.data(), m, p.n, p.k, gv.data(), workers, pf);
+  const double tol = 2e-4 * std::sqrt(static_cast<double>(std::max<int64_t>({p.k, p.n, m, 1})));
+  require_close(y, ref.y, tol, "y");
+  require_close(gx, ref.gx, tol, "grad_input");
+  require_close(gv, ref.gv, tol, "grad_values");
 }
 
 void run_fused(const FusedKernels& kern) {
@@ -342,24 +366,7 @@ void run_fused(const FusedKernels& kern) {
           for (const Pf* pf : {&serial, &chunked}) {
             INFO(kern.name << ": " << p.name << ": m=" << m << " workers=" << workers << " bias=" << with_bias
                            << " chunked=" << (pf == &chunked));
-            std::mt19937_64 rng(3000 + m + workers);
-            const int64_t nv = num_values(p.view());
-            const auto x = random_vector<float>(m * p.k, rng);
-            const auto values = random_vector<float>(nv, rng);
-            const auto bias = random_vector<float>(p.n, rng);
-            const auto gy = random_vector<float>(m * p.n, rng);
-            const Reference ref = reference<float>(p, m, x, values, with_bias ? &bias : nullptr, gy);
-            const float nan = std::numeric_limits<float>::quiet_NaN();  // outputs must be fully written
-            std::vector<float> y(m * p.n, nan), gx(m * p.k, nan), gv(nv, nan);
-            const LayoutView l = p.view();
-            kern.forward(l, x.data(), m, p.k, values.data(), with_bias ? bias.data() : nullptr, y.data(), p.n,
-                         workers, *pf);
-            kern.grad_input(l, gy.data(), m, p.n, values.data(), gx.data(), p.k, workers, *pf);
-            kern.grad_values(l, gy.data(), x.data(), m, p.n, p.k, gv.data(), workers, *pf);
-            const double tol = 2e-4 * std::sqrt(static_cast<double>(std::max<int64_t>({p.k, p.n, m, 1})));
-            require_close(y, ref.y, tol, "y");
-            require_close(gx, ref.gx, tol, "grad_input");
-            require_close(gv, ref.gv, tol, "grad_values");
+            check_fused_case(kern, p, m, workers, with_bias, *pf, 3000 + m + workers);
             ++runs;
           }
         }
@@ -374,6 +381,34 @@ void run_fused(const FusedKernels& kern) {
 TEST_CASE("AVX-512 kernels match the dense masked reference", "[tw_linear][avx512]") { run_fused(kAvx512); }
 
 TEST_CASE("AVX2 kernels match the dense masked reference", "[tw_linear][avx2]") { run_fused(kAvx2); }
+
+// A layer large enough that the weight packs run through parallel_for
+// (fused::kSerialPackElems), with every task of a parallel_for on its own
+// thread at once, so the on-demand work split (fused::dynamic_for) races for
+// real; and a 3-tile 384x384 layer (fewer tiles than grad_values wants items).
+TEST_CASE("fused kernels: parallel packing and concurrent workers", "[tw_linear][avx2][avx512]") {
+  const Pf threads = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
+    std::vector<std::thread> pool;
+    for (int64_t i = b; i < e; ++i) pool.emplace_back([&f, i] { f(i, i + 1); });
+    for (auto& t : pool) t.join();
+  };
+  const Problem big = make_problem("large, 1d", 640, 600, 128, 1.0, 0.7, 31);
+  const Problem big2d = padded(make_problem("large, 2d", 640, 600, 64, 0.8, 0.7, 32), 8);
+  const Problem attn = make_problem("384x384, 3 tiles", 384, 384, 128, 1.0, 0.25, 33);
+  REQUIRE(num_values(big.view()) >= fused::kSerialPackElems);
+  for (const FusedKernels* kern : {&kAvx512, &kAvx2}) {
+    if (!kern->available()) {
+      WARN("this CPU lacks " << kern->name << ": skipped");
+      continue;
+    }
+    for (const Problem* p : {&big, &big2d, &attn})
+      for (int64_t workers : {2, 3}) {
+        INFO(kern->name << ": " << p->name << ": workers=" << workers);
+        check_fused_case(*kern, *p, 23, workers, true, threads, 4000 + workers);
+        check_fused_case(*kern, *p, 401, workers, false, threads, 5000 + workers);
+      }
+  }
+}
 
 TEST_CASE("AVX2 forward from cached panels equals the packing forward", "[tw_linear][avx2]") {
   if (!avx2::available()) {
