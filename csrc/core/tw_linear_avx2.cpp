@@ -45,11 +45,6 @@ int64_t l2_bytes() {
   return bytes;
 }
 
-// fused::row_blocks with this file's register tile and L2 size.
-std::pair<int64_t, int64_t> row_blocks(int64_t m, int64_t row_floats, int64_t workers) {
-  return fused::row_blocks(m, row_floats, workers, FR, l2_bytes());
-}
-
 // Lanes [0, rem) of a ymm set (rem clamped to [0, 8]), for maskload/maskstore.
 TS_AVX2 inline __m256i lane_mask(int64_t rem) {
   const int r = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(0, rem)));

@@ -49,11 +49,6 @@ int64_t l2_bytes() {
   return bytes;
 }
 
-// fused::row_blocks with this file's register tile and L2 size.
-std::pair<int64_t, int64_t> row_blocks(int64_t m, int64_t row_floats, int64_t workers) {
-  return fused::row_blocks(m, row_floats, workers, FR, l2_bytes());
-}
-
 using fused::FwdOut;
 
 template <int R, bool FullB>
@@ -119,7 +114,7 @@ TS_AVX512 void fwd_micro_impl(const float* x, int64_t ldx, const int32_t* idx, i
     __m512i ix[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) ix[v] = _mm512_maskz_loadu_epi32(mk[v], o.cols + 16 * v);
-    __m512 base[NV];
+    __m512 base[NV] = {};  // read only when !accumulate
     if (!o.accumulate) {
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v)
