@@ -4,8 +4,10 @@ A pruned layer's GEMM input (``[M, K]`` rows: a Linear's input flattened over
 its leading dimensions, a Conv2d's im2col patches) is captured with a forward
 pre-hook. The capture stops the forward right there (an exception caught
 here), so collecting one layer's statistics costs only the part of the model
-in front of it. Statistics are accumulated in float64, one layer (or group of
-layers sharing an input) at a time, so at most one ``K x K`` pair is held.
+in front of it. Each batch's product is computed in float32 (float64 for
+float64 inputs) and the sum over batches is held in float64, one layer (or
+group of layers sharing an input) at a time, so at most one ``K x K`` pair is
+held.
 
 ``[X, 1]`` (a ones column appended) is used for layers with a bias, so the
 bias is reconstructed with the weights.
@@ -124,8 +126,22 @@ def _append_ones(r: Tensor, with_ones: bool) -> Tensor:
     return torch.cat([r, r.new_ones(r.shape[0], 1)], 1) if with_ones else r
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 inputs stay float64; others are multiplied in float32 (one batch's
+    product; the statistic over batches is summed in float64)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _rows(module: nn.Module, x: Tensor, with_ones: bool) -> Tensor:
-    return _append_ones(gemm_inputs(module, x).to(torch.float64), with_ones)
+    return _append_ones(gemm_inputs(module, x).to(_compute_dtype(x)), with_ones)
+
+
+def _add_product(S: Optional[Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """``S += a^T b`` (``S`` float64, created on first use)."""
+    p = (a.t() @ b).to(torch.float64)
+    if S is None:
+        return p
+    return S.add_(p)
 
 
 @torch.no_grad()
@@ -153,16 +169,14 @@ def input_statistics(module: nn.Module, model: nn.Module, batches: Sequence, *, 
             if x is None:
                 continue  # the layer did not run on this batch
             xs = _rows(module, x, with_ones)
-            if H is None:
-                H = xs.new_zeros(xs.shape[1], xs.shape[1])
-            H.addmm_(xs.t(), xs)
+            H = _add_product(H, xs, xs)
             rows += xs.shape[0]
             if ref is not None or cached:
                 if cached:
                     xd = ref_rows[bi]
                     if xd is None:
                         raise RuntimeError("the reference layer did not run on a batch where the layer did")
-                    xd = _append_ones(xd.to(torch.float64), with_ones)
+                    xd = _append_ones(xd.to(xs.dtype), with_ones)
                 else:
                     xr = ref.run(ref_model, batch, forward_fn)
                     if xr is None:
@@ -171,9 +185,7 @@ def input_statistics(module: nn.Module, model: nn.Module, batches: Sequence, *, 
                 if xd.shape != xs.shape:
                     raise RuntimeError(f"reference inputs {tuple(xd.shape)} differ in shape from the layer's "
                                        f"{tuple(xs.shape)}: the forward must be deterministic")
-                if C is None:
-                    C = xs.new_zeros(xs.shape[1], xs.shape[1])
-                C.addmm_(xd.t(), xs)
+                C = _add_product(C, xd.to(xs.dtype), xs)
     finally:
         cap.remove()
         if ref is not None:
@@ -197,9 +209,7 @@ def input_second_moments(modules: Sequence[nn.Module], model: nn.Module, batches
                 return
             seen.add(i)
             xs = _rows(mod, args[0].detach(), with_ones[i])
-            if H[i] is None:
-                H[i] = xs.new_zeros(xs.shape[1], xs.shape[1])
-            H[i].addmm_(xs.t(), xs)
+            H[i] = _add_product(H[i], xs, xs)
             if len(seen) == len(modules):
                 raise _Stop
         return hook
