@@ -30,7 +30,7 @@ def full_configs():
     from .minilm import MiniLMConfig
 
     return (MiniLMConfig(cases=(("tw", 0.75, 128, 1), ("ew", 0.75, 128, 1), ("tw", 0.5, 128, 1), ("tw", 0.75, 64, 1),
-                                ("bw", 0.75, 128, 1)), calib_every=8, steps=200),
+                                ("bw", 0.75, 128, 1))),
             DigitsConfig(patterns=("tw", "ew", "bw"), sparsities=(0.5, 0.75, 0.9)),
             dict(sparsities=(0.5, 0.75, 0.875), repeats=7))
 
