@@ -149,6 +149,7 @@ def main(argv=None) -> int:
             kept_rows = [r for r in old_rows if _key(r) not in new_keys]
             partial["rows"] = kept_rows + partial["rows"]
             if kept_rows:  # the MiniLM time is that of both runs
+                results["meta"]["merged"] = True
                 partial["seconds"] = partial.get("seconds", 0.0) + old_seconds
             results["minilm"] = partial
             save()
