@@ -4,8 +4,10 @@ A pruned layer's GEMM input (``[M, K]`` rows: a Linear's input flattened over
 its leading dimensions, a Conv2d's im2col patches) is captured with a forward
 pre-hook. The capture stops the forward right there (an exception caught
 here), so collecting one layer's statistics costs only the part of the model
-in front of it. Statistics are accumulated in float64, one layer (or group of
-layers sharing an input) at a time, so at most one ``K x K`` pair is held.
+in front of it. Each batch's product is computed in float32 (float64 for
+float64 inputs) and the sum over batches is held in float64, one layer (or
+group of layers sharing an input) at a time, so at most one ``K x K`` pair is
+held.
 
 ``[X, 1]`` (a ones column appended) is used for layers with a bias, so the
 bias is reconstructed with the weights.
@@ -18,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["default_forward", "gemm_inputs", "input_groups", "input_statistics"]
+__all__ = ["default_forward", "gemm_inputs", "input_groups", "input_statistics", "input_second_moments",
+           "capture_inputs"]
 
 ForwardFn = Callable[[nn.Module, Any], Any]
 
@@ -119,46 +122,70 @@ def input_groups(model: nn.Module, modules: Dict[str, nn.Module], batch: Any,
     return groups
 
 
+def _append_ones(r: Tensor, with_ones: bool) -> Tensor:
+    return torch.cat([r, r.new_ones(r.shape[0], 1)], 1) if with_ones else r
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 inputs stay float64; others are multiplied in float32 (one batch's
+    product; the statistic over batches is summed in float64)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _rows(module: nn.Module, x: Tensor, with_ones: bool) -> Tensor:
-    r = gemm_inputs(module, x).to(torch.float64)
-    if with_ones:
-        r = torch.cat([r, r.new_ones(r.shape[0], 1)], 1)
-    return r
+    return _append_ones(gemm_inputs(module, x).to(_compute_dtype(x)), with_ones)
+
+
+def _add_product(S: Optional[Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """``S += a^T b`` (``S`` float64, created on first use)."""
+    p = (a.t() @ b).to(torch.float64)
+    if S is None:
+        return p
+    return S.add_(p)
 
 
 @torch.no_grad()
 def input_statistics(module: nn.Module, model: nn.Module, batches: Sequence, *, with_ones: bool,
                      ref_module: Optional[nn.Module] = None, ref_model: Optional[nn.Module] = None,
-                     forward_fn: ForwardFn = default_forward) -> Tuple[Tensor, Optional[Tensor], int]:
+                     forward_fn: ForwardFn = default_forward,
+                     ref_rows: Optional[Sequence[Optional[Tensor]]] = None) -> Tuple[Tensor, Optional[Tensor], int]:
     """``(H, C, rows)`` of ``module``'s GEMM inputs ``X`` over ``batches``:
     ``H = X^T X`` and, with a reference (the same layer in another model,
     e.g. the dense one), ``C = X_ref^T X`` from the same batches (``None``
-    without one); ``rows`` = number of GEMM rows seen. float64."""
+    without one); ``rows`` = number of GEMM rows seen. float64.
+
+    ``ref_rows``: the reference's GEMM rows per batch, already captured
+    (:func:`capture_inputs`), instead of running ``ref_model``."""
     cap = _Capture(module)
-    ref = _Capture(ref_module) if ref_module is not None else None
+    if ref_rows is not None and len(ref_rows) != len(batches):
+        raise ValueError(f"ref_rows has {len(ref_rows)} entries for {len(batches)} batches")
+    ref = _Capture(ref_module) if ref_module is not None and ref_rows is None else None
+    cached = ref_rows is not None
     H = C = None
     rows = 0
     try:
-        for batch in batches:
+        for bi, batch in enumerate(batches):
             x = cap.run(model, batch, forward_fn)
             if x is None:
                 continue  # the layer did not run on this batch
             xs = _rows(module, x, with_ones)
-            if H is None:
-                H = xs.new_zeros(xs.shape[1], xs.shape[1])
-            H.addmm_(xs.t(), xs)
+            H = _add_product(H, xs, xs)
             rows += xs.shape[0]
-            if ref is not None:
-                xr = ref.run(ref_model, batch, forward_fn)
-                if xr is None:
-                    raise RuntimeError("the reference layer did not run on a batch where the layer did")
-                xd = _rows(ref_module, xr, with_ones)
+            if ref is not None or cached:
+                if cached:
+                    xd = ref_rows[bi]
+                    if xd is None:
+                        raise RuntimeError("the reference layer did not run on a batch where the layer did")
+                    xd = _append_ones(xd.to(xs.dtype), with_ones)
+                else:
+                    xr = ref.run(ref_model, batch, forward_fn)
+                    if xr is None:
+                        raise RuntimeError("the reference layer did not run on a batch where the layer did")
+                    xd = _rows(ref_module, xr, with_ones)
                 if xd.shape != xs.shape:
                     raise RuntimeError(f"reference inputs {tuple(xd.shape)} differ in shape from the layer's "
                                        f"{tuple(xs.shape)}: the forward must be deterministic")
-                if C is None:
-                    C = xs.new_zeros(xs.shape[1], xs.shape[1])
-                C.addmm_(xd.t(), xs)
+                C = _add_product(C, xd.to(xs.dtype), xs)
     finally:
         cap.remove()
         if ref is not None:
@@ -182,9 +209,7 @@ def input_second_moments(modules: Sequence[nn.Module], model: nn.Module, batches
                 return
             seen.add(i)
             xs = _rows(mod, args[0].detach(), with_ones[i])
-            if H[i] is None:
-                H[i] = xs.new_zeros(xs.shape[1], xs.shape[1])
-            H[i].addmm_(xs.t(), xs)
+            H[i] = _add_product(H[i], xs, xs)
             if len(seen) == len(modules):
                 raise _Stop
         return hook
@@ -203,3 +228,40 @@ def input_second_moments(modules: Sequence[nn.Module], model: nn.Module, batches
     if any(h is None for h in H):
         raise ValueError("a layer did not run on any calibration batch")
     return H
+
+
+@torch.no_grad()
+def capture_inputs(modules: Sequence[nn.Module], model: nn.Module, batches: Sequence,
+                   forward_fn: ForwardFn = default_forward) -> List[List[Optional[Tensor]]]:
+    """The GEMM input rows (``[M, K]``, the input's dtype) of several layers on every
+    batch, ``out[i][b]`` (``None`` where layer ``i`` did not run on batch
+    ``b``): one forward per batch, stopped once every layer has run (their
+    first call). Used to hold the dense model's inputs of consecutive layers
+    instead of running the dense model once per layer."""
+    out: List[List[Optional[Tensor]]] = [[None] * len(batches) for _ in modules]
+    seen: set = set()
+    cur = [0]
+
+    def make_hook(i, mod):
+        def hook(m, args):
+            if i in seen:
+                return
+            seen.add(i)
+            out[i][cur[0]] = gemm_inputs(mod, args[0].detach()).clone()
+            if len(seen) == len(modules):
+                raise _Stop
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(i, m)) for i, m in enumerate(modules)]
+    try:
+        for bi, batch in enumerate(batches):
+            seen.clear()
+            cur[0] = bi
+            try:
+                forward_fn(model, batch)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out

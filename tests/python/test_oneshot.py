@@ -263,3 +263,52 @@ def test_unit_keeps_aligned_runs():
     assert abs(sparsity_summary(m)["__total__"]["sparsity"] - 0.75) < 0.02
     mag = tilesparse.sparsify(copy.deepcopy(net), 0.75, 16, "tw", scope="layer", unit=8)
     assert _rel_err(m, net, xt) < _rel_err(mag, net, xt)
+
+
+def test_dense_input_cache_changes_only_the_cost(monkeypatch):
+    """``cache_budget`` (dense inputs of consecutive groups from one dense
+    forward) and ``stat_budget`` give the same weights as one dense forward per
+    group; a large budget captures the remaining groups in one pass."""
+    import importlib
+
+    mod = importlib.import_module("tilesparse.oneshot")
+    bert = _tiny_bert()
+    g = torch.Generator().manual_seed(0)
+    calib = [{"input_ids": torch.randint(0, 100, (4, 8 + 4 * i), generator=g),
+              "attention_mask": torch.ones(4, 8 + 4 * i, dtype=torch.int64)} for i in range(3)]
+    filt = lambda m, fqn: fqn.startswith("encoder.") and isinstance(m, nn.Linear)  # noqa: E731
+    real = mod.capture_inputs
+    runs = {}
+    for budgets in ((0, 0), (1 << 30, 1 << 28), (80_000, 1 << 28)):
+        chunks = []
+        monkeypatch.setattr(mod, "capture_inputs", lambda mods, *a, **k: chunks.append(len(mods)) or real(mods, *a, **k))
+        m = oneshot(copy.deepcopy(bert), calib, 0.5, tile=32, filter_fn=filt, cache_budget=budgets[0],
+                    stat_budget=budgets[1], progress=False)
+        runs[budgets] = torch.cat([p.detach().flatten() for p in m.parameters()])
+        if budgets[0] == 0:
+            assert chunks == []
+        elif budgets[0] == 1 << 30:
+            assert chunks == [7]  # 8 input groups; the first one is read directly
+        else:
+            assert len(chunks) > 1 and sum(chunks) == 7
+    ref = runs[(0, 0)]
+    for budgets, w in runs.items():
+        assert torch.equal(w, ref), budgets
+
+
+def test_capture_inputs_and_cached_reference_rows():
+    from tilesparse.calibration import capture_inputs, input_statistics
+
+    net = _mlp()
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other[1].weight.mul_(0.5)
+    batches = _batches(_inputs(n=300))
+    rows = capture_inputs([other[3], other[5]], other, batches)
+    assert [len(r) for r in rows] == [len(batches)] * 2
+    with torch.no_grad():
+        h = [other[2](other[1](other[0](b))) for b in batches]
+    assert all(torch.equal(r, x) for r, x in zip(rows[0], h))
+    H1, C1, n1 = input_statistics(net[3], net, batches, with_ones=True, ref_module=other[3], ref_model=other)
+    H2, C2, n2 = input_statistics(net[3], net, batches, with_ones=True, ref_rows=rows[0])
+    assert n1 == n2 == 300 and torch.equal(H1, H2) and torch.allclose(C1, C2, rtol=1e-12, atol=1e-9)

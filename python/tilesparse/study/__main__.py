@@ -30,7 +30,7 @@ def full_configs():
     from .minilm import MiniLMConfig
 
     return (MiniLMConfig(cases=(("tw", 0.75, 128, 1), ("ew", 0.75, 128, 1), ("tw", 0.5, 128, 1), ("tw", 0.75, 64, 1),
-                                ("bw", 0.75, 128, 1)), calib_every=8, steps=200),
+                                ("bw", 0.75, 128, 1))),
             DigitsConfig(patterns=("tw", "ew", "bw"), sparsities=(0.5, 0.75, 0.9)),
             dict(sparsities=(0.5, 0.75, 0.875), repeats=7))
 
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
             kept_rows = [r for r in old_rows if _key(r) not in new_keys]
             partial["rows"] = kept_rows + partial["rows"]
             if kept_rows:  # the MiniLM time is that of both runs
+                results["meta"]["merged"] = True
                 partial["seconds"] = partial.get("seconds", 0.0) + old_seconds
             results["minilm"] = partial
             save()
