@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tile_layout.h"
+#include "tw_forward_panels.h"
 
 namespace tilesparse::core::avx2 {
 
@@ -21,15 +22,7 @@ using ParallelFn = std::function<void(int64_t, int64_t, const std::function<void
 // True when this CPU (and this build) can run the kernels below.
 bool available();
 
-// The forward's weight operand: for every tile, panels of 16 outputs stored
-// [kt][16] (zero-padded past the tile's width). Built from the values alone,
-// so a caller may keep it while the values are unchanged (inference).
-struct ForwardPanels {
-  std::vector<float> data;
-  std::vector<int64_t> offsets;  // num_tiles + 1 starts into data
-  int64_t bytes() const { return static_cast<int64_t>(data.size() * sizeof(float) + offsets.size() * 8); }
-};
-
+// The forward's weight operand (tw_forward_panels.h), panels of 16 outputs.
 void pack_forward(const LayoutView& l, const float* values, ForwardPanels& out, const ParallelFn& parallel_for);
 
 // y[m, n] = x[m, k] @ W^T + bias (bias may be null), W given as packed panels

@@ -260,32 +260,24 @@ TS_AVX512 void gather_x_rows(const float* x, int64_t ldx, int64_t h, const int32
   }
 }
 
-// A per-thread buffer that only grows: the packed weight is rebuilt every
-// call (values change between training steps), and reusing the memory avoids
-// a fresh allocation's page faults and zero fill each time. It holds at most
-// the largest layer's packed values per calling thread.
-float* forward_panel_buffer(int64_t n) {
-  thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-  return buf.data();
-}
-
 // Panel q of tile t holds outputs [q*FW, q*FW+FW) as [kt][FW], zero-padded
 // past the tile's width; offsets[t] is the tile's start.
-const float* pack_forward_panels(const LayoutView& l, const float* values, std::vector<int64_t>& offsets,
-                                 const ParallelFn& parallel_for) {
-  offsets.assign(l.num_tiles + 1, 0);
+void pack_forward_impl(const LayoutView& l, const float* values, ForwardPanels& out,
+                       const ParallelFn& parallel_for) {
+  out.offsets.assign(l.num_tiles + 1, 0);
   for (int64_t t = 0; t < l.num_tiles; ++t)
-    offsets[t + 1] = offsets[t] + (l.tile_width(t) + FW - 1) / FW * FW * l.tile_rows(t);
-  float* packed = forward_panel_buffer(offsets[l.num_tiles]);
+    out.offsets[t + 1] = out.offsets[t] + (l.tile_width(t) + FW - 1) / FW * FW * l.tile_rows(t);
+  out.data.resize(out.offsets[l.num_tiles]);  // every element is written below
+  float* packed = out.data.data();
+  const std::vector<int64_t>& offsets = out.offsets;
   fused::maybe_parallel(offsets[l.num_tiles] < fused::kSerialPackElems, parallel_for, 0, l.num_tiles,
                         [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = l.tile_width(t), kt = l.tile_rows(t);
       const float* v = values + l.value_offset(t);  // [g, kt]
-      float* out = packed + offsets[t];
+      float* tile_panels = packed + offsets[t];
       for (int64_t q = 0; q * FW < g; ++q) {
-        float* panel = out + q * kt * FW;  // [kt][FW]
+        float* panel = tile_panels + q * kt * FW;  // [kt][FW]
         const float* vq = v + q * FW * kt;
         const int64_t j1 = std::min(FW, g - q * FW);
         for (int64_t p0 = 0; p0 < kt; p0 += 16)
@@ -302,7 +294,6 @@ const float* pack_forward_panels(const LayoutView& l, const float* values, std::
       }
     }
   });
-  return packed;
 }
 
 }  // namespace
@@ -312,12 +303,25 @@ bool available() {
   return ok;
 }
 
+void pack_forward(const LayoutView& l, const float* values, ForwardPanels& out, const ParallelFn& parallel_for) {
+  pack_forward_impl(l, values, out, parallel_for);
+}
+
+void forward_packed(const LayoutView& l, const ForwardPanels& panels, const float* x, int64_t m, int64_t k,
+                    const float* bias, float* y, int64_t n, int64_t workers, const ParallelFn& parallel_for) {
+  if (m <= 0 || n <= 0) return;
+  fused::forward_panels<FR, FW, FKC>(l, panels.data.data(), panels.offsets, x, m, k, bias, y, n, workers, l2_bytes(),
+                                     parallel_for, fwd_micro);
+}
+
 void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const float* values, const float* bias,
              float* y, int64_t n, int64_t workers, const ParallelFn& parallel_for) {
   if (m <= 0 || n <= 0) return;
-  std::vector<int64_t> off;
-  const float* bp = pack_forward_panels(l, values, off, parallel_for);
-  fused::forward_panels<FR, FW, FKC>(l, bp, off, x, m, k, bias, y, n, workers, l2_bytes(), parallel_for, fwd_micro);
+  // Reused per calling thread: no page faults and zero fill of a fresh
+  // allocation per call; holds the largest layer's panels seen by the thread.
+  thread_local ForwardPanels buf;
+  pack_forward_impl(l, values, buf, parallel_for);
+  forward_packed(l, buf, x, m, k, bias, y, n, workers, parallel_for);
 }
 
 void grad_input(const LayoutView& l, const float* gy, int64_t m, int64_t n, const float* values, float* gx,
@@ -339,6 +343,9 @@ void grad_values(const LayoutView& l, const float* gy, const float* x, int64_t m
 #else  // no AVX-512 build support: never selected
 
 bool available() { return false; }
+void pack_forward(const LayoutView&, const float*, ForwardPanels&, const ParallelFn&) {}
+void forward_packed(const LayoutView&, const ForwardPanels&, const float*, int64_t, int64_t, const float*, float*,
+                    int64_t, int64_t, const ParallelFn&) {}
 void forward(const LayoutView&, const float*, int64_t, int64_t, const float*, const float*, float*, int64_t, int64_t,
              const ParallelFn&) {}
 void grad_input(const LayoutView&, const float*, int64_t, int64_t, const float*, float*, int64_t, int64_t,

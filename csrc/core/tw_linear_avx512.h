@@ -9,6 +9,7 @@
 #include <functional>
 
 #include "tile_layout.h"
+#include "tw_forward_panels.h"
 
 namespace tilesparse::core::avx512 {
 
@@ -18,7 +19,14 @@ using ParallelFn = std::function<void(int64_t, int64_t, const std::function<void
 // True when this CPU (and this build) can run the kernels below.
 bool available();
 
-// y[m, n] = x[m, k] @ W^T + bias (bias may be null). Contract as in tw_linear_cpu.h.
+// The forward's weight operand (tw_forward_panels.h), panels of this file's FW outputs.
+void pack_forward(const LayoutView& l, const float* values, ForwardPanels& out, const ParallelFn& parallel_for);
+
+// y[m, n] = x[m, k] @ W^T + bias (bias may be null), W given as panels packed by pack_forward above.
+void forward_packed(const LayoutView& l, const ForwardPanels& panels, const float* x, int64_t m, int64_t k,
+                    const float* bias, float* y, int64_t n, int64_t workers, const ParallelFn& parallel_for);
+
+// pack_forward into a per-thread buffer, then forward_packed. Contract as in tw_linear_cpu.h.
 // `workers` sizes the row blocks (at least one block per worker when m allows).
 void forward(const LayoutView& l, const float* x, int64_t m, int64_t k, const float* values, const float* bias,
              float* y, int64_t n, int64_t workers, const ParallelFn& parallel_for);

@@ -125,7 +125,7 @@ CpuKernel kernel_for(at::ScalarType dtype) {
   return dtype == at::kFloat ? k : CpuKernel::kGeneric;
 }
 
-// ---- inference cache of the AVX2 forward's packed panels -----------------
+// ---- inference cache of the fused (AVX2, AVX-512) forward's packed panels --------
 // In inference the values are a fixed weight, and re-packing them costs as
 // much as a small layer's GEMM. Entries are keyed by the values' storage
 // (held weakly, so a freed buffer's address reused by a new tensor never
@@ -140,14 +140,15 @@ CpuKernel kernel_for(at::ScalarType dtype) {
 // (`tensor.data.copy_(...)`) are not seen: call tilesparse::cpu_panel_cache_clear after those.
 class PanelCache {
  public:
-  using Panels = core::avx2::ForwardPanels;
+  using Panels = core::ForwardPanels;
 
   // The panels of `values` under layout `l`: cached, or packed into a
   // per-thread buffer (valid until this thread's next call).
-  std::shared_ptr<const Panels> get(const at::Tensor& values, const LayoutArgs& l) {
+  // `kernel`: kAvx2 or kAvx512 (whose panels differ in width).
+  std::shared_ptr<const Panels> get(const at::Tensor& values, const LayoutArgs& l, CpuKernel kernel) {
     const int64_t budget = budget_bytes();
-    if (budget <= 0 || values.is_inference()) return pack_scratch(values, l);
-    Key key = make_key(values, l);
+    if (budget <= 0 || values.is_inference()) return pack_scratch(values, l, kernel);
+    Key key = make_key(values, l, kernel);
     bool seen = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -160,7 +161,7 @@ class PanelCache {
       misses_++;
       for (auto it = seen_.begin(); it != seen_.end() && !seen; ++it) {
         if (!(it->data == key.data && it->numel == key.numel && it->version == key.version &&
-              it->tile == key.tile && it->layout_hash == key.layout_hash))
+              it->tile == key.tile && it->kernel == key.kernel && it->layout_hash == key.layout_hash))
           continue;
         const auto alive = it->storage.lock();
         seen = alive && alive.get() == values.storage().unsafeGetStorageImpl();
@@ -168,14 +169,14 @@ class PanelCache {
         break;
       }
       if (!seen) {  // first sight of this version: remember it, cheaply
-        seen_.push_front(Seen{key.data, key.numel, key.version, key.tile, key.layout_hash,
+        seen_.push_front(Seen{key.data, key.numel, key.version, key.tile, key.kernel, key.layout_hash,
                               values.storage().getWeakStorageImpl()});
         if (seen_.size() > kMaxSeen) seen_.pop_back();
       }
     }
-    if (!seen) return pack_scratch(values, l);
+    if (!seen) return pack_scratch(values, l, kernel);
     auto panels = std::make_shared<Panels>();
-    core::avx2::pack_forward(l.view, values.contiguous().data_ptr<float>(), *panels, aten_parallel_for());
+    pack(kernel, l, values, *panels);
     const int64_t bytes = panels->bytes() + static_cast<int64_t>(key.layout.size() * sizeof(int32_t));
     if (bytes > budget) return panels;
     std::lock_guard<std::mutex> lock(mu_);
@@ -217,6 +218,7 @@ class PanelCache {
   struct Key {
     const void* data;
     int64_t numel, version, tile;
+    CpuKernel kernel;
     std::vector<int32_t> layout;  // num_cols, num_tiles, cols, row_offsets, rows
     uint64_t layout_hash;
   };
@@ -229,6 +231,7 @@ class PanelCache {
   struct Seen {
     const void* data;
     int64_t numel, version, tile;
+    CpuKernel kernel;
     uint64_t layout_hash;
     c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   };
@@ -243,8 +246,8 @@ class PanelCache {
     return static_cast<int64_t>(mb * (1 << 20));
   }
 
-  static Key make_key(const at::Tensor& values, const LayoutArgs& l) {
-    Key key{values.data_ptr(), values.numel(), values._version(), l.view.tile, {}, 1469598103934665603ull};
+  static Key make_key(const at::Tensor& values, const LayoutArgs& l, CpuKernel kernel) {
+    Key key{values.data_ptr(), values.numel(), values._version(), l.view.tile, kernel, {}, 1469598103934665603ull};
     auto& v = key.layout;
     v.reserve(2 + l.view.num_cols + l.view.num_tiles + 1 + l.view.num_rows);
     v.push_back(static_cast<int32_t>(l.view.num_cols));
@@ -259,16 +262,22 @@ class PanelCache {
   static bool matches(const Key& e, const c10::weak_intrusive_ptr<c10::StorageImpl>& storage, const Key& key,
                       const at::Tensor& values) {
     if (e.data != key.data || e.numel != key.numel || e.version != key.version || e.tile != key.tile ||
-        e.layout_hash != key.layout_hash || e.layout != key.layout)
+        e.kernel != key.kernel || e.layout_hash != key.layout_hash || e.layout != key.layout)
       return false;
     const auto alive = storage.lock();  // the same, still living buffer
     return alive && alive.get() == values.storage().unsafeGetStorageImpl();
   }
 
-  static std::shared_ptr<const Panels> pack_scratch(const at::Tensor& values, const LayoutArgs& l) {
+  static void pack(CpuKernel kernel, const LayoutArgs& l, const at::Tensor& values, Panels& out) {
+    const at::Tensor v = values.contiguous();  // held for the call: a strided input's copy
+    if (kernel == CpuKernel::kAvx512) core::avx512::pack_forward(l.view, v.data_ptr<float>(), out, aten_parallel_for());
+    else core::avx2::pack_forward(l.view, v.data_ptr<float>(), out, aten_parallel_for());
+  }
+
+  static std::shared_ptr<const Panels> pack_scratch(const at::Tensor& values, const LayoutArgs& l, CpuKernel kernel) {
     // reused per thread: no fresh allocation (page faults, zero fill) per call
     thread_local Panels scratch;
-    core::avx2::pack_forward(l.view, values.contiguous().data_ptr<float>(), scratch, aten_parallel_for());
+    pack(kernel, l, values, scratch);
     return std::shared_ptr<const Panels>(std::shared_ptr<const Panels>(), &scratch);  // not owned
   }
 
@@ -314,15 +323,12 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     const at::Tensor w = values.view({N, K});
     if (bias) at::addmm_out(y, b, x2, w.t());
     else at::mm_out(y, x2, w.t());
-  } else if (M > 0 && kernel == CpuKernel::kAvx512) {
-    core::avx512::forward(l.view, x2.data_ptr<float>(), M, K, values.contiguous().data_ptr<float>(),
-                          bias ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), N, at::get_num_threads(),
-                          aten_parallel_for());
-  } else if (M > 0 && kernel == CpuKernel::kAvx2) {
+  } else if (M > 0 && (kernel == CpuKernel::kAvx512 || kernel == CpuKernel::kAvx2)) {
     // the packed weight is reused while the values are unchanged (inference)
-    const auto panels = PanelCache::instance().get(values, l);
-    core::avx2::forward_packed(l.view, *panels, x2.data_ptr<float>(), M, K, bias ? b.data_ptr<float>() : nullptr,
-                               y.data_ptr<float>(), N, at::get_num_threads(), aten_parallel_for());
+    const auto panels = PanelCache::instance().get(values, l, kernel);
+    const auto run = kernel == CpuKernel::kAvx512 ? core::avx512::forward_packed : core::avx2::forward_packed;
+    run(l.view, *panels, x2.data_ptr<float>(), M, K, bias ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), N,
+        at::get_num_threads(), aten_parallel_for());
   } else if (M > 0) {
     const at::Tensor v = values.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tw_linear_cpu", [&] {

@@ -410,9 +410,11 @@ TEST_CASE("fused kernels: parallel packing and concurrent workers", "[tw_linear]
   }
 }
 
-TEST_CASE("AVX2 forward from cached panels equals the packing forward", "[tw_linear][avx2]") {
-  if (!avx2::available()) {
-    WARN("this CPU lacks avx2: the avx2 packed forward was NOT tested (skipped)");
+// The inference cache's path (pack_forward once, forward_packed per call) against the packing forward.
+template <typename Pack, typename Packed, typename Forward>
+void check_packed_forward(const char* name, bool available, Pack pack, Packed packed, Forward forward) {
+  if (!available) {
+    WARN("this CPU lacks " << name << ": the " << name << " packed forward was NOT tested (skipped)");
     return;
   }
   const Pf serial = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) { f(b, e); };
@@ -421,13 +423,21 @@ TEST_CASE("AVX2 forward from cached panels equals the packing forward", "[tw_lin
   const int64_t m = 20;
   const auto x = random_vector<float>(m * p.k, rng);
   const auto values = random_vector<float>(num_values(p.view()), rng);
-  avx2::ForwardPanels panels;
-  avx2::pack_forward(p.view(), values.data(), panels, serial);
+  ForwardPanels panels;
+  pack(p.view(), values.data(), panels, serial);
   std::vector<float> a(m * p.n), b(m * p.n);
-  avx2::forward(p.view(), x.data(), m, p.k, values.data(), nullptr, a.data(), p.n, 1, serial);
-  avx2::forward_packed(p.view(), panels, x.data(), m, p.k, nullptr, b.data(), p.n, 1, serial);
+  forward(p.view(), x.data(), m, p.k, values.data(), nullptr, a.data(), p.n, 1, serial);
+  packed(p.view(), panels, x.data(), m, p.k, nullptr, b.data(), p.n, 1, serial);
   CHECK(a == b);
   CHECK(panels.bytes() >= static_cast<int64_t>(sizeof(float)) * num_values(p.view()));
+}
+
+TEST_CASE("AVX2 forward from cached panels equals the packing forward", "[tw_linear][avx2]") {
+  check_packed_forward("avx2", avx2::available(), avx2::pack_forward, avx2::forward_packed, avx2::forward);
+}
+
+TEST_CASE("AVX-512 forward from cached panels equals the packing forward", "[tw_linear][avx512]") {
+  check_packed_forward("avx512", avx512::available(), avx512::pack_forward, avx512::forward_packed, avx512::forward);
 }
 
 TEST_CASE("is_dense_layout recognises only the identity layout", "[tw_linear]") {

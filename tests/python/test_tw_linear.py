@@ -415,8 +415,10 @@ def test_unsupported_or_unknown_cpu_kernel_is_an_error():
         print("every CPU kernel is supported here: the unsupported-kernel error is not exercised")
 
 
-avx2_only = pytest.mark.skipif("avx2" not in SUPPORTED_KERNELS, reason="CPU kernel 'avx2' not supported by this CPU "
-                               "(its forward holds the panel cache)")
+# the fused kernels, whose forward holds the panel cache
+FUSED = [k for k in ("avx2", "avx512") if k in SUPPORTED_KERNELS]
+fused_kernels = pytest.mark.parametrize("kernel", FUSED or [pytest.param(
+    "avx2", marks=pytest.mark.skip(reason="no fused CPU kernel (avx2/avx512) supported by this CPU"))])
 
 
 @contextlib.contextmanager
@@ -428,14 +430,14 @@ def _clean_panel_cache():
         _ops.cpu_panel_cache_clear()
 
 
-@avx2_only
-def test_panel_cache_reuses_and_sees_in_place_updates():
+@fused_kernels
+def test_panel_cache_reuses_and_sees_in_place_updates(kernel):
     """Unchanged values are packed once more on their second use, then served
     from the cache; an in-place update (which bumps the version counter) is
     seen at once and replaces the stale entry."""
     mask, layout = _case("tile_mask_2d")
     w, x, b, layout, values = _operands(mask, layout, torch.float32, "cpu", (9,))
-    with cpu_kernel("avx2"), _clean_panel_cache(), torch.no_grad():
+    with cpu_kernel(kernel), _clean_panel_cache(), torch.no_grad():
         ys = [ops.tw_linear(x, values, layout, b) for _ in range(3)]
         entries, _, hits, misses = _ops.cpu_panel_cache_stats()
         assert (entries, hits, misses) == (1, 1, 2)
@@ -452,12 +454,27 @@ def test_panel_cache_reuses_and_sees_in_place_updates():
     assert_close_to_reference(y4, reference_tw_linear(x, wd, mask, b), reduction_len=mask.shape[1])
 
 
-@avx2_only
-def test_panel_cache_never_serves_a_freed_buffer():
+@pytest.mark.skipif(len(FUSED) < 2, reason="needs both fused CPU kernels (avx2 and avx512)")
+def test_panel_cache_keeps_each_kernels_panels_apart():
+    """The two kernels pack panels of different widths: switching kernels
+    over the same unchanged values never serves the other kernel's panels."""
+    mask, layout = _case("tile_mask_2d")
+    w, x, b, layout, values = _operands(mask, layout, torch.float32, "cpu", (9,))
+    ref = reference_tw_linear(x, w, mask, b)
+    with _clean_panel_cache(), torch.no_grad():
+        for _ in range(3):
+            for kernel in FUSED:
+                with cpu_kernel(kernel):
+                    assert_close_to_reference(ops.tw_linear(x, values, layout, b), ref, reduction_len=mask.shape[1])
+        assert _ops.cpu_panel_cache_stats()[0] == 1  # an entry per buffer: the other kernel's replaced it
+
+
+@fused_kernels
+def test_panel_cache_never_serves_a_freed_buffer(kernel):
     """New values in a freed buffer's memory (same address, version 0) are
     packed afresh, and a different layout over the same values is too."""
     mask, layout = _case("1d")
-    with cpu_kernel("avx2"), _clean_panel_cache(), torch.no_grad():
+    with cpu_kernel(kernel), _clean_panel_cache(), torch.no_grad():
         for seed in range(4):
             w, x, b, _, values = _operands(mask, layout, torch.float32, "cpu", (7,), seed=seed)
             for _ in range(3):
@@ -475,13 +492,13 @@ def test_panel_cache_never_serves_a_freed_buffer():
         assert_close_to_reference(y, reference_tw_linear(x, wd, mask2, b), reduction_len=mask.shape[1])
 
 
-@avx2_only
-def test_panel_cache_is_bounded_and_skips_training(monkeypatch):
+@fused_kernels
+def test_panel_cache_is_bounded_and_skips_training(kernel, monkeypatch):
     """Values updated between every call (training) are never stored; the
     cache holds at most TILESPARSE_CPU_PANEL_CACHE_MB, least recently used
     evicted; a bad budget is a ValueError naming the variable."""
     mask, layout = _case("tile_mask_2d")
-    with cpu_kernel("avx2"), _clean_panel_cache():
+    with cpu_kernel(kernel), _clean_panel_cache():
         w, x, b, layout, values = _operands(mask, layout, torch.float32, "cpu", (5,))
         values.requires_grad_(True)
         opt = torch.optim.SGD([values], lr=0.1)
@@ -489,14 +506,21 @@ def test_panel_cache_is_bounded_and_skips_training(monkeypatch):
             ops.tw_linear(x, values, layout, b).sum().backward()
             opt.step()
         assert _ops.cpu_panel_cache_stats()[0] == 0
-        monkeypatch.setenv("TILESPARSE_CPU_PANEL_CACHE_MB", "0.02")  # ~20 KB: room for 3 of these 6 layers
+        with torch.no_grad():  # one entry's size (the kernels' panels differ in width)
+            for _ in range(2):
+                ops.tw_linear(x, values.detach(), layout, b)
+        entry_bytes = _ops.cpu_panel_cache_stats()[1]
+        assert entry_bytes > 0
+        _ops.cpu_panel_cache_clear()
+        budget_mb = 3.5 * entry_bytes / 2 ** 20  # room for 3 of these 6 layers
+        monkeypatch.setenv("TILESPARSE_CPU_PANEL_CACHE_MB", repr(budget_mb))
         with torch.no_grad():
             layers = [values.detach().clone() for _ in range(6)]
             for _ in range(3):
                 for v in layers:
                     ops.tw_linear(x, v, layout, b)
                     entries, nbytes, _, _ = _ops.cpu_panel_cache_stats()
-                    assert nbytes <= 0.02 * 2 ** 20
+                    assert nbytes <= budget_mb * 2 ** 20
         assert 1 <= entries < len(layers)
         monkeypatch.setenv("TILESPARSE_CPU_PANEL_CACHE_MB", "lots")
         with torch.no_grad(), pytest.raises(ValueError, match="TILESPARSE_CPU_PANEL_CACHE_MB"):
