@@ -195,29 +195,29 @@ def input_statistics(module: nn.Module, model: nn.Module, batches: Sequence, *, 
     return H, C, rows
 
 
-@torch.no_grad()
-def input_second_moments(modules: Sequence[nn.Module], model: nn.Module, batches: Sequence, *,
-                         with_ones: Sequence[bool], forward_fn: ForwardFn = default_forward) -> List[Tensor]:
-    """``H = X^T X`` (float64) of several layers' GEMM inputs from one forward
-    per batch, stopped once every one of them has run (their first call)."""
-    H: List[Optional[Tensor]] = [None] * len(modules)
+def first_inputs(modules: Sequence[nn.Module], model: nn.Module, batches: Sequence, forward_fn: ForwardFn,
+                  on_input: Callable[[int, int, Tensor], None]) -> None:
+    """Calls ``on_input(i, b, x)`` with the input ``x`` of the first call of
+    ``modules[i]`` on batch ``b``: one forward per batch, stopped once every
+    module has run."""
     seen: set = set()
+    cur = [0]
 
-    def make_hook(i, mod):
+    def make_hook(i):
         def hook(m, args):
             if i in seen:
                 return
             seen.add(i)
-            xs = _rows(mod, args[0].detach(), with_ones[i])
-            H[i] = _add_product(H[i], xs, xs)
+            on_input(i, cur[0], args[0].detach())
             if len(seen) == len(modules):
                 raise _Stop
         return hook
 
-    handles = [m.register_forward_pre_hook(make_hook(i, m)) for i, m in enumerate(modules)]
+    handles = [m.register_forward_pre_hook(make_hook(i)) for i, m in enumerate(modules)]
     try:
-        for batch in batches:
+        for bi, batch in enumerate(batches):
             seen.clear()
+            cur[0] = bi
             try:
                 forward_fn(model, batch)
             except _Stop:
@@ -225,6 +225,20 @@ def input_second_moments(modules: Sequence[nn.Module], model: nn.Module, batches
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def input_second_moments(modules: Sequence[nn.Module], model: nn.Module, batches: Sequence, *,
+                         with_ones: Sequence[bool], forward_fn: ForwardFn = default_forward) -> List[Tensor]:
+    """``H = X^T X`` (float64) of several layers' GEMM inputs from one forward
+    per batch, stopped once every one of them has run (their first call)."""
+    H: List[Optional[Tensor]] = [None] * len(modules)
+
+    def add(i, b, x):
+        xs = _rows(modules[i], x, with_ones[i])
+        H[i] = _add_product(H[i], xs, xs)
+
+    first_inputs(modules, model, batches, forward_fn, add)
     if any(h is None for h in H):
         raise ValueError("a layer did not run on any calibration batch")
     return H
@@ -239,29 +253,9 @@ def capture_inputs(modules: Sequence[nn.Module], model: nn.Module, batches: Sequ
     first call). Used to hold the dense model's inputs of consecutive layers
     instead of running the dense model once per layer."""
     out: List[List[Optional[Tensor]]] = [[None] * len(batches) for _ in modules]
-    seen: set = set()
-    cur = [0]
 
-    def make_hook(i, mod):
-        def hook(m, args):
-            if i in seen:
-                return
-            seen.add(i)
-            out[i][cur[0]] = gemm_inputs(mod, args[0].detach()).clone()
-            if len(seen) == len(modules):
-                raise _Stop
-        return hook
+    def keep(i, b, x):
+        out[i][b] = gemm_inputs(modules[i], x).clone()
 
-    handles = [m.register_forward_pre_hook(make_hook(i, m)) for i, m in enumerate(modules)]
-    try:
-        for bi, batch in enumerate(batches):
-            seen.clear()
-            cur[0] = bi
-            try:
-                forward_fn(model, batch)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    first_inputs(modules, model, batches, forward_fn, keep)
     return out

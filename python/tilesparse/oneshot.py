@@ -35,8 +35,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .calibration import (ForwardFn, capture_inputs, default_forward, gemm_inputs, input_groups, input_second_moments,
-                          input_statistics)
+from .calibration import (ForwardFn, capture_inputs, default_forward, first_inputs, gemm_inputs, input_groups,
+                          input_second_moments, input_statistics)
 from .importance import _progress, effective_weight
 from .patterns import PATTERNS, TILE_PATTERNS, bw_mask, ew_mask, nm_mask, tw_mask, vw_mask
 from .reconstruct import greedy_tile_selection, kept_set_error, masked_lstsq
@@ -358,21 +358,12 @@ class _DenseInputs:
         self.first_rows: List[int] = []
         if budget > 0 and len(groups) > 1:
             mods = [by_name[g[0]].dense for g in groups]
-            found: Dict[int, int] = {}
+            self.first_rows = [0] * len(groups)
 
-            def make_hook(i, mod):
-                def hook(m, args):
-                    if i not in found:
-                        found[i] = int(gemm_inputs(mod, args[0]).shape[0])
-                return hook
+            def count(i, b, x):
+                self.first_rows[i] = int(gemm_inputs(mods[i], x).shape[0])
 
-            handles = [m.register_forward_pre_hook(make_hook(i, m)) for i, m in enumerate(mods)]
-            try:
-                forward_fn(dense, batches[0])
-            finally:
-                for h in handles:
-                    h.remove()
-            self.first_rows = [found.get(i, 0) for i in range(len(groups))]
+            first_inputs(mods, dense, batches[:1], forward_fn, count)
 
     def _bytes(self, gi: int) -> float:
         l = self.by_name[self.groups[gi][0]]
