@@ -148,17 +148,22 @@ def _add_product(S: Optional[Tensor], a: Tensor, b: Tensor) -> Tensor:
 def input_statistics(module: nn.Module, model: nn.Module, batches: Sequence, *, with_ones: bool,
                      ref_module: Optional[nn.Module] = None, ref_model: Optional[nn.Module] = None,
                      forward_fn: ForwardFn = default_forward,
-                     ref_rows: Optional[Sequence[Optional[Tensor]]] = None) -> Tuple[Tensor, Optional[Tensor], int]:
+                     ref_rows: Optional[Sequence[Optional[Tensor]]] = None,
+                     ref_batches: Optional[Sequence] = None) -> Tuple[Tensor, Optional[Tensor], int]:
     """``(H, C, rows)`` of ``module``'s GEMM inputs ``X`` over ``batches``:
     ``H = X^T X`` and, with a reference (the same layer in another model,
     e.g. the dense one), ``C = X_ref^T X`` from the same batches (``None``
     without one); ``rows`` = number of GEMM rows seen. float64.
 
     ``ref_rows``: the reference's GEMM rows per batch, already captured
-    (:func:`capture_inputs`), instead of running ``ref_model``."""
+    (:func:`capture_inputs`), instead of running ``ref_model``.
+    ``ref_batches``: what ``ref_model`` is run on, batch for batch (default
+    ``batches``; e.g. the dense block's own inputs, :mod:`tilesparse.blockwise`)."""
     cap = _Capture(module)
     if ref_rows is not None and len(ref_rows) != len(batches):
         raise ValueError(f"ref_rows has {len(ref_rows)} entries for {len(batches)} batches")
+    if ref_batches is not None and len(ref_batches) != len(batches):
+        raise ValueError(f"ref_batches has {len(ref_batches)} entries for {len(batches)} batches")
     ref = _Capture(ref_module) if ref_module is not None and ref_rows is None else None
     cached = ref_rows is not None
     H = C = None
@@ -178,7 +183,7 @@ def input_statistics(module: nn.Module, model: nn.Module, batches: Sequence, *, 
                         raise RuntimeError("the reference layer did not run on a batch where the layer did")
                     xd = _append_ones(xd.to(xs.dtype), with_ones)
                 else:
-                    xr = ref.run(ref_model, batch, forward_fn)
+                    xr = ref.run(ref_model, batch if ref_batches is None else ref_batches[bi], forward_fn)
                     if xr is None:
                         raise RuntimeError("the reference layer did not run on a batch where the layer did")
                     xd = _rows(ref_module, xr, with_ones)

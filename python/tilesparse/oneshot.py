@@ -30,11 +30,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from .blockwise import BlockPipeline, resolve_blocks, run_block
 from .calibration import (ForwardFn, capture_inputs, default_forward, first_inputs, gemm_inputs, input_groups,
                           input_second_moments, input_statistics)
 from .importance import _progress, effective_weight
@@ -224,7 +225,8 @@ def _grid(lo: float, hi: float, step: float) -> List[float]:
 def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str = "tw", tile: int = 128,
             unit: int = 1, forward_fn: Optional[ForwardFn] = None,
             filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, allocation: str = "error",
-            bounds: Tuple[float, float] = (0.0, 0.95), sequential: bool = True, selection: str = "score",
+            bounds: Tuple[float, float] = (0.0, 0.95), sequential: bool = True,
+            blocks: Union[str, Sequence[str], None] = "auto", selection: str = "score",
             damp: float = 0.01, delta: float = 0.02, vector: int = 16, block: int = 32, grid_step: float = 0.05,
             max_groups: int = 64, iters: int = 50, stat_budget: int = 1 << 28, cache_budget: int = 1 << 30,
             progress: Optional[bool] = None) -> nn.Module:
@@ -243,6 +245,16 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
       errors; every layer within ``bounds``) or ``"uniform"``.
     * ``sequential``: inputs from the partly pruned model (else from the dense
       one); the target is always the dense model's output.
+    * ``blocks``: the model's chain of blocks (module names, each called once
+      per forward, in order, with the previous one's output as its first
+      argument; e.g. ``encoder.layer.0`` ... ``encoder.layer.5``). The
+      sequential pass then keeps each block's inputs in both models and runs
+      one block at a time (``O(L)`` block forwards instead of the model's
+      prefix for every layer group, ``O(L^2)``). ``"auto"``: the children of
+      the largest ``nn.ModuleList`` holding every pruned layer, if the model
+      passes the check on the first batch (else the whole forward per group);
+      ``None``: always the whole forward. Only the cost changes, not the
+      result.
     * ``selection``: ``"score"`` or ``"obs"`` (greedy second-order within
       tiles; slower).
     * ``damp``: ridge, a fraction of the mean input energy.
@@ -250,14 +262,16 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
       at once (consecutive layers calibrated in one forward of the dense
       model); 0: one layer's (or input group's) at a time.
     * ``cache_budget``: bytes of the dense model's layer inputs the sequential
-      pass may hold (the inputs of consecutive groups captured in one dense
-      forward, instead of one dense forward per group); 0: none held. Only
-      the cost changes, not the result.
+      pass may hold: with ``blocks``, those of one block's layer groups from
+      one run of the dense block; without, those of consecutive groups from
+      one dense forward (instead of one dense forward per group); 0: none
+      held. Only the cost changes, not the result.
 
     Returns the model with tile-sparse (``tw``, ``tew``) or masked modules in
     the masked state, ready to fine-tune or :func:`tilesparse.finalize`.
     Needs memory for a dense copy of the model and one layer's ``K x K``
-    statistics.
+    statistics (with ``blocks``, also the current block's inputs in both
+    models on every calibration batch).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -306,26 +320,49 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
             else:
                 plan = {l.fqn: (0.5 if fixed_s else sparsity) * l.numel for l in layers}
             carry = 0.0
-            cache = _DenseInputs(groups, by_name, dense, batches, forward_fn, cache_budget if sequential else 0)
+            pipe = None
+            names, strict = resolve_blocks(blocks, dense, [l.fqn for l in layers])
+            if sequential:
+                if names is not None:
+                    pipe = BlockPipeline.build(names, model, dense, [l.fqn for l in layers], batches, forward_fn,
+                                               strict)
+            held_block, held = -1, {}
+            cache = None if pipe is not None else _DenseInputs(groups, by_name, dense, batches, forward_fn,
+                                                               cache_budget if sequential else 0)
             for gi, g in enumerate(_progress(groups, len(groups), "oneshot: reconstruct", progress)):
                 first = by_name[g[0]]
-                src = first.module if sequential else first.dense
-                # not sequential: X_s = X_d, so C = H (input_statistics returns C=None without a reference)
-                H, C, rows = input_statistics(src, model if sequential else dense, batches, with_ones=first.bias,
-                                              ref_module=first.dense if sequential else None, ref_model=dense,
-                                              forward_fn=forward_fn, ref_rows=cache.rows(gi))
-                cache.seen(gi, rows)
+                if pipe is not None:  # the current block alone, on its inputs in both models
+                    b = pipe.block_of(first.fqn)
+                    if b != held_block:  # the dense inputs of the block's groups, from one run of the block
+                        pipe.advance(b)
+                        mine = [j for j, h in enumerate(groups) if pipe.block_of(h[0]) == b]
+                        rows = pipe.dense_rows([by_name[groups[j][0]].dense for j in mine], cache_budget)
+                        held = dict(zip(mine, rows)) if rows is not None else {}
+                        held_block = b
+                    blk, dblk = pipe.blocks()
+                    src = dict(model=blk, batches=pipe.calls(True), ref_model=dblk, ref_batches=pipe.calls(False),
+                               forward_fn=run_block, ref_rows=held.pop(gi, None))
+                elif sequential:
+                    src = dict(model=model, batches=batches, ref_model=dense, forward_fn=forward_fn,
+                               ref_rows=cache.rows(gi))
+                else:  # X_s = X_d, so C = H (input_statistics returns C=None without a reference)
+                    src = dict(model=dense, batches=batches, forward_fn=forward_fn)
+
+                def stats(l: _Layer):
+                    if not sequential:
+                        return input_statistics(l.dense, with_ones=l.bias, **src)
+                    return input_statistics(l.module, with_ones=l.bias, ref_module=l.dense, **src)
+
+                H, C, rows = stats(first)
+                if cache is not None:
+                    cache.seen(gi, rows)
                 k = first.k
                 shared = _Solver(H, C, k, damp)
                 for fqn in g:
                     l = by_name[fqn]
                     solver = shared
                     if l.bias != first.bias:  # shares the input, not the bias setting: its own statistics
-                        H2, C2, _ = input_statistics(l.module if sequential else l.dense,
-                                                     model if sequential else dense, batches, with_ones=l.bias,
-                                                     ref_module=l.dense if sequential else None,
-                                                     ref_model=dense, forward_fn=forward_fn,
-                                                     ref_rows=cache.rows(gi))
+                        H2, C2, _ = stats(l)
                         solver = _Solver(H2, C2, k, damp)
                     want = plan[fqn] + carry
                     if not fixed_s:
@@ -333,7 +370,8 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
                     got = _prune_layer(l, solver, pat, want / l.numel, max_groups, iters)
                     carry += plan[fqn] - got
                 del H, C, shared
-                cache.drop(gi)
+                if cache is not None:
+                    cache.drop(gi)
     finally:
         for m, t in modes:
             m.train(t)

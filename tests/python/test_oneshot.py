@@ -266,8 +266,8 @@ def test_unit_keeps_aligned_runs():
 
 
 def test_dense_input_cache_changes_only_the_cost(monkeypatch):
-    """``cache_budget`` (dense inputs of consecutive groups from one dense
-    forward) and ``stat_budget`` give the same weights as one dense forward per
+    """Without blocks: ``cache_budget`` (dense inputs of consecutive groups
+    from one dense forward) and ``stat_budget`` give the same weights as one dense forward per
     group; a large budget captures the remaining groups in one pass."""
     import importlib
 
@@ -282,7 +282,7 @@ def test_dense_input_cache_changes_only_the_cost(monkeypatch):
     for budgets in ((0, 0), (1 << 30, 1 << 28), (80_000, 1 << 28)):
         chunks = []
         monkeypatch.setattr(mod, "capture_inputs", lambda mods, *a, **k: chunks.append(len(mods)) or real(mods, *a, **k))
-        m = oneshot(copy.deepcopy(bert), calib, 0.5, tile=32, filter_fn=filt, cache_budget=budgets[0],
+        m = oneshot(copy.deepcopy(bert), calib, 0.5, tile=32, filter_fn=filt, cache_budget=budgets[0], blocks=None,
                     stat_budget=budgets[1], progress=False)
         runs[budgets] = torch.cat([p.detach().flatten() for p in m.parameters()])
         if budgets[0] == 0:
