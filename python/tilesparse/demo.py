@@ -17,7 +17,7 @@ Installs nothing: run ``make deps build`` first (it installs ``fortunes`` and
 ``requirements-dev.txt``). The defaults are the full study's MiniLM recipe
 with half its calibration sentences and distillation steps (to stay within
 10 minutes), so the 75% rows come out somewhat below ``docs/study.md``;
-``--calib-every 2 --steps 400`` is the study's recipe; ``--steps``,
+``--calib-every 1 --steps 400`` is the study's recipe; ``--steps``,
 ``--train`` and ``--eval`` trade time for quality.
 """
 from __future__ import annotations
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--unit", type=int, default=1, help="TW pruning unit (consecutive input features)")
     ap.add_argument("--steps", type=int, default=200, help="distillation steps per pruned model (default 200; "
                     "the study: 400)")
-    ap.add_argument("--calib-every", type=int, default=4, help="calibration: every n-th training batch (default 4; "
-                    "the study: 2)")
+    ap.add_argument("--calib-every", type=int, default=2, help="calibration: every n-th training batch (default 2; "
+                    "the study: 1)")
     ap.add_argument("--train", type=int, default=2048, help="training sentences (default 2048)")
     ap.add_argument("--eval", type=int, default=512, help="held-out sentences (default 512)")
     ap.add_argument("--patterns", default="tw,ew", help="patterns to compare (default tw,ew; e.g. tw,ew,bw)")

@@ -105,6 +105,8 @@ def test_minilm_study_tiny():
             assert -1.0 <= r[stage]["cosine"] <= 1.0 + 1e-6 and 0.0 <= r[stage]["retrieval"] <= 1.0
         assert ("speed" in r) == (r["pattern"] in ("tw", "tew"))
         assert set(r["allocation"]) == {"query", "key", "value", "attention output", "intermediate", "output"}
+        fit = r["calibrated_fit"]  # the calibration sentences (16 = every 2nd of 32): 2 batches of 8
+        assert fit["sentences"] == 16 and -1.0 <= fit["cosine"] <= 1.0 + 1e-6
     drop = res["rows"][0]
     assert drop["layers"] == [0] and "finetuned" in drop and drop["speed"]["speedup"] > 0
     assert res["config"]["n_train"] == 32 and res["config"]["n_eval"] == 16

@@ -30,7 +30,7 @@ def full_configs():
     from .minilm import MiniLMConfig
 
     return (MiniLMConfig(cases=(("tw", 0.75, 128, 1), ("ew", 0.75, 128, 1), ("tw", 0.5, 128, 1), ("tw", 0.75, 64, 1),
-                                ("bw", 0.75, 128, 1))),
+                                ("bw", 0.75, 128, 1), ("tw", 0.75, 128, 8), ("tw", 0.75, 128, 16))),
             DigitsConfig(patterns=("tw", "ew", "bw"), sparsities=(0.5, 0.75, 0.9)),
             dict(sparsities=(0.5, 0.75, 0.875), repeats=7))
 
@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="MiniLM distillation steps per model")
     ap.add_argument("--cases", default=None,
                     help="MiniLM cases pattern:sparsity[:tile[:unit]], comma-separated (default: the full list)")
+    ap.add_argument("--train", type=int, default=None, help="MiniLM training sentences (default 2048)")
+    ap.add_argument("--calib-every", type=int, default=None,
+                    help="MiniLM calibration: every n-th training batch (default 1: all of them)")
     ap.add_argument("--no-layer-drop", action="store_true", help="skip the layer-dropped dense MiniLM")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--from-json", default=None, help="rewrite the report from saved results")
@@ -102,6 +105,10 @@ def main(argv=None) -> int:
         mcfg = replace(mcfg, steps=args.steps)
     if args.cases:
         mcfg = replace(mcfg, cases=parse_cases(args.cases))
+    if args.train is not None:
+        mcfg = replace(mcfg, n_train=args.train)
+    if args.calib_every is not None:
+        mcfg = replace(mcfg, calib_every=args.calib_every)
     if args.no_layer_drop:
         mcfg = replace(mcfg, layer_drop=())
     t0 = time.perf_counter()
