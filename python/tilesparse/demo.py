@@ -113,9 +113,9 @@ def main(argv=None) -> int:
     print()
     print(report.speed_table(layers))
     print()
-    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min. The full study (TW tile 64/128, "
+    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min. The full study (TW tile 64/128, unit 1/8/16, "
           "50/75%, EW/BW, the layer-dropped dense MiniLM, the digits CNN, plots): "
-          "python -m tilesparse.study --threads 1 --out docs (see docs/study.md).")
+          f"{report.COMMAND} (see docs/study.md).")
     return 0
 
 
