@@ -320,25 +320,23 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
             else:
                 plan = {l.fqn: (0.5 if fixed_s else sparsity) * l.numel for l in layers}
             carry = 0.0
+            names, strict = resolve_blocks(blocks, dense, [l.fqn for l in layers])  # checked in every mode
             pipe = None
-            names, strict = resolve_blocks(blocks, dense, [l.fqn for l in layers])
-            if sequential:
-                if names is not None:
-                    pipe = BlockPipeline.build(names, model, dense, [l.fqn for l in layers], batches, forward_fn,
-                                               strict)
-            held_block, held = -1, {}
+            if sequential and names is not None:
+                pipe = BlockPipeline.build(names, model, dense, [l.fqn for l in layers], batches, forward_fn, strict)
             cache = None if pipe is not None else _DenseInputs(groups, by_name, dense, batches, forward_fn,
                                                                cache_budget if sequential else 0)
+            block_of = [pipe.block_of(g[0]) for g in groups] if pipe is not None else []
+            held: Dict[int, List[Optional[Tensor]]] = {}
             for gi, g in enumerate(_progress(groups, len(groups), "oneshot: reconstruct", progress)):
                 first = by_name[g[0]]
                 if pipe is not None:  # the current block alone, on its inputs in both models
-                    b = pipe.block_of(first.fqn)
-                    if b != held_block:  # the dense inputs of the block's groups, from one run of the block
+                    b = block_of[gi]
+                    if gi == 0 or block_of[gi - 1] != b:  # a new block: its groups' dense inputs from one run
                         pipe.advance(b)
-                        mine = [j for j, h in enumerate(groups) if pipe.block_of(h[0]) == b]
+                        mine = [j for j, bj in enumerate(block_of) if bj == b]
                         rows = pipe.dense_rows([by_name[groups[j][0]].dense for j in mine], cache_budget)
                         held = dict(zip(mine, rows)) if rows is not None else {}
-                        held_block = b
                     blk, dblk = pipe.blocks()
                     src = dict(model=blk, batches=pipe.calls(True), ref_model=dblk, ref_batches=pipe.calls(False),
                                forward_fn=run_block, ref_rows=held.pop(gi, None))
