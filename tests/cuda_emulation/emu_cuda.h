@@ -47,6 +47,9 @@
 //    by a few fp32 ulps).
 //  - Any failure (an emulation check, or an exception thrown by a kernel)
 //    stops the block and is rethrown by emu::launch as emu::Error.
+//  - The sm_90a instructions and emu::launch_cluster (clusters of blocks
+//    that run together, picked at random at every sm90 instruction) are in
+//    emu_sm90.h, included at the end of this header.
 #pragma once
 
 #define TILESPARSE_PTX_EMULATION 1
@@ -233,6 +236,17 @@ struct Stats {
   uint64_t ldmatrix = 0;         // ldmatrix instructions (per warp)
   uint64_t mma = 0;              // mma.sync instructions (per warp)
   uint64_t shfl = 0;             // shuffles (per warp)
+  // sm_90a (emu_sm90.h)
+  uint64_t clusters = 0;          // clusters run (a block of emu::launch counts as one)
+  uint64_t cluster_barriers = 0;  // barrier.cluster phases completed
+  uint64_t named_barriers = 0;    // bar.sync id, n completed
+  uint64_t mbarrier_ops = 0;      // mbarrier init / arrive / try_wait (per thread)
+  uint64_t tma_loads = 0;         // cp.async.bulk.tensor instructions (a multicast counts once)
+  uint64_t tma_multicast = 0;     // of which multicast
+  uint64_t tma_bytes = 0;         // box bytes read (once per instruction)
+  uint64_t wgmma = 0;             // wgmma.mma_async (per warpgroup)
+  uint64_t wgmma_fences = 0;      // wgmma.fence (per warpgroup)
+  uint64_t proxy_fences = 0;      // fence.proxy.async (per thread)
 };
 Stats& stats();
 void reset_stats();
@@ -428,3 +442,6 @@ inline void mma_m16n8k8_bf16(float (&d)[4], const uint32_t (&a)[2], uint32_t b) 
 }
 
 }  // namespace tilesparse::cuda
+
+// The sm_90a instructions (csrc/cuda/sm90_ptx.cuh) and emu::launch_cluster.
+#include "emu_sm90.h"
