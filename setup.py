@@ -6,9 +6,16 @@ visible, so compile errors surface on GPU-less machines too.
 
 Environment knobs:
   TILESPARSE_CPU_ONLY=1   build without CUDA kernels even when a toolkit exists
-  TORCH_CUDA_ARCH_LIST    CUDA archs (default "8.0;9.0": Ampere and Hopper)
+  TORCH_CUDA_ARCH_LIST    CUDA archs (default "8.0;9.0a": Ampere, and Hopper with its arch-specific
+                          wgmma/setmaxnreg/TMA-multicast features). torch's cpp_extension turns each
+                          entry into one -gencode: "9.0a" -> -gencode=arch=compute_90a,code=sm_90a, so
+                          the Hopper target is compiled once (sm_90a SASS also runs every sm_90 kernel;
+                          listing "9.0" too would compile all sources a third time for nothing). A list
+                          with 9.0a defines TILESPARSE_HAS_SM90A=1: without it the sm_90a kernel bodies
+                          are traps and the launch plan must not pick them.
   MAX_JOBS                parallel compile jobs (read by torch's BuildExtension)
-  NVCC_THREADS            nvcc --threads per job (default 2)
+  NVCC_THREADS            nvcc --threads per job (default 2: the sm_80 and sm_90a passes of one
+                          translation unit compile in parallel)
   DEBUG=1                 -O0 -g, device debug info
 """
 import glob
@@ -60,8 +67,14 @@ def _use_cuda():
 
 def get_extensions():
     debug = os.getenv("DEBUG", "0") == "1"
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
     use_cuda = _use_cuda()
+    archs = [a.strip() for a in os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";") if a.strip()]
+    has_sm90a = any(a.split("+")[0] == "9.0a" for a in archs)
+    if use_cuda and any(a.split("+")[0] == "9.0" for a in archs):
+        _log("NOTE: TORCH_CUDA_ARCH_LIST names 9.0" + (" and 9.0a: every source compiles twice for Hopper "
+             "(9.0a alone covers it)" if has_sm90a else " without 9.0a: the sm_90a forward (wgmma) is "
+             "not built; Hopper runs the v2 kernels"))
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # no -std: torch.utils.cpp_extension picks the standard this torch needs (C++17, or C++20 from 2.10)
     cxx = opt + ["-fdiagnostics-color=always"]
@@ -86,7 +99,7 @@ def get_extensions():
     kwargs = dict(extra_compile_args={"cxx": cxx, "nvcc": nvcc} if use_cuda else {"cxx": cxx},
                   extra_link_args=link)
     if use_cuda:
-        kwargs["define_macros"] = [("TILESPARSE_WITH_CUDA", "1")]
+        kwargs["define_macros"] = [("TILESPARSE_WITH_CUDA", "1")] + ([("TILESPARSE_HAS_SM90A", "1")] if has_sm90a else [])
     return [ext("tilesparse._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], **kwargs)]
 
 

@@ -72,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", choices=["auto", "avx512", "avx2", "generic"], default="auto",
                    help="CPU tw_linear kernel (sets TILESPARSE_CPU_KERNEL; an unsupported one is an error)")
+    p.add_argument("--cuda-fwd-kernel", choices=["auto", "sm90", "v2", "v1"], default="auto",
+                   help="CUDA forward kernel (sets TILESPARSE_CUDA_FWD_KERNEL; recorded as the records' kernel)")
     p.add_argument("--name", default=None, help="output file stem (default <device>_linear[_t<tile>])")
     p.add_argument("--shapes", default=None,
                    help="CPU: comma-separated KxN list instead of the default shapes (M=2048), e.g. 384x384,768x3072")
@@ -304,7 +306,7 @@ def cpu_flags():
 
 def kernel_name(device):
     """The tw_linear kernel float32 runs on (CPU), or "cuda"."""
-    return _ops.cpu_kernel() if device == "cpu" else "cuda"
+    return _ops.cpu_kernel() if device == "cpu" else "cuda:" + os.environ.get("TILESPARSE_CUDA_FWD_KERNEL", "auto")
 
 
 def summary(records):
@@ -367,6 +369,10 @@ def main(argv=None):
         os.environ["TILESPARSE_CPU_KERNEL"] = args.kernel
     else:
         os.environ.pop("TILESPARSE_CPU_KERNEL", None)
+    if args.cuda_fwd_kernel != "auto":
+        os.environ["TILESPARSE_CUDA_FWD_KERNEL"] = args.cuda_fwd_kernel
+    else:
+        os.environ.pop("TILESPARSE_CUDA_FWD_KERNEL", None)
     if args.device == "cpu":
         print(f"CPU {cpu_model()} ({'/'.join(cpu_flags())}), tw_linear kernel {kernel_name('cpu')}, "
               f"load average {load_average()}", flush=True)
@@ -381,7 +387,8 @@ def main(argv=None):
                 python=platform.python_version(), kernel=kernel_name(args.device),
                 cpu_model=cpu_model() if args.device == "cpu" else None, cpu_flags=cpu_flags(),
                 isa_env={k: os.environ[k] for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
-                                                    "TILESPARSE_CPU_KERNEL") if k in os.environ},
+                                                    "TILESPARSE_CPU_KERNEL", "TILESPARSE_CUDA_FWD_KERNEL")
+                         if k in os.environ},
                 load_before=load_before, load_after=load_average(),
                 summary=summary(records) if args.device == "cpu" else [])
     os.makedirs(args.out_dir, exist_ok=True)
