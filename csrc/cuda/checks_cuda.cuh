@@ -22,13 +22,34 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #include "../ops/checks.h"
 #include "tw_device.cuh"
 
 namespace tilesparse::cuda {
+
+// What the sm90 forward needs of a validated layout on the host (kept counts
+// for the tensor maps, the slice table) and what it derives from it, cached
+// with the layout: built on first use (one device->host copy of the indices,
+// like the validation's), then shared by every call with that layout.
+struct Sm90LayoutCache {
+  std::mutex mutex;  // guards everything below
+  bool built = false;
+  bool slots_aligned = false;        // every tile's slots % 8 == 0 (TMA row strides)
+  std::vector<int32_t> row_offsets;  // host copies
+  std::vector<int32_t> kept;         // kept features per tile (padding excluded)
+  at::Tensor slices;                 // int32, device: the slice table (sm90_slice_table)
+  at::Tensor bounds;                 // int32, device: chunk bounds of 64-feature chunks, once computed
+  at::Tensor maps;                   // uint8, device: [num_tiles] CUtensorMap of the values at maps_values
+  const void* maps_values = nullptr; // the values pointer the maps encode (re-encoded when it changes)
+  int64_t maps_nv = -1;
+  at::Tensor counters;               // int32, device: K-split arrival counters, zero between launches ...
+  cudaStream_t counters_stream = nullptr;  // ... of launches on this stream (another stream gets its own)
+};
 
 struct LayoutInfo {
   bool known = false;      // false: not checked (graph capture); sizes below unknown
@@ -36,6 +57,7 @@ struct LayoutInfo {
   int64_t max_rows = 0;    // max_t slots_t
   int64_t num_kept = 0;    // sum_t g_t * kept_t (padding excluded)
   at::Tensor fwd_bounds;   // the v2 forward's chunk bounds, once computed for this layout (cached with it)
+  std::shared_ptr<Sm90LayoutCache> sm90;  // known layouts: the sm90 forward's host side (shared with the cache)
 };
 
 // Checks the layout against (n, k) as core::validate_layout does on the CPU,
@@ -92,7 +114,9 @@ inline void allow_smem(const void* kernel, int bytes) {
 }
 
 // The launch callable of the torch-free launchers (tw_*_launch.cuh): the
-// current stream, the shared-memory opt-in, and a launch check after each.
+// current stream, the shared-memory opt-in, and a launch check after each;
+// cluster() launches clusters of cluster_x blocks along x (cudaLaunchKernelEx
+// with the cluster-dimension attribute: the sm90 kernels).
 struct CudaLaunch {
   cudaStream_t stream;
   template <typename... P, typename... A>
@@ -102,9 +126,33 @@ struct CudaLaunch {
     kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  template <typename... P, typename... A>
+  void cluster(void (*kernel)(P...), dim3 grid, dim3 block, int cluster_x, int smem, A&&... args) const {
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+    TORCH_CHECK(cluster_x >= 1 && grid.x % cluster_x == 0, "tilesparse: grid.x ", grid.x,
+                " is not a multiple of the cluster size ", cluster_x);
+    allow_smem(reinterpret_cast<const void*>(kernel), smem);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(cluster_x);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = static_cast<size_t>(smem);
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 };
 
-inline DeviceCaps device_caps() { return DeviceCaps{max_smem_optin(), num_sms()}; }
+inline DeviceCaps device_caps() {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  return DeviceCaps{static_cast<int>(prop->sharedMemPerBlockOptin), prop->multiProcessorCount, prop->major, prop->minor};
+}
 
 
 // A layout that keeps every weight without padding is the identity (cols =

@@ -158,6 +158,7 @@ LayoutInfo check_layout_cuda(const LayoutArgs& l, int64_t n, int64_t k) {
   info.num_values = h[kNumValues];
   info.max_rows = h[kMaxRows];
   info.num_kept = h[kNumKept];
+  info.sm90 = std::make_shared<Sm90LayoutCache>();  // filled by the sm90 forward on first use
   if (use_cache) insert(l, n, k, info);
   return info;
 }

@@ -55,6 +55,12 @@ constexpr int64_t kMaxGridY = 65535;
 struct DeviceCaps {
   int smem_optin;  // bytes of shared memory a block may opt in to
   int num_sms;
+  int cc_major = 0;  // compute capability (9: Hopper, the sm_90a kernels); 0: unknown
+  int cc_minor = 0;
+  // Clusters of 1, 2, 4 CTAs of the sm90 forward that are resident at once
+  // (cudaOccupancyMaxActiveClusters: a cluster lives in one GPC, so this can be
+  // below num_sms / size); 0: unknown, num_sms / size is assumed.
+  int sm90_clusters[3] = {0, 0, 0};
 };
 
 __device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {

@@ -1,16 +1,25 @@
 // Launch configuration of the tw_linear forward, torch-free: which kernel
 // runs (plan_fwd) and the launches that run it (run_fwd), parameterised by a
-// `launch(kernel, grid, block, smem_bytes, params...)` callable. The CUDA
+// `launch(kernel, grid, block, smem_bytes, params...)` callable that also has
+// `launch.cluster(kernel, grid, block, cluster_x, smem_bytes, params...)`
+// (clusters of cluster_x blocks along x: the sm90 kernels). The CUDA
 // operator passes one that launches on the current stream; the host
 // emulation (tests/cuda_emulation) one that runs the blocks on CPU threads,
-// so both execute this very logic.
+// so both execute this very logic. The host-side helpers of the sm90 path
+// (kept counts, slice table, per-tile tensor maps) are here too, so that the
+// operator's cache and the emulation tests build them the same way.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
 #include <type_traits>
+#include <vector>
 
 #include "tw_fwd_kernels.cuh"
+#include "tw_fwd_sm90_kernels.cuh"
 #include "tw_fwd_v2_kernels.cuh"
 
 namespace tilesparse::cuda {
@@ -20,6 +29,8 @@ enum class FwdKernel : int {
   kMmaV1 = 1,    // tensor cores, x gathered per tile (any tile width, any alignment)
   kV2 = 2,       // tensor cores, x once per 128-row M-block (tile % 64 == 0, x 16-byte rows)
   kV2Small = 3,  // the same for M <= 64 (16/32/64-row blocks), K-split to fill the device
+  kSm90 = 4,     // sm_90a: TMA + wgmma, warp-specialized, clusters (compute capability 9.x, tile % 128 == 0)
+  kSm90Small = 5,  // the same for M <= 64: 64-row items, K-split reduced by the last CTA (one launch)
 };
 
 inline const char* fwd_kernel_name(FwdKernel k) {
@@ -28,6 +39,8 @@ inline const char* fwd_kernel_name(FwdKernel k) {
     case FwdKernel::kMmaV1: return "mma_v1";
     case FwdKernel::kV2: return "v2";
     case FwdKernel::kV2Small: return "v2_small_m";
+    case FwdKernel::kSm90: return "sm90";
+    case FwdKernel::kSm90Small: return "sm90_small_m";
   }
   return "?";
 }
@@ -41,23 +54,76 @@ struct FwdShape {
   int64_t tile, num_tiles, num_cols;
   bool half;   // fp16/bf16 (tensor cores), else fp32/fp64 (SIMT)
   bool x_vec;  // x 16-byte aligned with rows of whole 16-byte units
+  // sm90 (all false / 0: the sm90 kernels do not apply)
+  bool v_vec16 = false;      // values 16-byte aligned
+  bool sm90_layout = false;  // the host copy of the layout is known and every tile's slots % 8 == 0
+  int64_t num_slices = 0;    // entries of the slice table (128-output slices with outputs)
 };
 
 struct FwdPlan {
   FwdKernel kernel;
   int bm = 0;                // rows per block
-  int splits = 1;            // v2: K-splits (grid.z)
-  int chunks_per_split = 0;  // v2
-  int nchunks = 0;           // v2: ceil(k / kV2KC)
-  int64_t bounds_count = 0;  // int32 workspace: v2 chunk bounds
-  int64_t ws_floats = 0;     // fp32 workspace: v2 split partials
+  int splits = 1;            // K-splits (v2: grid.z; sm90: work items)
+  int chunks_per_split = 0;  // v2, sm90
+  int nchunks = 0;           // v2: ceil(k / kV2KC); sm90: ceil(k / 64)
+  int64_t bounds_count = 0;  // int32 workspace: chunk bounds (v2; sm90 with K-split)
+  int64_t ws_floats = 0;     // fp32 workspace: split partials
   int64_t covered_bytes = 0; // uint8 workspace: outputs no tile computes
+  // sm90
+  int cluster = 1;             // CTAs per cluster (x multicast)
+  int64_t groups = 0;          // slice groups of 2 * cluster slices
+  int64_t items = 0;           // work items: groups * M-blocks * splits
+  int64_t grid = 0;            // CTAs (persistent: a multiple of cluster)
+  int64_t counters_count = 0;  // int32 workspace: arrival counters (K-split), zero between launches
 };
 
 inline int64_t fwd_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// `force` (tests): run that kernel where it applies instead of the choice below.
-inline FwdPlan plan_fwd(const FwdShape& s, const DeviceCaps& caps, const FwdKernel* force = nullptr) {
+// The sm90 plan: cluster size, work items, persistent grid, K-split.
+inline void plan_fwd_sm90(FwdPlan& p, const FwdShape& s, const DeviceCaps& caps, int force_cluster) {
+  const int64_t ns = s.num_slices;
+  // Clusters of 4 share each x chunk 4 ways; they need two slice groups or
+  // more, with at most a quarter of the consumers idle in the last group.
+  int c = 1;
+  for (int cand : {4, 2}) {
+    const int64_t slots = fwd_ceil_div(ns, 2 * cand) * 2 * cand;
+    if (ns >= 4 * cand && 4 * (slots - ns) <= slots) {
+      c = cand;
+      break;
+    }
+  }
+  if (force_cluster == 1 || force_cluster == 2 || force_cluster == 4) c = force_cluster;
+  p.cluster = c;
+  p.bm = p.kernel == FwdKernel::kSm90 ? 128 : 64;
+  p.groups = fwd_ceil_div(ns, 2 * c);
+  p.nchunks = static_cast<int>(fwd_ceil_div(s.k, sm90_fwd::kChunkK));
+  const int64_t mblocks = fwd_ceil_div(s.m, p.bm);
+  // the persistent grid: as many clusters as are resident at once (a second wave would double the tail)
+  const int resident = caps.sm90_clusters[c == 4 ? 2 : c == 2 ? 1 : 0];
+  const int64_t max_clusters = std::max<int64_t>(1, resident > 0 ? resident : caps.num_sms / c);
+  int64_t splits = 1;
+  if (p.kernel == FwdKernel::kSm90Small && p.groups < max_clusters) {
+    // one cluster per SM group is resident at a time: split K until they are all busy
+    splits = std::min<int64_t>(p.nchunks, fwd_ceil_div(max_clusters, p.groups));
+    const int64_t wcols = p.groups * 2 * c * sm90_fwd::kSliceN;
+    while (splits > 1 && splits * s.m * wcols > (int64_t(1) << 26)) splits /= 2;  // workspace <= 256 MiB
+  }
+  p.chunks_per_split = static_cast<int>(fwd_ceil_div(p.nchunks, splits));
+  p.splits = static_cast<int>(fwd_ceil_div(p.nchunks, p.chunks_per_split));
+  p.items = p.groups * mblocks * p.splits;
+  p.grid = std::min<int64_t>(p.items, max_clusters) * c;
+  if (p.splits > 1) {
+    p.bounds_count = s.num_tiles * (p.nchunks + 1);
+    p.ws_floats = p.splits * s.m * p.groups * 2 * c * sm90_fwd::kSliceN;
+    p.counters_count = p.groups;
+  }
+}
+
+// `force` (tests, TILESPARSE_CUDA_FWD_KERNEL): run that kernel where it
+// applies instead of the choice below (sm90 -> v2 -> v1 as each applies);
+// `force_cluster` (tests): the sm90 cluster size.
+inline FwdPlan plan_fwd(const FwdShape& s, const DeviceCaps& caps, const FwdKernel* force = nullptr,
+                        int force_cluster = 0) {
   FwdPlan p;
   p.covered_bytes = std::min(s.num_cols, s.num_tiles * s.tile) < s.n ? s.n : 0;
   if (!s.half) {
@@ -66,10 +132,28 @@ inline FwdPlan plan_fwd(const FwdShape& s, const DeviceCaps& caps, const FwdKern
     return p;
   }
   const bool v2_ok = s.x_vec && s.tile % kV2Slice == 0 && s.k > 0;
-  FwdKernel kind = !v2_ok ? FwdKernel::kMmaV1 : (s.m <= 64 ? FwdKernel::kV2Small : FwdKernel::kV2);
-  if (force != nullptr && (*force == FwdKernel::kMmaV1 || v2_ok)) kind = *force;
-  if (kind == FwdKernel::kV2Small && s.m > 64) kind = FwdKernel::kV2;
+  // sm90: Hopper; TMA needs 16-byte x rows and values, V_t rows of whole 16 bytes (slots % 8), and
+  // int32 coordinates; the plan needs the host copy of the layout (slice table, tensor maps).
+  const bool sm90_ok = caps.cc_major == 9 && v2_ok && s.v_vec16 && s.sm90_layout && s.tile % sm90_fwd::kSliceN == 0 &&
+                       s.num_slices > 0 && s.m < (int64_t(1) << 31) && s.k < (int64_t(1) << 31) &&
+                       fwd_sm90_smem_bytes<128>() <= caps.smem_optin;
+  FwdKernel kind = sm90_ok ? FwdKernel::kSm90 : (v2_ok ? FwdKernel::kV2 : FwdKernel::kMmaV1);
+  if (force != nullptr) {
+    const bool forced_sm90 = *force == FwdKernel::kSm90 || *force == FwdKernel::kSm90Small;
+    const bool forced_v2 = *force == FwdKernel::kV2 || *force == FwdKernel::kV2Small;
+    if (*force == FwdKernel::kMmaV1) kind = FwdKernel::kMmaV1;
+    else if (forced_v2 && v2_ok) kind = FwdKernel::kV2;
+    else if (forced_sm90 && !sm90_ok) kind = v2_ok ? FwdKernel::kV2 : FwdKernel::kMmaV1;
+  }
+  if (kind == FwdKernel::kSm90 || kind == FwdKernel::kV2) {  // the small-M variants
+    if (s.m <= 64) kind = kind == FwdKernel::kSm90 ? FwdKernel::kSm90Small : FwdKernel::kV2Small;
+    if (force != nullptr && *force == FwdKernel::kV2 && kind == FwdKernel::kV2Small) kind = FwdKernel::kV2;
+  }
   p.kernel = kind;
+  if (kind == FwdKernel::kSm90 || kind == FwdKernel::kSm90Small) {
+    plan_fwd_sm90(p, s, caps, force_cluster);
+    return p;
+  }
   if (kind == FwdKernel::kMmaV1) {
     p.bm = kFwdV1BM;
     return p;
@@ -113,6 +197,10 @@ struct FwdArgs {
   bool v_vec16;  // values 16-byte aligned
   bool v_vec8;   // values 8-byte aligned
   bool y_vec16;  // y 16-byte aligned with rows of whole 16-byte units
+  // sm90 (device memory, from the layout's host copy: sm90_slice_table, sm90_encode_tile_maps)
+  const int32_t* sm90_slices = nullptr;         // the slice table
+  int64_t sm90_num_slices = 0;                  // its entries (FwdShape::num_slices)
+  const CUtensorMap* sm90_tile_maps = nullptr;  // [num_tiles] tensor maps of the values
 };
 
 struct FwdWorkspace {
@@ -120,11 +208,130 @@ struct FwdWorkspace {
   float* ws;         // plan.ws_floats
   uint8_t* covered;  // plan.covered_bytes
   bool bounds_ready = false;  // bounds already hold this layout's chunk bounds (cached): skip their kernel
+  int32_t* counters = nullptr;  // plan.counters_count, zero (sm90 K-split: the kernel leaves them zero)
 };
 
 static __global__ void fill_bytes_kernel(uint8_t* p, int64_t count, uint8_t v) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < count) p[i] = v;
+}
+
+// ---------------------------------------------------------------------------
+// Host side of the sm90 path: what it needs of the layout on the host
+// (cached with the validated layout by the CUDA operator).
+// ---------------------------------------------------------------------------
+// Kept features per tile: its slots minus the trailing padding slots, which
+// repeat the last kept feature (docs/format.md). Host copies of the layout.
+inline std::vector<int32_t> sm90_kept_counts(const int32_t* row_offsets, const int32_t* rows, int64_t num_tiles) {
+  std::vector<int32_t> kept(static_cast<size_t>(num_tiles), 0);
+  for (int64_t t = 0; t < num_tiles; ++t) {
+    const int32_t lo = row_offsets[t], kt = row_offsets[t + 1] - lo;
+    int32_t kr = kt;
+    while (kr > 1 && rows[lo + kr - 1] == rows[lo + kr - 2]) --kr;
+    kept[static_cast<size_t>(t)] = kr;
+  }
+  return kept;
+}
+
+// Every tile's slot count a multiple of 8: rows of V_t are whole 16-byte
+// units, as a TMA row stride must be (layouts of pad % 8 == 0).
+inline bool sm90_slots_aligned(const int32_t* row_offsets, int64_t num_tiles) {
+  for (int64_t t = 0; t < num_tiles; ++t)
+    if ((row_offsets[t + 1] - row_offsets[t]) % 8 != 0) return false;
+  return true;
+}
+
+// The slice table: every 128-output slice that has outputs, as
+// t * (tile / 128) + j, by kept count descending (ties by id), so that the 2C
+// slices that share one x stream (one cluster) keep similar counts.
+inline std::vector<int32_t> sm90_slice_table(const int32_t* kept, int64_t num_tiles, int64_t tile, int64_t num_cols) {
+  std::vector<int32_t> table;
+  if (tile % sm90_fwd::kSliceN != 0) return table;  // no sm90 (the plan needs tile % 128 == 0)
+  const int64_t spt = tile / sm90_fwd::kSliceN;
+  for (int64_t t = 0; t < num_tiles; ++t) {
+    const int64_t g = std::min<int64_t>(tile, num_cols - t * tile);
+    for (int64_t j = 0; j < spt && j * sm90_fwd::kSliceN < g; ++j) table.push_back(static_cast<int32_t>(t * spt + j));
+  }
+  std::stable_sort(table.begin(), table.end(),
+                   [&](int32_t a, int32_t b) { return kept[a / spt] > kept[b / spt]; });
+  return table;
+}
+
+// The tensor maps of the values, one per tile (host array maps[num_tiles]):
+// V_t is [g_t rows, kr_t positions] with row stride kpad_t elements. The
+// map's dim0 is the kept count, not the slot count: padding slots (not
+// weights; any value, NaN included) then arrive as TMA's zero fill, since
+// B goes from TMA straight to wgmma with no pass through registers to mask
+// them. Tiles without work get a zeroed map (never loaded). false: the
+// driver refused one.
+inline bool sm90_encode_tile_maps(CUtensorMap* maps, const void* values, int64_t nv, const int32_t* row_offsets,
+                                  const int32_t* kept, int64_t num_tiles, int64_t tile, int64_t num_cols) {
+  for (int64_t t = 0; t < num_tiles; ++t) {
+    CUtensorMap& m = maps[t];
+    std::memset(static_cast<void*>(&m), 0, sizeof(CUtensorMap));
+    const int64_t kt = row_offsets[t + 1] - row_offsets[t], g = std::min<int64_t>(tile, num_cols - t * tile);
+    const int64_t voff = tile * static_cast<int64_t>(row_offsets[t]);
+    if (kt == 0 || g <= 0 || kept[t] == 0 || voff + g * kt > nv) continue;
+    const void* base = static_cast<const uint16_t*>(values) + voff;
+    if (!sm90::encode_tensor_map_2d(&m, base, static_cast<uint64_t>(kept[t]), static_cast<uint64_t>(g),
+                                    static_cast<uint64_t>(kt) * 2, sm90_fwd::kStageK, sm90_fwd::kSliceN,
+                                    sm90::Swizzle::k128B))
+      return false;
+  }
+  return true;
+}
+
+// The sm90 launch (kSm90 / kSm90Small): the x tensor map of this call, the
+// chunk bounds (K-split, unless cached), one persistent cluster launch.
+template <typename T, typename Launch>
+void run_fwd_sm90(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, Launch&& launch) {
+  const DevLayout& l = a.layout;
+  if (plan.splits > 1 && !w.bounds_ready) {
+    const int64_t count = l.num_tiles * (plan.nchunks + 1);
+    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(fwd_ceil_div(count, 256))), dim3(256), 0, l, a.k,
+           static_cast<int32_t>(sm90_fwd::kChunkK), static_cast<int32_t>(plan.nchunks), w.bounds);
+  }
+  FwdSm90Params<T> p;
+  // x as dims {k, m}: each CTA of a cluster loads bm / cluster rows of a chunk (and multicasts them)
+  if (!sm90::encode_tensor_map_2d(&p.x_map, a.x, static_cast<uint64_t>(a.k), static_cast<uint64_t>(a.m),
+                                  static_cast<uint64_t>(a.ldx) * 2, sm90_fwd::kChunkK,
+                                  static_cast<uint32_t>(plan.bm / plan.cluster), sm90::Swizzle::k128B))
+    throw std::runtime_error("tilesparse: cuTensorMapEncodeTiled refused the tensor map of x (sm90 forward)");
+  p.tile_maps = a.sm90_tile_maps;
+  p.layout = l;
+  p.slices = a.sm90_slices;
+  p.num_slices = a.sm90_num_slices;
+  p.m = a.m;
+  p.k = a.k;
+  p.n = a.n;
+  p.nv = a.nv;
+  p.bias = a.bias;
+  p.y = a.y;
+  p.ldy = a.ldy;
+  p.groups = plan.groups;
+  p.mblocks = fwd_ceil_div(a.m, plan.bm);
+  p.items = plan.items;
+  p.splits = plan.splits;
+  p.chunks_per_split = plan.chunks_per_split;
+  p.nchunks = plan.nchunks;
+  p.bounds = w.bounds;
+  p.ws = plan.splits > 1 ? w.ws : nullptr;
+  p.counters = plan.splits > 1 ? w.counters : nullptr;
+  const dim3 grid(static_cast<unsigned>(plan.grid)), block(sm90_fwd::kThreads);
+  auto go = [&](auto kernel, int smem) { launch.cluster(kernel, grid, block, plan.cluster, smem, p); };
+  if (plan.bm == 128) {
+    switch (plan.cluster) {
+      case 4: go(tw_fwd_sm90_kernel<T, 128, 4>, fwd_sm90_smem_bytes<128>()); break;
+      case 2: go(tw_fwd_sm90_kernel<T, 128, 2>, fwd_sm90_smem_bytes<128>()); break;
+      default: go(tw_fwd_sm90_kernel<T, 128, 1>, fwd_sm90_smem_bytes<128>()); break;
+    }
+  } else {
+    switch (plan.cluster) {
+      case 4: go(tw_fwd_sm90_kernel<T, 64, 4>, fwd_sm90_smem_bytes<64>()); break;
+      case 2: go(tw_fwd_sm90_kernel<T, 64, 2>, fwd_sm90_smem_bytes<64>()); break;
+      default: go(tw_fwd_sm90_kernel<T, 64, 1>, fwd_sm90_smem_bytes<64>()); break;
+    }
+  }
 }
 
 // Runs the plan: outputs that no tile computes (bias or zero), then the
@@ -157,6 +364,8 @@ void run_fwd(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, La
       launch(tw_fwd_simt_kernel<T>, dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY))),
              dim3(256), 0, p);
     }
+  } else if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small) {
+    run_fwd_sm90<T>(plan, a, w, launch);
   } else if (plan.kernel == FwdKernel::kMmaV1) {
     FwdParams<T> p{a.x, a.ldx, a.m, a.k, a.values, a.nv, a.bias, a.y, a.ldy, a.n, l, 1, 0, a.x_vec16, a.v_vec16,
                    a.y_vec16};

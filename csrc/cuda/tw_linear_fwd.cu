@@ -1,20 +1,125 @@
 // CUDA operator tw_linear (forward): argument checks as on the CPU, then the
 // torch-free plan of tw_fwd_launch.cuh on the current stream. fp16/bf16:
-// tensor cores (v2: x once per M-block; v1 where v2 does not apply);
-// fp32/fp64: SIMT (fp32 arithmetic like cuBLAS without TF32).
+// tensor cores (sm90: TMA + wgmma on compute capability 9.x; v2: x once per
+// M-block; v1 where v2 does not apply); fp32/fp64: SIMT (fp32 arithmetic
+// like cuBLAS without TF32). TILESPARSE_CUDA_FWD_KERNEL=auto|sm90|v2|v1
+// (read on every call) forces a kernel where it applies.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "checks_cuda.cuh"
 #include "tw_fwd_launch.cuh"
 
 namespace tilesparse::cuda {
 namespace {
+
+// The sm_90a kernel bodies exist only when the build targets 9.0a (setup.py
+// defines TILESPARSE_HAS_SM90A then); without them they are traps, so the
+// plan must not pick them even on a Hopper device.
+#ifdef TILESPARSE_HAS_SM90A
+constexpr bool kSm90aBuilt = true;
+#else
+constexpr bool kSm90aBuilt = false;
+#endif
+
+// TILESPARSE_CUDA_FWD_KERNEL=auto|sm90|v2|v1 (read on every call): run that
+// kernel family where it applies (sm90 -> v2 -> v1 fall back in that order),
+// for A/B measurements (scripts/gpu_check.sh); unset or "auto": the plan's choice.
+const FwdKernel* forced_fwd_kernel() {
+  static const FwdKernel sm90 = FwdKernel::kSm90, v2 = FwdKernel::kV2Small, v1 = FwdKernel::kMmaV1;
+  const char* e = std::getenv("TILESPARSE_CUDA_FWD_KERNEL");
+  if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return nullptr;
+  if (std::strcmp(e, "sm90") == 0) return &sm90;
+  if (std::strcmp(e, "v2") == 0) return &v2;  // kV2Small: the plan takes the 128-row v2 for M > 64
+  if (std::strcmp(e, "v1") == 0) return &v1;
+  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_FWD_KERNEL must be auto, sm90, v2 or v1, got '", e, "'");
+}
+
+// Clusters of `c` CTAs of the sm90 forward resident at once on the current
+// device (both instantiations need one SM each: > 114 KB of shared memory),
+// once per device and size; 0 where the query fails (the plan then assumes
+// num_sms / c).
+template <int C>
+int query_sm90_clusters() {
+  const void* kernel = reinterpret_cast<const void*>(tw_fwd_sm90_kernel<__nv_bfloat16, 128, C>);
+  const int smem = fwd_sm90_smem_bytes<128>();
+  allow_smem(kernel, smem);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = C;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(C);
+  config.blockDim = dim3(sm90_fwd::kThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.attrs = attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, tw_fwd_sm90_kernel<__nv_bfloat16, 128, C>, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: clear it for the next launch check
+    clusters = 0;
+  }
+  return clusters;
+}
+
+void set_sm90_clusters(DeviceCaps& caps) {
+  static std::mutex mutex;
+  static std::map<int, std::array<int, 3>> known;  // by device
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(device);
+  if (it == known.end())
+    it = known.emplace(device, std::array<int, 3>{query_sm90_clusters<1>(), query_sm90_clusters<2>(), query_sm90_clusters<4>()})
+             .first;
+  for (int i = 0; i < 3; ++i) caps.sm90_clusters[i] = it->second[i];
+}
+
+// The host side of the sm90 path for this layout (caller holds c.mutex):
+// host copies of the indices (one synchronising copy per layout, as its
+// validation), kept counts, the slice table.
+void build_sm90_layout(const LayoutArgs& l, Sm90LayoutCache& c) {
+  const at::Tensor ro = l.row_offsets.cpu(), rows = l.rows.cpu();
+  const int64_t nt = l.row_offsets.numel() - 1;
+  c.row_offsets.assign(ro.data_ptr<int32_t>(), ro.data_ptr<int32_t>() + ro.numel());
+  c.kept = sm90_kept_counts(c.row_offsets.data(), rows.data_ptr<int32_t>(), nt);
+  c.slots_aligned = sm90_slots_aligned(c.row_offsets.data(), nt);
+  const std::vector<int32_t> table = sm90_slice_table(c.kept.data(), nt, l.view.tile, l.cols.numel());
+  c.slices = at::empty({static_cast<int64_t>(table.size())}, l.cols.options().device(at::kCPU));
+  std::copy(table.begin(), table.end(), c.slices.data_ptr<int32_t>());
+  c.slices = c.slices.to(l.cols.device());
+  c.built = true;
+}
+
+// The per-tile tensor maps of `values` (re-encoded when the values pointer
+// changes); false where the driver refuses one (the caller falls back to v2).
+bool ensure_tile_maps(const LayoutArgs& l, Sm90LayoutCache& c, const void* values, int64_t nv) {
+  if (c.maps.defined() && c.maps_values == values && c.maps_nv == nv) return true;
+  const int64_t nt = l.row_offsets.numel() - 1;
+  std::vector<CUtensorMap> host(static_cast<size_t>(std::max<int64_t>(nt, 1)));
+  if (!sm90_encode_tile_maps(host.data(), values, nv, c.row_offsets.data(), c.kept.data(), nt, l.view.tile,
+                             l.cols.numel()))
+    return false;
+  at::Tensor bytes = at::empty({static_cast<int64_t>(host.size() * sizeof(CUtensorMap))},
+                               l.cols.options().device(at::kCPU).dtype(at::kByte));
+  std::memcpy(bytes.data_ptr(), host.data(), host.size() * sizeof(CUtensorMap));
+  c.maps = bytes.to(l.cols.device());  // the caching allocator's blocks are 512-byte aligned: maps need 64
+  c.maps_values = values;
+  c.maps_nv = nv;
+  return true;
+}
 
 template <typename T>
 void forward(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const at::Tensor* bias, at::Tensor& y,
@@ -35,24 +140,61 @@ void forward(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const 
   a.v_vec16 = vec16_ok(a.values, 0);
   a.v_vec8 = reinterpret_cast<uintptr_t>(a.values) % 8 == 0;
   a.y_vec16 = vec16_ok(a.y, a.ldy);
-  const bool half = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
-  const FwdShape shape{a.m, a.k, a.n, l.view.tile, l.view.num_tiles, l.cols.numel(), half, a.x_vec16};
-  const FwdPlan plan = plan_fwd(shape, device_caps());
+  constexpr bool half = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+  DeviceCaps caps = device_caps();
+  FwdShape shape{a.m, a.k, a.n, l.view.tile, l.view.num_tiles, l.cols.numel(), half, a.x_vec16};
+  shape.v_vec16 = a.v_vec16;
+
+  // sm90: the layout's host side (cached with it); held for the call
+  Sm90LayoutCache* c = kSm90aBuilt && half && caps.cc_major == 9 && info.known ? info.sm90.get() : nullptr;
+  std::unique_lock<std::mutex> lock;
+  if (c != nullptr) {
+    set_sm90_clusters(caps);
+    lock = std::unique_lock<std::mutex>(c->mutex);
+    if (!c->built) build_sm90_layout(l, *c);
+    shape.sm90_layout = c->slots_aligned;
+    shape.num_slices = c->slices.numel();
+  }
+  const FwdKernel* force = forced_fwd_kernel();
+  FwdPlan plan = plan_fwd(shape, caps, force);
+  const bool sm90 = plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small;
+  if (sm90 && !ensure_tile_maps(l, *c, a.values, a.nv)) {
+    shape.sm90_layout = false;  // the driver refused a tile's map: v2
+    plan = plan_fwd(shape, caps, force);
+  }
+  if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small) {
+    a.sm90_slices = c->slices.data_ptr<int32_t>();
+    a.sm90_num_slices = c->slices.numel();
+    a.sm90_tile_maps = reinterpret_cast<const CUtensorMap*>(c->maps.data_ptr());
+  }
+  const bool on_sm90 = a.sm90_tile_maps != nullptr;
+
   // the chunk bounds depend on the layout only: cached with the validated layout
-  at::Tensor bounds = info.fwd_bounds;
+  at::Tensor bounds = on_sm90 ? c->bounds : info.fwd_bounds;
   const bool ready = bounds.defined() && bounds.numel() == plan.bounds_count && plan.bounds_count > 0;
   if (!ready) bounds = at::empty({std::max<int64_t>(plan.bounds_count, 1)}, l.cols.options());
+  // the K-split's arrival counters: zero after every launch (the last CTA resets them), so cached per stream
+  at::Tensor counters;
+  if (plan.counters_count > 0) {
+    if (!c->counters.defined() || c->counters_stream != stream || c->counters.numel() < plan.counters_count) {
+      c->counters = at::zeros({plan.counters_count}, l.cols.options());
+      c->counters_stream = stream;
+    }
+    counters = c->counters;
+  }
   // one workspace allocation (caching allocator) for the partials and the covered flags
   const int64_t bytes = plan.ws_floats * 4 + plan.covered_bytes;
   at::Tensor ws = at::empty({std::max<int64_t>(bytes, 1)}, y.options().dtype(at::kByte));
   uint8_t* base = ws.data_ptr<uint8_t>();
-  const FwdWorkspace w{bounds.data_ptr<int32_t>(), reinterpret_cast<float*>(base), base + plan.ws_floats * 4, ready};
+  FwdWorkspace w{bounds.data_ptr<int32_t>(), reinterpret_cast<float*>(base), base + plan.ws_floats * 4, ready};
+  w.counters = counters.defined() ? counters.data_ptr<int32_t>() : nullptr;
   run_fwd<T>(plan, a, w, CudaLaunch{stream});
   if (!ready && plan.bounds_count > 0 && info.known) {
     // once per layout (like its validation): a later call on another stream
     // must not read the bounds before this stream has written them
     C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-    cache_fwd_bounds(l, a.n, a.k, bounds);
+    if (on_sm90) c->bounds = bounds;
+    else cache_fwd_bounds(l, a.n, a.k, bounds);
   }
 }
 

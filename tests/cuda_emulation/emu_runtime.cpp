@@ -264,6 +264,10 @@ struct Launch {
   size_t sched_size = 0;
   std::exception_ptr error;
   std::mt19937_64 rng;
+  // How pending TMA operations land in the running cluster (drawn per
+  // cluster): at random points, or as late as possible (only when no fiber
+  // can run), so that a read of a box nobody waited for sees the 0xFF fill.
+  bool late_delivery = false;
 };
 
 std::mutex g_launch_mutex;  // static __shared__ storage and the fiber pool are process-wide
@@ -402,6 +406,7 @@ void perform_copies(Fiber& f, uint64_t groups_below) {
   Cta& c = cta_of(l, f);
   --c.live;
   --l.live;
+  if (c.live == 0) sm90_async::cta_exited(f.cta);
   Warp& w = c.warps[f.warp];
   const unsigned bit = 1u << f.lane;
   w.exited |= bit;
@@ -487,12 +492,13 @@ bool time_out_try_waits(Launch& l) {
 
 // The threads of one cluster (or block) run until all have exited. A
 // cluster launch picks the next fiber at random among the runnable ones,
-// and delivers a pending asynchronous operation (TMA) at random points; any
-// launch delivers one when nothing else can run.
+// and delivers a pending asynchronous operation (TMA) at random points or,
+// for every other cluster (drawn from the seed), only when nothing else can
+// run; any launch delivers one when nothing else can run.
 void run_threads(Launch& l) {
   while (!l.error) {
     const bool async = sm90_async::pending();
-    if (async && (l.runq.empty() || l.rng() % 8 == 0)) {
+    if (async && (l.runq.empty() || (!l.late_delivery && l.rng() % 8 == 0))) {
       l.cur = nullptr;
       try {
         sm90_async::deliver_one();
@@ -768,7 +774,10 @@ void run_grid(const char* api, dim3 grid, dim3 block, unsigned cluster_x, bool c
   tl_launch = &l;
   gridDim = grid;
   blockDim = block;
-  for (size_t i = 0; i < firsts.size() && !l.error; ++i) run_cluster(l, firsts[i]);
+  for (size_t i = 0; i < firsts.size() && !l.error; ++i) {
+    l.late_delivery = cluster_launch && l.rng() % 2 == 0;
+    run_cluster(l, firsts[i]);
+  }
   tl_launch = nullptr;
   blockIdx = uint3{0, 0, 0};
   if (l.error) std::rethrow_exception(l.error);

@@ -77,6 +77,7 @@ void begin_cluster(int nctas, size_t dynamic_smem_bytes);
 bool pending();      // TMA loads in flight
 void deliver_one();  // lands one of them (chosen at random)
 void end_cluster();  // fails if TMA loads or wgmma groups are still in flight
+void cta_exited(int cta);  // every thread of block rank `cta` exited: peers may no longer reach it
 std::string describe_wait(const void* key);  // the mbarrier a parked try_wait waits on
 }  // namespace sm90_async
 

@@ -56,6 +56,12 @@ struct WarpgroupMma {
   Wgmma staging{};   // the wgmma being issued
   std::vector<Wgmma> open;                 // issued, not committed
   std::vector<std::vector<Wgmma>> groups;  // committed, oldest first
+  // A wgmma.fence since the warpgroup's last wgmma.wait_group (or its start).
+  // The ISA wants one before the first wgmma.mma_async and between any access
+  // of its register operands (A, accumulators) and the wgmma that reads them;
+  // register accesses are not visible here, so the emulation takes every wait
+  // as followed by one (the kernels rewrite A or read D after each wait).
+  bool fenced = false;
 };
 
 struct Cluster {
@@ -67,6 +73,7 @@ struct Cluster {
   std::map<std::pair<int, int>, WarpgroupMma> mma;  // (rank, warpgroup)
   std::map<std::pair<int, int>, int> maxnreg;       // (rank, warpgroup) -> setmaxnreg N
   std::map<std::pair<int, int>, int> collective;    // (rank, warpgroup) -> arrivals at setmaxnreg / fence
+  std::vector<bool> exited;  // per block: every thread exited (its shared memory is gone)
 };
 
 Cluster g;  // the running cluster (launches hold the launch mutex)
@@ -121,6 +128,15 @@ std::string describe(const std::pair<int, uint32_t>& key, const Mbarrier& b) {
          " arrivals pending, tx-count " + std::to_string(b.tx) + ")";
 }
 
+// Shared memory of a block that has exited is gone (the ISA leaves accesses
+// to it undefined): a peer's arrival, multicast or DSMEM access fails here.
+void require_live(int cta, const char* op) {
+  if (cta >= 0 && static_cast<size_t>(cta) < g.exited.size() && g.exited[static_cast<size_t>(cta)])
+    fail(std::string(op) + ": block rank " + std::to_string(cta) +
+         " of the cluster has exited; its shared memory is gone (a cluster barrier before exit keeps peers from "
+         "reaching it)");
+}
+
 uint32_t bar_addr(const uint64_t* bar, const char* op) {
   const uint32_t a = addr_of(bar, op, "mbarrier");
   if (a % 8 != 0) fail(std::string(op) + ": mbarrier at shared " + hex(a) + " is not 8-byte aligned");
@@ -151,6 +167,7 @@ void add_tx(const std::pair<int, uint32_t>& key, Mbarrier& b, int64_t delta, con
 }
 
 void arrive_at(int cta, uint32_t addr, const char* op) {
+  require_live(cta, op);
   const std::pair<int, uint32_t> key{cta, addr};
   Mbarrier& b = bar_at(cta, addr, op);
   if (b.pending == 0)
@@ -258,6 +275,11 @@ void begin_cluster(int nctas, size_t dynamic_smem_bytes) {
   g.nctas = nctas;
   g.dyn_bytes = dynamic_smem_bytes;
   g.async_view.resize(static_cast<size_t>(nctas));
+  g.exited.assign(static_cast<size_t>(nctas), false);
+}
+
+void cta_exited(int cta) {
+  if (cta >= 0 && static_cast<size_t>(cta) < g.exited.size()) g.exited[static_cast<size_t>(cta)] = true;
 }
 
 bool pending() { return !g.tma.empty(); }
@@ -268,6 +290,7 @@ void deliver_one() {
   g.tma[i] = g.tma.back();
   g.tma.pop_back();
   const char* op = "tma_load_2d (landing)";
+  require_live(t.cta, op);
   unsigned char* generic = cta_dynamic_smem(t.cta);
   std::vector<unsigned char>& async = async_view(t.cta);
   for (uint32_t r = 0; r < t.rows; ++r)
@@ -330,6 +353,7 @@ std::pair<int, size_t> cluster_target(uint32_t caddr, const char* op) {
   const uint32_t addr = caddr & 0x00ffffffu;
   if (rank >= g.nctas) fail(std::string(op) + ": rank " + std::to_string(rank) + " is not in the cluster");
   if (addr % 4 != 0) fail(std::string(op) + ": address " + hex(caddr) + " is not 4-byte aligned");
+  require_live(rank, op);
   return {rank, dyn_offset(addr, 4, op, "address")};
 }
 }  // namespace
@@ -440,6 +464,8 @@ void tma_load_2d(void* smem_dst, const CUtensorMap* map, uint64_t* bar, uint32_t
   }
   const uint32_t mask = multicast ? cta_mask : 1u << t.cta;
   for (int r = 0; r < g.nctas; ++r)
+    if ((mask >> r) & 1u) require_live(r, op);
+  for (int r = 0; r < g.nctas; ++r)
     if ((mask >> r) & 1u) g.tma.push_back(TmaLanding{r, dst, bar_sh, map->swizzle, row_bytes, rows, box});
   ++stats().tma_loads;
   stats().tma_multicast += multicast;
@@ -477,7 +503,11 @@ void setmaxnreg(int n, bool inc) {
 
 // ---- wgmma ------------------------------------------------------------------------
 void wgmma_fence() {
-  warpgroup_collective("wgmma_fence", [] { ++stats().wgmma_fences; });
+  const ThreadPos t = current_thread("wgmma_fence");
+  warpgroup_collective("wgmma_fence", [&] {
+    warpgroup_mma(t).fenced = true;
+    ++stats().wgmma_fences;
+  });
 }
 
 void wgmma_commit_group() {
@@ -497,6 +527,7 @@ void wgmma_wait_group(int n) {
       for (const Wgmma& w : m.groups.front()) complete_wgmma(t.cta, w, "wgmma (at wgmma_wait_group)");
       m.groups.erase(m.groups.begin());
     }
+    m.fenced = false;  // the threads may now touch the registers: the next wgmma needs a fence
   });
 }
 
@@ -507,6 +538,10 @@ void wgmma_m64n128k16(float* d, const uint32_t* a, uint64_t desc_a, uint64_t des
   Wgmma& s = m.staging;
   const bool rs = a != nullptr;
   if (m.arrivals == 0) {
+    if (!m.fenced)
+      fail(std::string(op) + ": no wgmma_fence since the warpgroup's start or its last wgmma_wait_group (the ISA "
+           "requires wgmma.fence before the first wgmma.mma_async and between register accesses and a wgmma "
+           "that uses those registers)");
     s.type = type;
     s.rs = rs;
     s.desc_a = desc_a;

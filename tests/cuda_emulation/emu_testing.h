@@ -23,12 +23,20 @@
 
 namespace tilesparse::emu_testing {
 
-// The launch callable of the torch-free launchers, running the emulation.
+// The launch callable of the torch-free launchers, running the emulation:
+// plain launches, and cluster launches (the sm90 kernels) of `cluster_x`
+// blocks along x, as the CUDA operator's cudaLaunchKernelEx.
 struct EmuLaunch {
   template <typename... P, typename... A>
   void operator()(void (*kernel)(P...), dim3 grid, dim3 block, int smem, A&&... args) const {
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
     emu::launch(kernel, grid, block, static_cast<size_t>(smem), std::forward<A>(args)...);
+  }
+  template <typename... P, typename... A>
+  void cluster(void (*kernel)(P...), dim3 grid, dim3 block, int cluster_x, int smem, A&&... args) const {
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+    emu::launch_cluster(kernel, grid, block, static_cast<unsigned>(cluster_x), static_cast<size_t>(smem),
+                        std::forward<A>(args)...);
   }
 };
 

@@ -52,7 +52,7 @@ mutate() {  # sed arguments
   sed -i "$@" "$work/m/csrc/$rel"
 }
 
-sync='__syncthreads\(\);|cp_async_wait<[^>]*>\(\);|mbarrier_wait_parity\(|wgmma_wait_group<|fence_proxy_async_shared\(|cluster_sync\('
+sync='__syncthreads\(\);|cp_async_wait<[^>]*>\(\);|mbarrier_wait_parity\(|wgmma_wait_group<|fence_proxy_async_shared\(|cluster_sync\(|wgmma_fence\(\);|named_barrier_sync\(|__threadfence\(\);|__syncwarp\(\);'
 decl='^[0-9]+:\s*(__device__|inline|template|void|bool)\b'  # definitions, not calls
 mapfile -t lines < <(grep -nE "$sync" "$root/$header" | grep -vE "$decl" | cut -d: -f1)
 for n in "${lines[@]}"; do

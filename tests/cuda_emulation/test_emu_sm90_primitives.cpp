@@ -72,6 +72,23 @@ __global__ void static_smem_cluster_kernel(int* out) {
 
 __global__ void nothing_cluster_kernel() {}
 
+// Rank 1 arrives on rank 0's mbarrier, or stores into its shared memory; rank
+// 0 exits at once unless `sync` (a cluster barrier before the exit).
+__global__ void exited_peer_kernel(int mode, int sync) {
+  uint64_t* bar = reinterpret_cast<uint64_t*>(dynamic_smem());
+  const uint32_t rank = cluster_ctarank();
+  if (threadIdx.x == 0) {
+    mbarrier_init(bar, 1);
+    fence_mbarrier_init();
+  }
+  cluster_sync();
+  if (rank == 1 && threadIdx.x == 0) {
+    if (mode == 0) mbarrier_arrive_cluster(bar, 0);
+    else st_shared_cluster_u32(mapa_shared(smem_addr(bar) + 8, 0), 1u);
+  }
+  if (sync) cluster_sync();
+}
+
 }  // namespace
 
 TEST_CASE("sm90 emu: cluster rank, mapa + DSMEM ld/st, cluster barrier", "[sm90][emu]") {
@@ -91,6 +108,26 @@ TEST_CASE("sm90 emu: cluster rank, mapa + DSMEM ld/st, cluster barrier", "[sm90]
   }
   CHECK_THROWS_WITH(emu::launch_cluster(nothing_cluster_kernel, dim3(6), dim3(32), 4, 0),
                     Catch::Contains("invalid cluster size"));
+  // A peer reaching the shared memory of a block that has exited: undefined
+  // on the device, an error here (under every schedule where rank 0 exits
+  // first; with the cluster barrier, never).
+  for (int mode : {0, 1}) {
+    for (uint64_t seed = 1; seed <= 8; ++seed) {
+      emu::set_schedule_seed(seed);
+      emu::launch_cluster(exited_peer_kernel, dim3(2), dim3(1), 2, 64, mode, 1);
+    }
+    bool caught = false;
+    for (uint64_t seed = 1; seed <= 8 && !caught; ++seed) {
+      emu::set_schedule_seed(seed);
+      try {
+        emu::launch_cluster(exited_peer_kernel, dim3(2), dim3(1), 2, 64, mode, 0);
+      } catch (const std::exception& e) {
+        caught = std::string(e.what()).find("has exited") != std::string::npos;
+      }
+    }
+    CHECK(caught);
+  }
+  emu::set_schedule_seed(0);  // the default
   int flag = 0;
   CHECK_THROWS_WITH(emu::launch_cluster(static_smem_cluster_kernel, dim3(2), dim3(1), 2, 0, &flag),
                     Catch::Contains("static __shared__"));
@@ -317,7 +354,7 @@ uint32_t kmajor_addr(Swizzle sw, uint32_t start, uint32_t lbo, uint32_t sbo, uin
 
 // The A fragment of thread (warp w, lane) per the contract: a[r] holds row
 // 16 w + g + 8 (r & 1), columns 2 t + 8 (r >> 1) + {0, 1} (low half first).
-void a_fragment(const std::vector<uint16_t>& a /* 64 x K */, int ld, int k0, int t, uint32_t (&out)[4]) {
+void a_fragment(const uint16_t* a /* 64 x K */, int ld, int k0, int t, uint32_t (&out)[4]) {
   const int w = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
   for (int r = 0; r < 4; ++r) {
     const int row = 16 * w + g + 8 * (r & 1), col = k0 + 2 * q + 8 * (r >> 1);
@@ -340,7 +377,7 @@ __global__ void wgmma_rs_kernel(const uint16_t* a, const uint16_t* b, float* out
   fence_proxy_async_shared();
   __syncthreads();
   uint32_t af[4];
-  a_fragment(std::vector<uint16_t>(a, a + 64 * 16), 16, 0, t, af);
+  a_fragment(a, 16, 0, t, af);
   float d[64];
   for (float& v : d) v = -1.0f;
   wgmma_fence();
@@ -402,7 +439,7 @@ namespace {
 // The sm90 kernel's configuration: B stage [128 rows x 64] by TMA with the
 // 128B swizzle, 4 k16 steps at start + 32 j, SBO 1024; A double-buffered
 // registers, wait_group<1> in the loop. No fence: TMA writes the async view.
-__global__ void wgmma_rs_tma_kernel(const CUtensorMap* map_b, const uint16_t* a, float* out) {
+__global__ void wgmma_rs_tma_kernel(const CUtensorMap* map_b, const uint16_t* a, float* out, int skip_fence) {
   uint64_t* bar = bar_at(0);
   unsigned char* stage = dynamic_smem() + 1024;
   const int t = threadIdx.x;
@@ -413,12 +450,12 @@ __global__ void wgmma_rs_tma_kernel(const CUtensorMap* map_b, const uint16_t* a,
   }
   __syncthreads();
   mbarrier_wait_parity(bar, 0);
-  const std::vector<uint16_t> av(a, a + 64 * 64);
+  // (no heap objects in this kernel: a failing case abandons the other threads' frames)
   uint32_t af[2][4];
   float d[64];
   for (int j = 0; j < 4; ++j) {
-    a_fragment(av, 64, 16 * j, t, af[j % 2]);
-    wgmma_fence();
+    a_fragment(a, 64, 16 * j, t, af[j % 2]);
+    if (j != skip_fence) wgmma_fence();  // skip_fence: the missing-fence cases
     wgmma_m64n128k16_rs_bf16(d, af[j % 2], make_smem_desc(smem_addr(stage) + 32 * j, Swizzle::k128B, 16, 1024), j > 0);
     wgmma_commit_group();
     wgmma_wait_group<1>();
@@ -437,7 +474,13 @@ TEST_CASE("sm90 emu: wgmma RS with a TMA-loaded 128B-swizzled B stage, 4 k-steps
   CUtensorMap map;
   REQUIRE(encode_tensor_map_2d(&map, w.data(), 64, 128, 128, 64, 128, Swizzle::k128B));
   std::vector<float> out(128 * 64);
-  emu::launch_cluster(wgmma_rs_tma_kernel, dim3(1), dim3(128), 1, 1024 + 16384, &map, a.data(), out.data());
+  emu::launch_cluster(wgmma_rs_tma_kernel, dim3(1), dim3(128), 1, 1024 + 16384, &map, a.data(), out.data(), -1);
+  // No wgmma.fence before the first wgmma, or between a wait and the next one
+  // (whose A registers were just rewritten): the ISA's rule, checked.
+  for (int skip : {0, 2})
+    CHECK_THROWS_WITH(emu::launch_cluster(wgmma_rs_tma_kernel, dim3(1), dim3(128), 1, 1024 + 16384, &map, a.data(),
+                                          out.data(), skip),
+                      Catch::Contains("no wgmma_fence"));
   for (int t = 0; t < 128; ++t)
     for (int j = 0; j < 16; ++j)
       for (int e = 0; e < 4; ++e) {

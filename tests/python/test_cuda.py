@@ -442,3 +442,63 @@ def test_opcheck_layout_and_mask_ops():
     _opcheck(_ops.tile_mask_threshold.default, (scores, 64, 0.05, None, 1))
     _opcheck(_ops.tile_segment_scores.default, (scores, 64, None))
     _opcheck(_ops.tile_segment_scores.default, (scores, 64, 0.05))
+
+
+# ---------------------------------------------------------------------------
+# sm_90a forward (TMA + wgmma): Hopper only
+# ---------------------------------------------------------------------------
+def _hopper():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+# (lead dims of x, K, N, tile, sparsity, col_sparsity, k_align)
+SM90_CASES = [
+    ((300,), 512, 512, 128, 0.75, 0.0, 8),      # M tail, k_align 8: the ldmatrix gather
+    ((4096,), 1024, 1024, 128, 0.9, 0.0, 1),    # persistent, 2-byte gathers, clusters of 4
+    ((1,), 1024, 1024, 128, 0.75, 0.0, 8),      # small M: K-split reduced by the last CTA
+    ((2, 32), 520, 768, 256, 0.5, 0.25, 1),     # M = 64, 2-D TW, tile 256, K % 64 != 0
+    ((17,), 200, 300, 128, 0.5, 0.0, 1),        # small M, partial last tile
+    ((129,), 2048, 2048, 128, 0.95, 0.0, 16),   # 95% sparse, unit-16 runs
+]
+
+
+@pytest.mark.skipif(not _hopper(), reason="needs compute capability 9.x (the sm_90a kernels)")
+@pytest.mark.parametrize("case", SM90_CASES, ids=_ids)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_sm90_matches_linear(case, dtype, bias, monkeypatch):
+    """TILESPARSE_CUDA_FWD_KERNEL=sm90 against F.linear (float64 reference),
+    sm90 and v2 agree within the accuracy rule, and sm90 is deterministic."""
+    lead, k, n, tile, s, cs, ka = case
+    w, mask, layout = make_case(n, k, tile, s, cs, ka)
+    lay = layout.to(DEV)
+    wl = masked_weight(w, mask, dtype)
+    values = lay.pack(wl)
+    b = torch.randn(n, device=DEV).to(dtype) if bias else None
+    x = make_x(lead, k, dtype, "contiguous")
+    ref = F.linear(x.double(), wl.double(), None if b is None else b.double())
+    dense = F.linear(x, wl, b)
+    monkeypatch.setenv("TILESPARSE_CUDA_FWD_KERNEL", "sm90")
+    y = ops.tw_linear(x, values, lay, b)
+    check_accuracy(y, ref, dense, "forward sm90")
+    assert torch.equal(y, ops.tw_linear(x, values, lay, b)), "sm90 forward is not deterministic"
+    monkeypatch.setenv("TILESPARSE_CUDA_FWD_KERNEL", "v2")
+    check_accuracy(ops.tw_linear(x, values, lay, b), ref, dense, "forward v2")
+
+
+@pytest.mark.skipif(not _hopper(), reason="needs compute capability 9.x (the sm_90a kernels)")
+def test_forward_sm90_values_pointer_change_and_env(monkeypatch):
+    """New values (a new pointer: the per-tile tensor maps are re-encoded),
+    strided x (TMA row stride), and a bad TILESPARSE_CUDA_FWD_KERNEL."""
+    w, mask, layout = make_case(512, 384, 128, 0.75, k_align=8)
+    lay = layout.to(DEV)
+    monkeypatch.setenv("TILESPARSE_CUDA_FWD_KERNEL", "sm90")
+    x = make_x((200,), 384, torch.bfloat16, "sliced")
+    for scale in (1.0, -2.0):
+        wl = masked_weight(w * scale, mask, torch.bfloat16)
+        values = lay.pack(wl)
+        ref = F.linear(x.double(), wl.double())
+        check_accuracy(ops.tw_linear(x, values, lay), ref, F.linear(x, wl), f"sm90 values x{scale}")
+    monkeypatch.setenv("TILESPARSE_CUDA_FWD_KERNEL", "sm100")
+    with pytest.raises(ValueError, match="TILESPARSE_CUDA_FWD_KERNEL"):
+        ops.tw_linear(x, values, lay)
