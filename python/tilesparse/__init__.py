@@ -41,3 +41,10 @@ __all__ += ["save", "load"]
 from .oneshot import oneshot  # noqa: E402
 
 __all__ += ["oneshot"]
+
+# gradual pruning inside distillation (issue 20)
+from . import losses  # noqa: E402
+from .distill import DistillResult, distill  # noqa: E402
+from .losses import EncoderDistillLoss  # noqa: E402
+
+__all__ += ["losses", "distill", "DistillResult", "EncoderDistillLoss"]

@@ -41,7 +41,8 @@ from .calibration import (ForwardFn, capture_inputs, default_forward, first_inpu
 from .importance import _progress, effective_weight
 from .patterns import PATTERNS, TILE_PATTERNS, bw_mask, ew_mask, nm_mask, tw_mask, vw_mask
 from .reconstruct import greedy_tile_selection, kept_set_error, masked_lstsq
-from .sparsify import _gemm_dims, default_filter, swap_modules
+from ._modules import gemm_dims
+from .sparsify import default_filter, swap_modules
 
 __all__ = ["oneshot", "oneshot_filter"]
 
@@ -300,7 +301,7 @@ def oneshot(model: nn.Module, calib: Iterable, sparsity: float, *, pattern: str 
                          "filter_fn (the default needs at least `tile` output features per layer for 'tw'/'tew')")
     layers = []
     for fqn, mod in entries:
-        _, n, k = _gemm_dims(mod)
+        _, n, k = gemm_dims(mod)
         layers.append(_Layer(fqn, mod, dense.get_submodule(fqn) if fqn else dense, n, k, mod.bias is not None))
     by_name = {l.fqn: l for l in layers}
     pat = _Pattern(pattern, tile, unit, delta, vector, block, selection)

@@ -26,8 +26,9 @@ from torch import nn
 
 from .importance import ActivationWeighted, Importance, Taylor, make_importance
 from .schedule import Schedule, make_schedule
+from ._checks import check_common, check_unit_args
 from .patterns import check_allocation
-from .sparsify import (FilterFn, _check_common, _check_unit_args, compute_masks, finalize, set_module_mask,
+from .sparsify import (FilterFn, compute_masks, finalize, set_module_mask,
                        swap_modules)
 
 __all__ = ["Pruner"]
@@ -65,9 +66,9 @@ class Pruner:
                  start_step: int = 0, end_step: Optional[int] = None, frequency: int = 1,
                  initial_sparsity: float = 0.0, unit: int = 1, score_norm: Optional[str] = "rms",
                  max_layer_sparsity: Union[float, str, None] = "auto", progress: Optional[bool] = None) -> None:
-        sparsity, tile, k_align, delta = _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta,
+        sparsity, tile, k_align, delta = check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta,
                                                        k_align, filter_fn)
-        self.unit = _check_unit_args(pattern, k_align, unit)
+        self.unit = check_unit_args(pattern, k_align, unit)
         check_allocation(score_norm, max_layer_sparsity)
         self.score_norm = score_norm
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):

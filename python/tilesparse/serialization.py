@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._modules import set_submodule
 from .nn import MaskedConv2d, MaskedLinear, TileSparseBase, TileSparseConv2d, TileSparseLinear
 
 __all__ = ["save", "load", "manifest", "layer_manifest", "build_empty", "finish_loading", "MANIFEST_KEY",
@@ -355,11 +356,10 @@ def load(model: nn.Module, path: Union[str, os.PathLike], *, strict: bool = True
                              f"{unexpected[:8]} (pass strict=False to ignore)")
 
     # 3. commit
-    from .sparsify import _set_submodule
 
     # the rest first: a tile-sparse module's loader reads a missing residue key as "no residue", so the new
     # modules must not see this partial state dict (the old ones there are replaced next)
     model.load_state_dict({k: v for k, v in rest.items() if k in expected}, strict=False)
     for fqn, mod in built.items():
-        model = _set_submodule(model, fqn, mod)
+        model = set_submodule(model, fqn, mod)
     return model

@@ -16,28 +16,29 @@ import torch
 from torch import Tensor, nn
 
 from .importance import Importance, _progress, make_importance
-from .integrations import attach_if_transformers
+from ._checks import check_common, check_unit_args
+from ._modules import excluded_linear, gemm_dims, set_submodule
 from .nn import MaskedConv2d, MaskedLinear, TileSparseBase, TileSparseConv2d, TileSparseLinear
-from .patterns import TILE_PATTERNS, check_allocation, check_pattern, check_unit, masks_for, resolve_col_sparsity
+from .patterns import TILE_PATTERNS, check_allocation, masks_for
 
 __all__ = ["sparsify", "finalize", "densify", "default_filter", "sparsity_summary", "mask_optimizer"]
 
 FilterFn = Callable[[nn.Module, str], bool]
+
+# Called with the model after layers were swapped for sparse ones. The transformers integration registers
+# itself here from above (tilesparse.integrations imports sparsify, never the reverse).
+_SWAP_HOOKS: List[Callable[[nn.Module], None]] = []
+
+
+def register_swap_hook(hook: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+    """Calls ``hook(model)`` whenever :func:`swap_modules` (``sparsify``, ``Pruner``,
+    ``oneshot``) has swapped layers of ``model``; registering twice is a no-op."""
+    if not callable(hook):
+        raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+    if hook not in _SWAP_HOOKS:
+        _SWAP_HOOKS.append(hook)
+    return hook
 _SPARSE = (TileSparseLinear, TileSparseConv2d, MaskedLinear, MaskedConv2d)
-
-
-def _excluded_linear(module: nn.Module) -> bool:
-    # nn.MultiheadAttention reads out_proj.weight directly instead of calling it.
-    return type(module).__name__ == "NonDynamicallyQuantizableLinear"
-
-
-def _gemm_dims(module: nn.Module) -> Tuple[int, int, int]:
-    """(groups, N_g, K) of a Linear / Conv2d (dense or sparse)."""
-    if isinstance(module, TileSparseBase):
-        return module.gemm_shape
-    w = module.weight
-    g = getattr(module, "groups", 1) if isinstance(module, nn.Conv2d) else 1
-    return g, w.shape[0] // g, w[0].numel()
 
 
 def default_filter(module: nn.Module, fqn: str, *, tile: int = 128, pattern: str = "tw") -> bool:
@@ -51,77 +52,14 @@ def default_filter(module: nn.Module, fqn: str, *, tile: int = 128, pattern: str
     of the layer (too coarse, and nothing to gain in speed). Depthwise
     convolutions (one output per group) are skipped for every pattern.
     """
-    if not isinstance(module, (nn.Linear, nn.Conv2d, TileSparseBase)) or _excluded_linear(module):
+    if not isinstance(module, (nn.Linear, nn.Conv2d, TileSparseBase)) or excluded_linear(module):
         return False
-    g, n_g, k = _gemm_dims(module)
+    g, n_g, k = gemm_dims(module)
     if n_g <= 1 or k <= 1:
         return False
     if pattern in TILE_PATTERNS:
         return n_g >= tile
     return True
-
-
-def _check_float(name: str, v, lo=0.0, hi=1.0, hi_inclusive=False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(v).__name__}")
-    v = float(v)
-    if not (lo <= v <= hi if hi_inclusive else lo <= v < hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi}{']' if hi_inclusive else ')'}, got {v}")
-    return v
-
-
-def _check_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v <= 0:
-        raise ValueError(f"{name} must be positive, got {v}")
-    return v
-
-
-def _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta, k_align, filter_fn):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_pattern(pattern)
-    tile = _check_int("tile", tile)
-    k_align = _check_int("k_align", k_align)
-    if pattern == "nm":
-        if sparsity is not None and abs(float(sparsity) - 0.5) > 1e-9:
-            raise ValueError(f"pattern 'nm' (2:4) has a fixed sparsity of 0.5; got sparsity={sparsity} "
-                             "(pass sparsity=0.5)")
-        sparsity = 0.5
-    sparsity = _check_float("sparsity", sparsity)
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    if pattern in TILE_PATTERNS:
-        resolve_col_sparsity(col_sparsity, sparsity)  # validates
-    elif col_sparsity not in (0, 0.0):
-        raise ValueError(f"col_sparsity applies to the tile patterns only, got {col_sparsity} with {pattern!r}")
-    delta = _check_float("delta", delta)
-    if delta > 0 and pattern != "tew":
-        raise ValueError(f"delta applies to pattern 'tew' only, got delta={delta} with pattern {pattern!r}")
-    if pattern == "tew" and sparsity + delta >= 1.0:
-        raise ValueError(f"sparsity + delta must be < 1, got {sparsity} + {delta}")
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"filter_fn must be callable (module, fqn) -> bool, got {type(filter_fn).__name__}")
-    return sparsity, tile, k_align, delta
-
-
-def _check_unit_args(pattern: str, k_align: int, unit) -> int:
-    """Validated ``unit``: tile patterns only, dividing or divided by ``k_align``."""
-    if isinstance(unit, bool) or not isinstance(unit, int):
-        raise TypeError(f"unit must be an int, got {type(unit).__name__}")
-    if unit != 1 and pattern not in TILE_PATTERNS:
-        raise ValueError(f"unit applies to the tile patterns only, got unit={unit} with {pattern!r}")
-    return check_unit(k_align, unit)[1]
-
-
-def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
-    if fqn == "":
-        return new
-    parent_name, _, name = fqn.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, name, new)
-    return model
 
 
 def _swap_one(module: nn.Module, pattern: str, tile: int) -> nn.Module:
@@ -155,7 +93,7 @@ def swap_modules(model: nn.Module, pattern: str, tile: int, filter_fn: Optional[
                     (filter_fn is None or filter_fn(mod, fqn)):
                 chosen.append((fqn, mod))
             continue
-        if not isinstance(mod, (nn.Linear, nn.Conv2d)) or _excluded_linear(mod):
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)) or excluded_linear(mod):
             continue
         if any(fqn.startswith(c + ".") for c, _ in chosen if c):
             continue
@@ -166,10 +104,11 @@ def swap_modules(model: nn.Module, pattern: str, tile: int, filter_fn: Optional[
     for fqn, mod in chosen:
         new = _swap_one(mod, pattern, tile)
         if new is not mod:
-            model = _set_submodule(model, fqn, new)
+            model = set_submodule(model, fqn, new)
         out.append((fqn, new))
     if out:
-        attach_if_transformers(model)  # so that save_pretrained records the sparse layers
+        for hook in _SWAP_HOOKS:  # e.g. the transformers integration: save_pretrained records the sparse layers
+            hook(model)
     return model, out
 
 
@@ -182,7 +121,7 @@ def compute_masks(entries: Sequence[Tuple[str, nn.Module]], importance: Importan
     scores, owner = [], []
     for i, (fqn, mod) in enumerate(_progress(entries, len(entries), "scoring", progress)):
         s = importance(mod, fqn)
-        g, n_g, k = _gemm_dims(mod)
+        g, n_g, k = gemm_dims(mod)
         if s.numel() != g * n_g * k:
             raise ValueError(f"importance returned {tuple(s.shape)} scores for {fqn!r}, whose weight has "
                              f"{g * n_g * k} elements")
@@ -253,9 +192,9 @@ def sparsify(model: nn.Module, sparsity: float = 0.75, tile: int = 128, pattern:
     The returned model is the same object unless the root itself was swapped.
     Call :func:`finalize` when the masks are final.
     """
-    sparsity, tile, k_align, delta = _check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta,
+    sparsity, tile, k_align, delta = check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta,
                                                    k_align, filter_fn)
-    unit = _check_unit_args(pattern, k_align, unit)
+    unit = check_unit_args(pattern, k_align, unit)
     check_allocation(score_norm, max_layer_sparsity)
     imp = make_importance(importance)
     model, entries = swap_modules(model, pattern, tile, filter_fn)
@@ -313,7 +252,7 @@ def densify(model: nn.Module) -> nn.Module:
     holding its pruned weight. Returns the (possibly new) root."""
     targets = [(fqn, mod) for fqn, mod in model.named_modules() if isinstance(mod, _SPARSE)]
     for fqn, mod in targets:
-        model = _set_submodule(model, fqn, mod.to_dense())
+        model = set_submodule(model, fqn, mod.to_dense())
     return model
 
 
@@ -324,7 +263,7 @@ def sparsity_summary(model: nn.Module) -> Dict[str, Dict[str, float]]:
     pruned = total = 0
     for fqn, mod in model.named_modules():
         if isinstance(mod, _SPARSE):
-            g, n_g, k = _gemm_dims(mod)
+            g, n_g, k = gemm_dims(mod)
             n = g * n_g * k
             out[fqn] = {"sparsity": mod.sparsity, "numel": n}
             pruned += mod.sparsity * n

@@ -199,6 +199,20 @@ inline std::vector<double> dense_weight(const Problem& p, const std::vector<doub
   return format_reference::dense_weight(p.layout, p.n, p.k, p.tile, values);
 }
 
+// y = x @ W^T + bias in double, W from the packed values (padding ignored).
+inline std::vector<double> reference_forward(const Problem& p, int64_t m, const std::vector<double>& x, int64_t ldx,
+                                             const std::vector<double>& values, const std::vector<double>* bias) {
+  const std::vector<double> w = dense_weight(p, values);
+  std::vector<double> y(m * p.n, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < p.n; ++c) {
+      double acc = bias ? (*bias)[c] : 0.0;
+      for (int64_t q = 0; q < p.k; ++q) acc += x[i * ldx + q] * w[c * p.k + q];
+      y[i * p.n + c] = acc;
+    }
+  return y;
+}
+
 // Packed values of a dense [n, k] matrix (zero in padding slots).
 inline std::vector<double> packed(const Problem& p, const std::vector<double>& dense) {
   return format_reference::packed(p.layout, p.k, p.tile, dense);

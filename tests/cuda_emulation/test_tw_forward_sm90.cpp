@@ -103,19 +103,6 @@ struct Sm90Case {
   int64_t min_items_per_cluster = 0;
 };
 
-std::vector<double> reference_forward(const Problem& p, int64_t m, const std::vector<double>& x, int64_t ldx,
-                                      const std::vector<double>& values, const std::vector<double>* bias) {
-  const std::vector<double> w = dense_weight(p, values);
-  std::vector<double> y(m * p.n, 0.0);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t c = 0; c < p.n; ++c) {
-      double acc = bias ? (*bias)[c] : 0.0;
-      for (int64_t q = 0; q < p.k; ++q) acc += x[i * ldx + q] * w[c * p.k + q];
-      y[i * p.n + c] = acc;
-    }
-  return y;
-}
-
 template <typename T>
 void run_sm90_case(const Sm90Case& fc) {
   using E = Elem<T>;

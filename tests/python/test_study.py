@@ -185,7 +185,7 @@ def test_speed_rows():
 def _fake_results():
     q = lambda c, r: {"cosine": c, "retrieval": r, "cosine_min": c - 0.1}  # noqa: E731
     mrows = []
-    for p, base in (("tw", 0.9), ("tew", 0.92), ("ew", 0.95), ("vw", 0.9), ("bw", 0.7)):
+    for p, base in (("tw", 0.9), ("tew", 0.92), ("ew", 0.94), ("vw", 0.9), ("bw", 0.7)):
         for s in (0.5, 0.75, 0.875):
             mrows.append({"pattern": p, "sparsity": s, "tile": 128, "unit": 1, "achieved": s,
                           "magnitude": q(base - s / 2, 0.5), "calibrated": q(base - s / 3, 0.6),
@@ -218,9 +218,9 @@ def test_report_tables_and_acceptance():
     assert t.splitlines()[:2] == ["| a | b |", "| :--- | ---: |"]
     res = _fake_results()
     acc = {c: ok for c, _, ok in report.acceptance(res)}
-    assert acc["MiniLM TW 75% via oneshot, no fine-tuning: cosine >= 0.70"] is False    # 0.9 - 0.25
+    assert acc["MiniLM TW 75% via oneshot, no fine-tuning: cosine >= 0.72"] is False    # 0.9 - 0.25
     assert acc["MiniLM TW 75% after fine-tuning: cosine >= 0.82"] is True             # 0.915
-    assert acc["MiniLM TW 75% within 0.06 of EW (same recipe, fine-tuned)"] is True    # gap 0.05
+    assert acc["MiniLM TW 75% within 0.05 of EW (same recipe, fine-tuned)"] is True    # gap 0.04
     assert acc["MiniLM TW 50% after fine-tuning: cosine >= 0.93"] is True             # 0.94
     assert acc["MiniLM TW 75% above the layer-dropped dense model at >= its encoder speed"] is True  # 2.67x >= 1.9x
     assert acc["Digits CNN TW 75%: within 1 point of dense accuracy"] is False  # 98.3 vs 97.0

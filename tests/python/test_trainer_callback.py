@@ -76,3 +76,35 @@ def test_staged_pruning_with_finalize(tmp_path):
 def test_callback_rejects_a_model_or_optimizer_argument():
     with pytest.raises(TypeError, match="Trainer"):
         PruningCallback(0.5, optimizer=None)
+
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    ((torch.nn.Linear(2, 2),), {}, TypeError, "sparsity must be a float"),   # a Pruner's model passed as sparsity
+    (("0.5",), {}, TypeError, "sparsity must be a float"),
+    ((1.5,), {}, ValueError, "sparsity"),
+    ((0.5,), {"schedule": "linear"}, ValueError, "schedule"),
+    ((0.5,), {"schedule": 3}, TypeError, "schedule"),
+    ((0.5,), {"schedule": [(0, 0.3), (0, 0.5)]}, ValueError, "strictly increasing"),
+    ((0.5,), {"end_step": 0}, ValueError, "end_step"),
+    ((0.5,), {"finalize": "yes"}, TypeError, "finalize"),
+    ((0.5,), {"tile": 0}, ValueError, "tile"),
+    ((0.5,), {"pattern": "xx"}, ValueError, "pattern"),
+    ((0.5,), {"scope": "model"}, ValueError, "scope"),
+    ((0.5,), {"frequency": 0}, ValueError, "frequency"),
+    ((0.5,), {"importance": "random"}, ValueError, "importance"),
+    ((0.5,), {"unit": 8, "pattern": "ew"}, ValueError, "unit"),
+    ((0.5,), {"filter_fn": 3}, TypeError, "filter_fn"),
+    ((0.5,), {"score_norm": "l1"}, ValueError, "score_norm"),
+    ((0.5,), {"tiles": 16}, TypeError, "tiles"),                           # a misspelt Pruner argument
+])
+def test_callback_validates_every_argument_at_construction(args, kwargs, error, match):
+    # as Pruner does: the error names the argument when the callback is built, not when training begins
+    with pytest.raises(error, match=match):
+        PruningCallback(*args, **kwargs)
+
+
+def test_callback_accepts_valid_arguments():
+    for cb in (PruningCallback(0.75), PruningCallback(0.5, schedule=[(0, 0.25), (10, 0.5)], tile=16),
+               PruningCallback(0.5, schedule="oneshot", pattern="ew", scope="layer"),
+               PruningCallback(0.5, end_step=100, start_step=10, frequency=5, unit=8, finalize=True)):
+        assert cb.pruner is None

@@ -41,12 +41,22 @@ class _RegisterWhenImported(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def install_transformers_hook() -> None:
     """Called by ``import tilesparse``: registers now if transformers' quantizer
-    registry is loaded, else when it is."""
+    registry is loaded, else when it is; and records sparse layers in a
+    transformers model's config whenever layers are swapped."""
+    install_swap_hook()
     if _HF_QUANTIZERS in sys.modules:
         _register_transformers()
     elif importlib.util.find_spec("transformers") is not None and \
             not any(isinstance(f, _RegisterWhenImported) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterWhenImported())
+
+
+def install_swap_hook() -> None:
+    """Hooks :func:`attach_if_transformers` into :func:`tilesparse.sparsify.swap_modules`
+    (from above: this package imports sparsify, sparsify never imports it)."""
+    from ..sparsify import register_swap_hook
+
+    register_swap_hook(attach_if_transformers)
 
 
 def attach_if_transformers(model) -> None:

@@ -20,7 +20,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .. import serialization
-from ..sparsify import _set_submodule
+from .._modules import set_submodule
 
 __all__ = ["TileSparseConfig", "TileSparseHfQuantizer", "attach", "QUANT_METHOD", "REQUIRES_TILESPARSE"]
 
@@ -211,7 +211,7 @@ class TileSparseHfQuantizer(HfQuantizer):
             serialization._check_target(name, target, entry)
             ref = serialization._first_float(target)
             mod = serialization.build_empty(name, entry, device=ref.device, dtype=ref.dtype)
-            _set_submodule(model, name, mod)
+            set_submodule(model, name, mod)
             self._built[name] = (mod, entry)
         guards = {re.escape(k) + "$" for k in _guard_keys(model)}
         model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards

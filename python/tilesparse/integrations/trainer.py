@@ -1,12 +1,18 @@
 """``PruningCallback``: tile-wise pruning inside a transformers ``Trainer``."""
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Optional, Sequence, Tuple, Union
 
+from torch import nn
 from transformers import TrainerCallback
 
+from .._checks import check_common, check_unit_args
+from ..importance import make_importance
+from ..patterns import check_allocation
 from ..pruner import Pruner
+from ..schedule import Schedule, make_schedule
 from ..sparsify import sparsity_summary
 from .hf_quantizer import attach
 
@@ -47,10 +53,7 @@ class PruningCallback(TrainerCallback):
 
     def __init__(self, sparsity: float, schedule: Union[str, Sequence[Tuple[int, float]], Any] = "cubic", *,
                  end_step: Optional[int] = None, finalize: bool = False, **pruner_kwargs) -> None:
-        if not isinstance(finalize, bool):
-            raise TypeError(f"finalize must be a bool, got {type(finalize).__name__}")
-        if "optimizer" in pruner_kwargs or "model" in pruner_kwargs:
-            raise TypeError("PruningCallback takes the model and optimizer from the Trainer")
+        _validate(sparsity, schedule, end_step, finalize, pruner_kwargs)
         self.sparsity, self.schedule, self.end_step = sparsity, schedule, end_step
         self.finalize, self.pruner_kwargs = finalize, pruner_kwargs
         self.pruner: Optional[Pruner] = None
@@ -99,3 +102,43 @@ class PruningCallback(TrainerCallback):
             logger.info("tilesparse: finalized at sparsity %.4f", self.current_sparsity())
         else:
             self.pruner.remove()
+
+
+_PRUNER_ARGS = set(inspect.signature(Pruner.__init__).parameters) - {"self", "model", "sparsity", "schedule",
+                                                                      "optimizer"}
+
+
+def _validate(sparsity, schedule, end_step, finalize, pruner_kwargs) -> None:
+    """Every check :class:`Pruner` makes that needs no model, at construction
+    (not when training begins): errors name the argument."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"sparsity must be a float, got {type(sparsity).__name__}")
+    if not isinstance(finalize, bool):
+        raise TypeError(f"finalize must be a bool, got {type(finalize).__name__}")
+    if "optimizer" in pruner_kwargs or "model" in pruner_kwargs:
+        raise TypeError("PruningCallback takes the model and optimizer from the Trainer")
+    unknown = sorted(set(pruner_kwargs) - _PRUNER_ARGS)
+    if unknown:
+        raise TypeError(f"PruningCallback got unexpected keyword argument(s) {unknown}; Pruner takes "
+                        f"{sorted(_PRUNER_ARGS)}")
+    if end_step is not None and (isinstance(end_step, bool) or not isinstance(end_step, int) or end_step < 1):
+        raise ValueError(f"end_step must be a positive int or None, got {end_step!r}")
+    if not isinstance(schedule, (str, Schedule, list, tuple)):
+        raise TypeError(f"schedule must be 'cubic', 'oneshot', a list of (step, sparsity) stages or a Schedule, "
+                        f"got {type(schedule).__name__}")
+    kw = pruner_kwargs
+    sparsity, tile, k_align, _ = check_common(nn.Module(), sparsity, kw.get("tile", 128), kw.get("pattern", "tw"),
+                                              kw.get("scope", "global"), kw.get("col_sparsity", 0.0),
+                                              kw.get("delta", 0.0), kw.get("k_align", 1), kw.get("filter_fn"))
+    check_unit_args(kw.get("pattern", "tw"), k_align, kw.get("unit", 1))
+    check_allocation(kw.get("score_norm", "rms"), kw.get("max_layer_sparsity", "auto"))
+    start = kw.get("start_step", 0)
+    # a cubic ramp's end_step defaults to 3/4 of max_steps (known at on_train_begin): any later step checks the rest
+    make_schedule(schedule, sparsity, start_step=start,
+                  end_step=end_step if end_step is not None else kw.get("end_step", (start + 1)
+                                                                          if isinstance(start, int) else None),
+                  frequency=kw.get("frequency", 1), initial_sparsity=kw.get("initial_sparsity", 0.0))
+    make_importance(kw.get("importance", "magnitude"))
+    if "progress" in kw and kw["progress"] is not None and not isinstance(kw["progress"], bool):
+        raise TypeError(f"progress must be a bool or None, got {type(kw['progress']).__name__}")
+

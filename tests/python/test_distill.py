@@ -1,0 +1,185 @@
+"""tilesparse.distill (gradual pruning inside distillation) and EncoderDistillLoss, on a tiny BERT."""
+import copy
+
+import pytest
+import torch
+
+import tilesparse
+from tilesparse.distill import distill
+from tilesparse.losses import EncoderDistillLoss, mean_pool
+from tilesparse.nn import TileSparseLinear
+
+transformers = pytest.importorskip("transformers", reason="transformers is installed by `make deps`")
+from transformers import BertConfig, BertModel  # noqa: E402
+
+TILE = 16
+FAST = {"grid_step": 0.25}  # a coarse allocation grid: the tests stay a few seconds
+
+
+def _encoder_filter(module, fqn):
+    return fqn.startswith("encoder.")
+
+
+def _teacher():
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     vocab_size=100, max_position_embeddings=32)
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+def _loader(n=8, batch=8, seq=12):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, 100, (batch, seq), generator=g)
+        mask = torch.ones_like(ids)
+        mask[: batch // 2, seq - 3:] = 0  # some padding: the losses count real tokens only
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def _tile_pattern_ok(mod: TileSparseLinear) -> bool:
+    keep = mod.keep_mask()
+    for t in range(0, keep.shape[0], mod.tile):
+        blk = keep[t:t + mod.tile]
+        if not (blk == blk[:1]).all():  # every output of a tile keeps the same input features
+            return False
+    return True
+
+
+def test_distill_reaches_target_on_schedule_with_valid_pattern_and_loss_decreasing():
+    teacher, loader = _teacher(), _loader()
+    res = distill(copy.deepcopy(teacher), teacher, loader, 0.75, steps=16, tile=TILE, start_sparsity=0.5,
+                  end_step=8, update_every=4, filter_fn=_encoder_filter, calib=loader[:2], lr=3e-3,
+                  oneshot_kwargs=FAST, progress=False)
+    # the start oneshot, then the cubic ramp's updates at its scheduled steps, up to the target at end_step
+    assert [u[0] for u in res.updates] == [0, 4, 8]
+    assert [u[1] for u in res.updates] == pytest.approx([0.5, 0.75 - 0.25 * (4 / 8) ** 3, 0.75])
+    for _, target, achieved in res.updates:
+        assert achieved == pytest.approx(target, abs=0.03)
+    mods = [m for m in res.model.modules() if isinstance(m, TileSparseLinear)]
+    assert len(mods) == 12 and all(_tile_pattern_ok(m) for m in mods)
+    assert tilesparse.sparsity_summary(res.model)["__total__"]["sparsity"] == pytest.approx(0.75, abs=0.02)
+    for m in mods:  # pruned weights are exactly zero after training
+        assert not m.weight[~m.keep_mask()].any()
+    # after the last update (step 8) the loss falls
+    assert sum(res.losses[-3:]) / 3 < sum(res.losses[8:11]) / 3
+    assert len(res.losses) == 16
+
+
+@torch.no_grad()
+def _layer_error(student, teacher, batches, fqn):
+    """Relative output error of one layer on the teacher's inputs to it."""
+    xs = []
+    h = teacher.get_submodule(fqn).register_forward_pre_hook(lambda m, a: xs.append(a[0].detach()))
+    with torch.no_grad():
+        for b in batches:
+            teacher(**b)
+    h.remove()
+    x = torch.cat([t.reshape(-1, t.shape[-1]) for t in xs])
+    s, t = student.get_submodule(fqn), teacher.get_submodule(fqn)
+    ws = s.keep_mask() * s.weight
+    yt = torch.nn.functional.linear(x, t.weight, t.bias)
+    ys = torch.nn.functional.linear(x, ws, s.bias)
+    return float(((ys - yt) ** 2).sum() / (yt ** 2).sum())
+
+
+def test_calibrated_refit_lowers_the_reconstruction_error_against_magnitude_updates():
+    teacher, loader = _teacher(), _loader()
+    errs = {}
+    for refit in ("oneshot", "magnitude"):
+        res = distill(copy.deepcopy(teacher), teacher, loader, 0.75, steps=4, tile=TILE, start_sparsity=0.25,
+                      end_step=4, update_every=2, refit=refit, filter_fn=_encoder_filter, calib=loader[:4],
+                      lr=1e-9, oneshot_kwargs=FAST, progress=False)  # lr ~0: the masks and refits alone decide the weights
+        assert res.updates[-1][2] == pytest.approx(0.75, abs=0.03)
+        errs[refit] = [_layer_error(res.model, teacher, loader[:4], f"encoder.layer.0.{n}")
+                       for n in ("attention.self.query", "intermediate.dense")]
+    for a, b in zip(errs["oneshot"], errs["magnitude"]):
+        assert a < b
+
+
+def test_start_equal_to_target_is_oneshot_then_finetune():
+    teacher, loader = _teacher(), _loader(4)
+    res = distill(copy.deepcopy(teacher), teacher, loader, 0.5, steps=3, tile=TILE, start_sparsity=0.5,
+                  filter_fn=_encoder_filter, oneshot_kwargs=FAST, progress=False)
+    assert [u[0] for u in res.updates] == [0] and res.updates[0][2] == pytest.approx(0.5, abs=0.02)
+
+
+def test_task_loss_and_prune_start_false():
+    teacher, loader = _teacher(), _loader(4)
+    student = tilesparse.oneshot(copy.deepcopy(teacher), loader[:2], 0.5, tile=TILE, filter_fn=_encoder_filter,
+                                 progress=False, **FAST)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    calls = []
+
+    def task_loss(out, batch):
+        calls.append(1)
+        return out.last_hidden_state.pow(2).mean()
+
+    res = distill(student, teacher, loader, 0.5, steps=2, tile=TILE, start_sparsity=0.5, prune_start=False,
+                  filter_fn=_encoder_filter, task_loss_fn=task_loss, progress=False)
+    assert len(calls) == 2 and res.update_seconds == 0.0
+    assert any(not torch.equal(before[n], p) for n, p in res.model.named_parameters())
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"sparsity": 1.0}, ValueError, "sparsity"),
+    ({"sparsity": "0.5"}, TypeError, "sparsity"),
+    ({"steps": 0}, ValueError, "steps"),
+    ({"steps": 2.0}, TypeError, "steps"),
+    ({"start_sparsity": 0.9}, ValueError, "start_sparsity"),
+    ({"end_step": 10}, ValueError, "end_step"),
+    ({"update_every": 0}, ValueError, "update_every"),
+    ({"refit": "obs"}, ValueError, "refit"),
+    ({"pattern": "xx"}, ValueError, "pattern"),
+    ({"lr": 0.0}, ValueError, "lr"),
+    ({"warmup": 1.0}, ValueError, "warmup"),
+    ({"loss_fn": 3}, TypeError, "loss_fn"),
+    ({"task_loss_fn": "ce"}, TypeError, "task_loss_fn"),
+    ({"prune_start": 1}, TypeError, "prune_start"),
+    ({"oneshot_kwargs": [1]}, TypeError, "oneshot_kwargs"),
+])
+def test_distill_validates_arguments(kwargs, error, match):
+    teacher = _teacher()
+    kw = dict(sparsity=0.5, steps=4, tile=TILE, filter_fn=_encoder_filter, progress=False)
+    kw.update(kwargs)
+    with pytest.raises(error, match=match):
+        distill(copy.deepcopy(teacher), teacher, _loader(2), **kw)
+
+
+def test_distill_rejects_the_teacher_as_student_and_non_modules():
+    teacher = _teacher()
+    with pytest.raises(ValueError, match="different"):
+        distill(teacher, teacher, _loader(2), 0.5, steps=2)
+    with pytest.raises(TypeError, match="nn.Module"):
+        distill("model", teacher, _loader(2), 0.5, steps=2)
+    with pytest.raises(ValueError, match="empty"):
+        distill(copy.deepcopy(teacher), teacher, [], 0.5, steps=2, tile=TILE, filter_fn=_encoder_filter)
+
+
+def test_encoder_distill_loss_terms():
+    teacher, (b,) = _teacher(), _loader(1)
+    with torch.no_grad():
+        t = teacher(**b, output_hidden_states=True)
+    loss = EncoderDistillLoss()
+    assert float(loss(t, t, b["attention_mask"])) == pytest.approx(0.0, abs=1e-6)  # identical outputs
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.encoder.layer[1].output.dense.weight.mul_(0.5)
+    s = student(**b, output_hidden_states=True)
+    full = loss(s, t, b["attention_mask"]).item()
+    emb = EncoderDistillLoss(hidden_weight=0)(s, t, b["attention_mask"]).item()
+    e_s, e_t = mean_pool(s.last_hidden_state, b["attention_mask"]), mean_pool(t.last_hidden_state,
+                                                                              b["attention_mask"])
+    assert emb == pytest.approx(float((1 - (e_s * e_t).sum(-1)).mean()), rel=1e-5)
+    assert full > emb > 0
+    with pytest.raises(ValueError, match="hidden_states"):
+        loss(teacher(**b), t, b["attention_mask"])
+    with pytest.raises(ValueError, match="layer_map"):
+        loss(s, {"last_hidden_state": t.last_hidden_state, "hidden_states": t.hidden_states[:2]})
+    with pytest.raises(ValueError, match="hidden_weight"):
+        EncoderDistillLoss(hidden_weight=-1)
+    # logits: KL term, zero for equal logits
+    lo = torch.randn(4, 3)
+    assert float(EncoderDistillLoss(embedding_weight=0, hidden_weight=0)({"logits": lo}, {"logits": lo})) == \
+        pytest.approx(0.0, abs=1e-6)

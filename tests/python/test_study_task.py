@@ -1,0 +1,73 @@
+"""The study's labelled task and TW 50% puzzle parts, on a tiny BERT and a synthetic fortune directory."""
+import os
+
+import pytest
+import torch
+
+from tilesparse.study import minilm, puzzle, report, task
+
+transformers = pytest.importorskip("transformers")
+
+from test_study import ToyTokenizer, tiny_bert  # noqa: E402
+
+
+def _fortune_dir(tmp_path):
+    d = tmp_path / "fortunes"
+    d.mkdir()
+    words = {"cats": "whiskers purr meow mouse", "dogs": "bark fetch bone leash", "ships": "sail mast anchor deck"}
+    for name, w in words.items():
+        entries = [f"the {w.split()[i % 4]} story {i} of {name} with {w.split()[(i + 1) % 4]} again" for i in range(14)]
+        (d / name).write_text("\n%\n".join(entries) + "\n%\n")
+    (d / "rare").write_text("only one entry in this rare category file\n%\n")
+    (d / "dupes").write_text("the whiskers story 0 of cats with purr again\n%\n" * 1)  # also in cats: dropped
+    return d
+
+
+def test_load_task_keeps_frequent_categories_and_drops_duplicates(tmp_path):
+    d = _fortune_dir(tmp_path)
+    texts, labels, names, counts = task.load_task(min_entries=5, per_class=10, directory=str(d))
+    assert names == ["cats", "dogs", "ships"]
+    assert counts["rare"] == 1 and counts["dupes"] == 0 and counts["cats"] == 13  # the shared entry leaves both
+    assert len(texts) == 30 and sorted(set(labels)) == [0, 1, 2] and len(set(texts)) == 30
+
+
+def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILESPARSE_FORTUNE_DIR", str(_fortune_dir(tmp_path)))
+    cfg = task.TaskConfig(min_entries=5, per_class=12, batch_size=8, dense_epochs=2, steps=2, calib_batches=1,
+                          seeds=(0,), cases=(("tw", 0.5, 16, 1), ("ew", 0.5, 16, 1)),
+                          compare=(("tw", 0.5, 16, 1),), updates=1, grid_step=0.25)
+    t, det = task.run_task(cfg, ToyTokenizer(), tiny_bert(), progress=False)
+    assert set(t) == {"name", "classes", "dense", "rows"} and t["classes"] == 3
+    assert set(t["dense"]) == {"accuracy", "macro_f1"}
+    assert [(r["pattern"], r["sparsity"]) for r in t["rows"]] == [("tw", 0.5), ("ew", 0.5)]
+    for r in t["rows"]:
+        assert set(r) == {"pattern", "sparsity", "tile", "unit", "accuracy", "accuracy_std", "macro_f1"}
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["accuracy_std"] >= 0.0
+    assert det["recipes"]["chosen"] in ("oneshot", "gradual") and len(det["dense_curve"]) == 2
+    runs = det["runs"]  # the comparison (2 recipes, seed 0) plus the rows of the chosen recipe
+    assert {(r["recipe"], r["seed"]) for r in runs if r["pattern"] == "tw"} >= {("oneshot", 0), ("gradual", 0)}
+    for r in runs:
+        assert r["achieved"] == pytest.approx(0.5, abs=0.05)
+    gradual = [r for r in runs if r["recipe"] == "gradual"][0]  # start oneshot (shared by the seeds), then the ramp
+    assert tuple(gradual["updates"][0][:2]) == (0, task.start_sparsity(("tw", 0.5, 16, 1), "gradual", cfg)) != (0, 0.5)
+    assert gradual["updates"][0][2] == pytest.approx(1 / 3, abs=0.05) and gradual["updates"][-1][1] == 0.5
+    assert "speed" in det["rows"][0] and "speed" not in det["rows"][1]
+    res = {"task": t, "task_details": det}
+    lines = report.task_section(res, str(tmp_path), "study_")
+    assert os.path.getsize(tmp_path / "study_task_accuracy.png") > 1000
+    assert any("Recipes under the same budget" in x for x in lines)
+    crit = {c for c, _, _ in report.task_acceptance(res)}
+    assert crit == set()  # no 75% / 50% rows at tile 128 here
+
+
+def test_layer_errors_tw_above_ew_and_allocation_rows():
+    model = tiny_bert()
+    texts = [f"words {i} and {' '.join(str(j) for j in range(i % 7 + 2))}" for i in range(32)]
+    batches = minilm.make_batches(ToyTokenizer(), texts, 8, 16)
+    alloc = {"encoder.layer.0.intermediate.dense": 0.75}
+    rows = puzzle.layer_errors(model, batches, [("tw", 16, 0.5), ("ew", 16, 0.5)], minilm._forward,
+                               minilm.encoder_filter, allocation=alloc)
+    assert len(rows) == 12 and {r["kind"] for r in rows} == {"q", "k", "v", "o", "ffn1", "ffn2"}
+    for r in rows:  # element-wise keeps the best weights of every row: never a larger error than a tile mask
+        assert 0.0 <= r["ew:16:0.5"] <= r["tw:16:0.5"] + 1e-9 < 1.0
+    assert [r for r in rows if "alloc" in r][0]["alloc_sparsity"] == 0.75
