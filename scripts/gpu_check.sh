@@ -131,7 +131,7 @@ for (m, k, n, tile, s, cs, unit) in cases:
         b = torch.randn(n, device="cuda").to(dt) if m % 2 else None
         ref = torch.nn.functional.linear(x.double(), wm.double(), None if b is None else b.double())
         outs, rec = {}, dict(M=m, K=k, N=n, tile=tile, sparsity=s, col_sparsity=cs, unit=unit, dtype=str(dt)[6:])
-        for kern in ("sm90", "v2", "v1", "auto"):
+        for kern in ("sm90", "sm90a", "v2", "v1", "auto"):  # sm90: design U on unit-16 layouts; sm90a: design A
             os.environ["TILESPARSE_CUDA_FWD_KERNEL"] = kern
             try:
                 y = T.tw_linear(x, v, lay.cols, lay.row_offsets, lay.rows, b, n, tile)
@@ -151,7 +151,7 @@ for (m, k, n, tile, s, cs, unit) in cases:
                 rec["sm90_vs_v2_max"] = (outs["sm90"].float() - outs["v2"].float()).abs().max().item()
         print(json.dumps(rec), flush=True)
 os.environ.pop("TILESPARSE_CUDA_FWD_KERNEL", None)
-ok = all(0 <= worst.get(kk, 1.0) < 1e-2 for kk in ("sm90", "v2"))
+ok = all(0 <= worst.get(kk, 1.0) < 1e-2 for kk in ("sm90", "sm90a", "v2"))
 print("SM90 CORRECTNESS", "OK" if ok else "FAIL", json.dumps(worst))
 EOF
   run sm90_correct "$T_SM90" "$OUTDIR/sm90_correct.log" "$PY" "$SM90_PY"
@@ -347,12 +347,18 @@ for (k, n), ms in groups:
         lay = TileLayout.from_mask(mask, 128).to("cuda")
         wm = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * mask.to("cuda")
         v = lay.pack(wm)
+        # the same sparsity in kept runs of 16 features (unit=16): design U, and design A (sm90a) on it
+        mask16 = ops.tile_mask(torch.rand(n, k), 128, s, 0.0, 1, 16)
+        lay16 = TileLayout.from_mask(mask16, 128).to("cuda")
+        v16 = lay16.pack(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * mask16.to("cuda"))
         for m in ms:
             if time.time() - t_start > budget:
                 break
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             sp = lambda: T.tw_linear(x, v, lay.cols, lay.row_offsets, lay.rows, None, n, 128)  # noqa: E731
-            fns = {"dense": lambda: F.linear(x, wm), "sm90": kern("sm90", sp), "v2": kern("v2", sp)}
+            sp16 = lambda: T.tw_linear(x, v16, lay16.cols, lay16.row_offsets, lay16.rows, None, n, 128)  # noqa: E731
+            fns = {"dense": lambda: F.linear(x, wm), "sm90": kern("sm90a", sp), "v2": kern("v2", sp),
+                   "sm90u": kern("sm90", sp16), "sm90a_u16": kern("sm90a", sp16)}
             do_flush = (m * (k + n) + n * k) * 2 < 4 * l2
             ts = {key: [] for key in fns}
             for key in list(fns):
@@ -368,22 +374,26 @@ for (k, n), ms in groups:
                         ts[key].append(t)
             med = {key: sorted(v_)[len(v_) // 2] for key, v_ in ts.items() if v_}
             p = pred.get((m, k, n, s), {})
-            rec = dict(M=m, K=k, N=n, sparsity=s, dense_us=med.get("dense"), sm90_us=med.get("sm90"), v2_us=med.get("v2"))
-            for key in ("sm90", "v2"):
+            rec = dict(M=m, K=k, N=n, sparsity=s, dense_us=med.get("dense"), sm90_us=med.get("sm90"), v2_us=med.get("v2"),
+                       sm90u_us=med.get("sm90u"), sm90a_u16_us=med.get("sm90a_u16"))
+            for key in ("sm90", "v2", "sm90u", "sm90a_u16"):
                 if key in med and "dense" in med:
                     rec[f"{key}_speedup"] = med["dense"] / med[key]
             rec["sm90_pred"] = p.get("sm90_speedup"); rec["sm90_pred_bound"] = p.get("sm90_bound")
             rec["v2_pred"] = p.get("speedup"); rec["cap"] = p.get("cap"); rec["bar"] = p.get("sm90_bar")
+            rec["sm90u_pred"] = p.get("sm90u_speedup"); rec["sm90u_pred_bound"] = p.get("sm90u_bound")
             print(json.dumps(rec), flush=True)
             rows.append(rec)
 os.environ.pop("TILESPARSE_CUDA_FWD_KERNEL", None)
 f = lambda v_: "-" if v_ is None else f"{v_:.2f}"  # noqa: E731
-print("\n| M | K | N | s | dense us | sm90/dense | predicted | meas/pred | bound (pred) | bar | v2/dense | predicted |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n| M | K | N | s | dense us | sm90 A/dense | predicted | meas/pred | bound (pred) | bar | v2/dense | predicted "
+      "| U (unit 16)/dense | predicted | bound (pred) | A on unit 16/dense |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     ratio = r["sm90_speedup"] / r["sm90_pred"] if r.get("sm90_speedup") and r.get("sm90_pred") else None
     print(f"| {r['M']} | {r['K']} | {r['N']} | {r['sparsity']} | {f(r['dense_us'])} | {f(r.get('sm90_speedup'))} | "
-          f"{f(r['sm90_pred'])} | {f(ratio)} | {r['sm90_pred_bound']} | {f(r['bar'])} | {f(r.get('v2_speedup'))} | {f(r['v2_pred'])} |")
+          f"{f(r['sm90_pred'])} | {f(ratio)} | {r['sm90_pred_bound']} | {f(r['bar'])} | {f(r.get('v2_speedup'))} | {f(r['v2_pred'])} "
+          f"| {f(r.get('sm90u_speedup'))} | {f(r.get('sm90u_pred'))} | {r.get('sm90u_pred_bound')} | {f(r.get('sm90a_u16_speedup'))} |")
 print(f"SM90BENCH {len(rows)} cases in {time.time() - t_start:.0f} s")
 EOF
   run sm90bench "$T_SM90BENCH" "$OUTDIR/sm90bench.log" "$PY" "$BENCH90_PY" "$T_SM90BENCH" "$ROOT"

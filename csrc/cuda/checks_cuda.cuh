@@ -40,6 +40,7 @@ struct Sm90LayoutCache {
   std::mutex mutex;  // guards everything below
   bool built = false;
   bool slots_aligned = false;        // every tile's slots % 8 == 0 (TMA row strides)
+  bool unit16 = false;               // every kept run 16 consecutive features (design U, sm90_unit16_runs)
   std::vector<int32_t> row_offsets;  // host copies
   std::vector<int32_t> kept;         // kept features per tile (padding excluded)
   at::Tensor slices;                 // int32, device: the slice table (sm90_slice_table)
@@ -151,7 +152,9 @@ struct CudaLaunch {
 
 inline DeviceCaps device_caps() {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  return DeviceCaps{static_cast<int>(prop->sharedMemPerBlockOptin), prop->multiProcessorCount, prop->major, prop->minor};
+  DeviceCaps caps{static_cast<int>(prop->sharedMemPerBlockOptin), prop->multiProcessorCount, prop->major, prop->minor};
+  caps.l2_bytes = prop->l2CacheSize;
+  return caps;
 }
 
 

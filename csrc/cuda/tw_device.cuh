@@ -61,6 +61,7 @@ struct DeviceCaps {
   // (cudaOccupancyMaxActiveClusters: a cluster lives in one GPC, so this can be
   // below num_sms / size); 0: unknown, num_sms / size is assumed.
   int sm90_clusters[3] = {0, 0, 0};
+  int64_t l2_bytes = 0;  // L2 size (design U's panels); 0: unknown, 50 MB assumed
 };
 
 __device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {

@@ -20,6 +20,7 @@
 
 #include "tw_fwd_kernels.cuh"
 #include "tw_fwd_sm90_kernels.cuh"
+#include "tw_fwd_sm90u_kernels.cuh"
 #include "tw_fwd_v2_kernels.cuh"
 
 namespace tilesparse::cuda {
@@ -31,6 +32,8 @@ enum class FwdKernel : int {
   kV2Small = 3,  // the same for M <= 64 (16/32/64-row blocks), K-split to fill the device
   kSm90 = 4,     // sm_90a: TMA + wgmma, warp-specialized, clusters (compute capability 9.x, tile % 128 == 0)
   kSm90Small = 5,  // the same for M <= 64: 64-row items, K-split reduced by the last CTA (one launch)
+  kSm90U = 6,      // sm_90a design U: unit-16 layouts (every kept run 16 consecutive features), A by TMA, wgmma SS,
+                   // M > 64. As a `force`: the sm90 family (U where it applies, else design A); kSm90: design A only
 };
 
 inline const char* fwd_kernel_name(FwdKernel k) {
@@ -41,6 +44,7 @@ inline const char* fwd_kernel_name(FwdKernel k) {
     case FwdKernel::kV2Small: return "v2_small_m";
     case FwdKernel::kSm90: return "sm90";
     case FwdKernel::kSm90Small: return "sm90_small_m";
+    case FwdKernel::kSm90U: return "sm90u";
   }
   return "?";
 }
@@ -58,6 +62,8 @@ struct FwdShape {
   bool v_vec16 = false;      // values 16-byte aligned
   bool sm90_layout = false;  // the host copy of the layout is known and every tile's slots % 8 == 0
   int64_t num_slices = 0;    // entries of the slice table (128-output slices with outputs)
+  bool sm90_unit16 = false;  // every tile's kept features are runs of 16 consecutive ones (sm90_unit16_runs)
+  int64_t v_bytes = 0;       // bytes of the values (design U's panel: the V that stays in L2)
 };
 
 struct FwdPlan {
@@ -75,6 +81,9 @@ struct FwdPlan {
   int64_t items = 0;           // work items: groups * M-blocks * splits
   int64_t grid = 0;            // CTAs (persistent: a multiple of cluster)
   int64_t counters_count = 0;  // int32 workspace: arrival counters (K-split), zero between launches
+  // sm90u (cluster, items, grid above)
+  int64_t mgroups = 0;  // M-groups of cluster x 256 rows
+  int64_t panel = 0;    // slices per panel
 };
 
 inline int64_t fwd_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -119,6 +128,30 @@ inline void plan_fwd_sm90(FwdPlan& p, const FwdShape& s, const DeviceCaps& caps,
   }
 }
 
+// Design U's plan: clusters along M (each rank one 256-row M-block of the
+// same slice, B multicast), items (slice, M-group) in panels of the slices
+// whose V fits 60% of L2, so x is streamed from HBM once per panel.
+inline void plan_fwd_sm90u(FwdPlan& p, const FwdShape& s, const DeviceCaps& caps, int force_cluster) {
+  const int64_t mblocks = fwd_ceil_div(s.m, sm90u_fwd::kBM);
+  int c = 1;
+  for (int cand : {4, 2})  // at most a quarter of the cluster's M-blocks past M
+    if (mblocks >= cand && 4 * (fwd_ceil_div(mblocks, cand) * cand - mblocks) <= fwd_ceil_div(mblocks, cand) * cand) {
+      c = cand;
+      break;
+    }
+  if (force_cluster == 1 || force_cluster == 2 || force_cluster == 4) c = force_cluster;
+  p.cluster = c;
+  p.bm = sm90u_fwd::kBM;
+  p.mgroups = fwd_ceil_div(mblocks, c);
+  const int64_t l2 = caps.l2_bytes > 0 ? caps.l2_bytes : (int64_t(50) << 20);
+  const int64_t per_slice = std::max<int64_t>(1, s.v_bytes / std::max<int64_t>(1, s.num_slices));
+  p.panel = std::clamp<int64_t>((l2 * 3 / 5) / per_slice, 1, std::max<int64_t>(1, s.num_slices));
+  p.items = s.num_slices * p.mgroups;
+  const int resident = caps.sm90_clusters[c == 4 ? 2 : c == 2 ? 1 : 0];
+  const int64_t max_clusters = std::max<int64_t>(1, resident > 0 ? resident : caps.num_sms / c);
+  p.grid = std::min<int64_t>(p.items, max_clusters) * c;
+}
+
 // `force` (tests, TILESPARSE_CUDA_FWD_KERNEL): run that kernel where it
 // applies instead of the choice below (sm90 -> v2 -> v1 as each applies);
 // `force_cluster` (tests): the sm90 cluster size.
@@ -139,7 +172,7 @@ inline FwdPlan plan_fwd(const FwdShape& s, const DeviceCaps& caps, const FwdKern
                        fwd_sm90_smem_bytes<128>() <= caps.smem_optin;
   FwdKernel kind = sm90_ok ? FwdKernel::kSm90 : (v2_ok ? FwdKernel::kV2 : FwdKernel::kMmaV1);
   if (force != nullptr) {
-    const bool forced_sm90 = *force == FwdKernel::kSm90 || *force == FwdKernel::kSm90Small;
+    const bool forced_sm90 = *force == FwdKernel::kSm90 || *force == FwdKernel::kSm90Small || *force == FwdKernel::kSm90U;
     const bool forced_v2 = *force == FwdKernel::kV2 || *force == FwdKernel::kV2Small;
     if (*force == FwdKernel::kMmaV1) kind = FwdKernel::kMmaV1;
     else if (forced_v2 && v2_ok) kind = FwdKernel::kV2;
@@ -148,6 +181,13 @@ inline FwdPlan plan_fwd(const FwdShape& s, const DeviceCaps& caps, const FwdKern
   if (kind == FwdKernel::kSm90 || kind == FwdKernel::kV2) {  // the small-M variants
     if (s.m <= 64) kind = kind == FwdKernel::kSm90 ? FwdKernel::kSm90Small : FwdKernel::kV2Small;
     if (force != nullptr && *force == FwdKernel::kV2 && kind == FwdKernel::kV2Small) kind = FwdKernel::kV2;
+  }
+  // design U where the layout is made of 16-runs (design A stays for the rest, and for M <= 64)
+  const bool design_a_only = force != nullptr && *force == FwdKernel::kSm90;
+  if (kind == FwdKernel::kSm90 && s.sm90_unit16 && !design_a_only && fwd_sm90u_smem_bytes() <= caps.smem_optin) {
+    p.kernel = FwdKernel::kSm90U;
+    plan_fwd_sm90u(p, s, caps, force_cluster);
+    return p;
   }
   p.kernel = kind;
   if (kind == FwdKernel::kSm90 || kind == FwdKernel::kSm90Small) {
@@ -274,11 +314,56 @@ inline bool sm90_encode_tile_maps(CUtensorMap* maps, const void* values, int64_t
     if (kt == 0 || g <= 0 || kept[t] == 0 || voff + g * kt > nv) continue;
     const void* base = static_cast<const uint16_t*>(values) + voff;
     if (!sm90::encode_tensor_map_2d(&m, base, static_cast<uint64_t>(kept[t]), static_cast<uint64_t>(g),
-                                    static_cast<uint64_t>(kt) * 2, sm90_fwd::kStageK, sm90_fwd::kSliceN,
+                                    static_cast<uint64_t>(kt) * 2, sm90_fwd::kStageK, sm90_fwd::kBoxRowsB,
                                     sm90::Swizzle::k128B))
       return false;
   }
   return true;
+}
+
+// Every tile's kept features are runs of 16 consecutive features (any start):
+// design U's A operand of a k16 step is then one TMA box. Host copies.
+inline bool sm90_unit16_runs(const int32_t* row_offsets, const int32_t* rows, const int32_t* kept, int64_t num_tiles) {
+  for (int64_t t = 0; t < num_tiles; ++t) {
+    const int32_t lo = row_offsets[t], kr = kept[t];
+    if (kr % sm90_fwd::kStepK != 0) return false;
+    for (int32_t q = 0; q < kr; q += sm90_fwd::kStepK)
+      for (int32_t i = 1; i < sm90_fwd::kStepK; ++i)
+        if (rows[lo + q + i] != rows[lo + q] + i) return false;
+  }
+  return true;
+}
+
+// Design U's launch: the x tensor map of this call (box {16, 256}, 32B
+// swizzle), one persistent cluster launch.
+template <typename T, typename Launch>
+void run_fwd_sm90u(const FwdPlan& plan, const FwdArgs<T>& a, Launch&& launch) {
+  FwdSm90uParams<T> p;
+  if (!sm90::encode_tensor_map_2d(&p.x_map, a.x, static_cast<uint64_t>(a.k), static_cast<uint64_t>(a.m),
+                                  static_cast<uint64_t>(a.ldx) * 2, sm90_fwd::kStepK, sm90u_fwd::kBM,
+                                  sm90::Swizzle::k32B))
+    throw std::runtime_error("tilesparse: cuTensorMapEncodeTiled refused the tensor map of x (sm90u forward)");
+  p.tile_maps = a.sm90_tile_maps;
+  p.layout = a.layout;
+  p.slices = a.sm90_slices;
+  p.num_slices = a.sm90_num_slices;
+  p.m = a.m;
+  p.k = a.k;
+  p.n = a.n;
+  p.nv = a.nv;
+  p.bias = a.bias;
+  p.y = a.y;
+  p.ldy = a.ldy;
+  p.mgroups = plan.mgroups;
+  p.panel = plan.panel;
+  p.items = plan.items;
+  const dim3 grid(static_cast<unsigned>(plan.grid)), block(sm90u_fwd::kThreads);
+  const int smem = fwd_sm90u_smem_bytes();
+  switch (plan.cluster) {
+    case 4: launch.cluster(tw_fwd_sm90u_kernel<T, 4>, grid, block, 4, smem, p); break;
+    case 2: launch.cluster(tw_fwd_sm90u_kernel<T, 2>, grid, block, 2, smem, p); break;
+    default: launch.cluster(tw_fwd_sm90u_kernel<T, 1>, grid, block, 1, smem, p); break;
+  }
 }
 
 // The sm90 launch (kSm90 / kSm90Small): the x tensor map of this call, the
@@ -364,6 +449,8 @@ void run_fwd(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, La
       launch(tw_fwd_simt_kernel<T>, dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY))),
              dim3(256), 0, p);
     }
+  } else if (plan.kernel == FwdKernel::kSm90U) {
+    run_fwd_sm90u<T>(plan, a, launch);
   } else if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small) {
     run_fwd_sm90<T>(plan, a, w, launch);
   } else if (plan.kernel == FwdKernel::kMmaV1) {

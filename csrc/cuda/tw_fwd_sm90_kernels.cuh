@@ -74,6 +74,7 @@ constexpr int kStepsPerStage = kStageK / kStepK;
 constexpr int kStagesX = 4;      // x ring
 constexpr int kStagesB = 4;      // B ring per consumer
 constexpr uint32_t kBStageBytes = kSliceN * kStageK * 2;  // 16 KB
+constexpr int kBoxRowsB = 32;    // rows of a values TMA box: a B stage is 4 boxes (design U multicasts them)
 constexpr uint32_t kSwizzleAtom = 1024;                   // 8 rows x 128 B: TMA / wgmma alignment
 constexpr int kRegsProducer = 40, kRegsConsumer = 232;    // 128 * (40 + 2 * 232) <= 64K registers
 
@@ -117,7 +118,7 @@ constexpr int fwd_sm90_smem_bytes() {
 template <typename T>
 struct FwdSm90Params {
   CUtensorMap x_map;             // x [m, k] (dims {k, m}), box {64, BM / C}, 128B swizzle; encoded per call
-  const CUtensorMap* tile_maps;  // [num_tiles]: V_t as dims {kr_t, g_t}, row stride kpad_t, box {64, 128}, 128B
+  const CUtensorMap* tile_maps;  // [num_tiles]: V_t as dims {kr_t, g_t}, row stride kpad_t, box {64, 32}, 128B
   DevLayout layout;
   const int32_t* slices;  // slice table: slice ids t * (tile / 128) + j, by kept count (descending)
   int64_t num_slices;     // entries of the table
@@ -146,6 +147,63 @@ struct Sm90Slice {
   int nsteps;     // k16 steps: ceil((p_hi - p_lo) / 16)
   int lo;         // offset of rows_t in rows
 };
+
+// Table entry tslot as a slice, every index clamped: all kept positions
+// [0, kr_t) (gv = 0 past the table or for a tile without outputs).
+__device__ __forceinline__ Sm90Slice sm90_slice(const DevLayout& l, const int32_t* slices, int64_t num_slices,
+                                                int64_t tslot, int64_t nv, int64_t k) {
+  Sm90Slice s{tslot, 0, 0, 0, 0, 0, 0, 0};
+  if (tslot >= num_slices) return s;
+  const int64_t spt = l.tile / sm90_fwd::kSliceN;
+  const int64_t sid = clamp64(slices[tslot], 0, l.num_tiles * spt - 1);
+  s.t = sid / spt;
+  s.j0 = static_cast<int>(sid % spt) * sm90_fwd::kSliceN;
+  const TileInfo ti = tile_info(l, s.t, nv, k);
+  s.gv = static_cast<int>(clamp64(ti.g - s.j0, 0, sm90_fwd::kSliceN));
+  s.lo = ti.lo;
+  s.p_hi = s.gv > 0 && ti.ok ? ti.kr : 0;
+  s.nsteps = (s.p_hi + sm90_fwd::kStepK - 1) / sm90_fwd::kStepK;
+  return s;
+}
+
+// The epilogue of one consumer warp: its accumulators (HALVES m64 blocks of
+// wgmma's m64n128 fragment: d[4j + e] = row 16wi + g8 + 8 (e / 2), output
+// 8j + 2t4 + e % 2, rows from row0 + 64h) + bias, scattered to cols_t of the
+// slice; 32-bit stores where two outputs are adjacent columns.
+template <typename T, int HALVES>
+__device__ __forceinline__ void sm90_store_slice(const float (&acc)[HALVES][64], const Sm90Slice& sl, const DevLayout& l,
+                                                 const T* bias_t, T* y, int64_t ldy, int64_t m, int64_t n, int64_t row0,
+                                                 int wi, int g8, int t4) {
+  using H = Half16<T>;
+  const int32_t* cols_t = l.cols + sl.t * l.tile + sl.j0;
+  const uint16_t* bias = reinterpret_cast<const uint16_t*>(bias_t);
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int n0 = 8 * j + 2 * t4;
+    if (n0 >= sl.gv) continue;
+    const bool pair = n0 + 1 < sl.gv;
+    const int64_t c0 = clamp_index(cols_t[n0], n), c1 = pair ? clamp_index(cols_t[n0 + 1], n) : c0;
+    const float b0 = bias != nullptr ? H::to_float(bias[c0]) : 0.f;
+    const float b1 = bias != nullptr ? H::to_float(bias[c1]) : 0.f;
+    const bool vec = pair && c1 == c0 + 1 && c0 % 2 == 0 && ldy % 2 == 0 && reinterpret_cast<uintptr_t>(y) % 4 == 0;
+#pragma unroll
+    for (int h = 0; h < HALVES; ++h)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int64_t row = row0 + 64 * h + 16 * wi + g8 + 8 * hr;
+        if (row >= m) continue;
+        uint16_t* yrow = reinterpret_cast<uint16_t*>(y) + row * ldy;
+        const uint16_t lo = H::from_float(acc[h][4 * j + 2 * hr] + b0);
+        const uint16_t hi = H::from_float(acc[h][4 * j + 2 * hr + 1] + b1);
+        if (vec) {
+          *reinterpret_cast<uint32_t*>(yrow + c0) = lo | (static_cast<uint32_t>(hi) << 16);
+        } else {
+          yrow[c0] = lo;
+          if (pair) yrow[c1] = hi;
+        }
+      }
+  }
+}
 
 template <typename T, int BM, int C>
 __global__ void __launch_bounds__(sm90_fwd::kThreads, 1) tw_fwd_sm90_kernel(const __grid_constant__ FwdSm90Params<T> p) {
@@ -207,19 +265,10 @@ __global__ void __launch_bounds__(sm90_fwd::kThreads, 1) tw_fwd_sm90_kernel(cons
   };
   // The slice of consumer warpgroup cw of this CTA in work item w, every index clamped.
   auto slice_of = [&](const Item& w, int cw) {
-    Sm90Slice s{(w.g * C + rank) * kConsumers + cw, 0, 0, 0, 0, 0, 0, 0};
-    if (s.tslot >= p.num_slices) return s;
-    const int64_t spt = p.layout.tile / kSliceN;
-    const int64_t sid = clamp64(p.slices[s.tslot], 0, p.layout.num_tiles * spt - 1);
-    s.t = sid / spt;
-    s.j0 = static_cast<int>(sid % spt) * kSliceN;
-    const TileInfo ti = tile_info(p.layout, s.t, p.nv, p.k);
-    s.gv = static_cast<int>(clamp64(ti.g - s.j0, 0, kSliceN));
-    s.lo = ti.lo;
-    const int kr = s.gv > 0 && ti.ok ? ti.kr : 0;
-    s.p_hi = kr;
-    if (p.splits > 1) {  // the positions whose features lie in this split's chunks
+    Sm90Slice s = sm90_slice(p.layout, p.slices, p.num_slices, (w.g * C + rank) * kConsumers + cw, p.nv, p.k);
+    if (p.splits > 1 && s.gv > 0) {  // the positions whose features lie in this split's chunks
       const int32_t* b = p.bounds + s.t * (p.nchunks + 1);
+      const int kr = s.p_hi;
       s.p_lo = static_cast<int>(clamp64(b[w.c_begin], 0, kr));
       s.p_hi = static_cast<int>(clamp64(b[w.c_end], s.p_lo, kr));
     }
@@ -258,8 +307,9 @@ __global__ void __launch_bounds__(sm90_fwd::kThreads, 1) tw_fwd_sm90_kernel(cons
           uint64_t* full = &b_full[cw * kStagesB + s];
           if (use > 0) mbarrier_wait_parity(&b_empty[cw * kStagesB + s], (use - 1) & 1);
           mbarrier_arrive_expect_tx(full, kBStageBytes);  // out-of-range rows / positions arrive as zeros
-          tma_load_2d(bs + (cw * kStagesB + s) * kBStageBytes, p.tile_maps + sl.t, full, sl.p_lo + st * kStageK,
-                      sl.j0);
+          for (int q = 0; q < kSliceN / kBoxRowsB; ++q)
+            tma_load_2d(bs + (cw * kStagesB + s) * kBStageBytes + q * kBoxRowsB * (kStageK * 2), p.tile_maps + sl.t,
+                        full, sl.p_lo + st * kStageK, sl.j0 + q * kBoxRowsB);
         }
       }
     }
@@ -412,41 +462,15 @@ __global__ void __launch_bounds__(sm90_fwd::kThreads, 1) tw_fwd_sm90_kernel(cons
           for (int e = 0; e < 64; ++e) acc[h][e] = 0.f;
       }
 
-      // ---- epilogue: d[4j + e] = (row 16wi + g8 + 8 (e / 2), output 8j + 2t4 + e % 2) of each m64 half
-      const int32_t* cols_t = p.layout.cols + sl.t * p.layout.tile + sl.j0;
-      const uint16_t* bias = reinterpret_cast<const uint16_t*>(p.bias);
-      const int64_t wcols = p.groups * (C * kConsumers) * kSliceN;  // partials' row length
+      // ---- epilogue
       if (p.splits == 1) {
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const int n0 = 8 * j + 2 * t4;
-          if (n0 >= sl.gv) continue;
-          const bool pair = n0 + 1 < sl.gv;
-          const int64_t c0 = clamp_index(cols_t[n0], p.n), c1 = pair ? clamp_index(cols_t[n0 + 1], p.n) : c0;
-          const float b0 = bias != nullptr ? H::to_float(bias[c0]) : 0.f;
-          const float b1 = bias != nullptr ? H::to_float(bias[c1]) : 0.f;
-          const bool vec = pair && c1 == c0 + 1 && c0 % 2 == 0 && p.ldy % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % 4 == 0;
-#pragma unroll
-          for (int h = 0; h < HALVES; ++h)
-#pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-              const int64_t row = w.m0 + 64 * h + 16 * wi + g8 + 8 * hr;
-              if (row >= p.m) continue;
-              uint16_t* yrow = reinterpret_cast<uint16_t*>(p.y) + row * p.ldy;
-              const uint16_t lo = H::from_float(acc[h][4 * j + 2 * hr] + b0);
-              const uint16_t hi = H::from_float(acc[h][4 * j + 2 * hr + 1] + b1);
-              if (vec) {
-                *reinterpret_cast<uint32_t*>(yrow + c0) = lo | (static_cast<uint32_t>(hi) << 16);
-              } else {
-                yrow[c0] = lo;
-                if (pair) yrow[c1] = hi;
-              }
-            }
-        }
+        sm90_store_slice<T, HALVES>(acc, sl, p.layout, p.bias, p.y, p.ldy, p.m, p.n, w.m0, wi, g8, t4);
         continue;
       }
 
       // ---- K-split: partials, then the last CTA of the slice group reduces
+      const uint16_t* bias = reinterpret_cast<const uint16_t*>(p.bias);
+      const int64_t wcols = p.groups * (C * kConsumers) * kSliceN;  // partials' row length
       if (sl.gv > 0) {
 #pragma unroll
         for (int j = 0; j < 16; ++j) {

@@ -2,7 +2,7 @@
 // torch-free plan of tw_fwd_launch.cuh on the current stream. fp16/bf16:
 // tensor cores (sm90: TMA + wgmma on compute capability 9.x; v2: x once per
 // M-block; v1 where v2 does not apply); fp32/fp64: SIMT (fp32 arithmetic
-// like cuBLAS without TF32). TILESPARSE_CUDA_FWD_KERNEL=auto|sm90|v2|v1
+// like cuBLAS without TF32). TILESPARSE_CUDA_FWD_KERNEL=auto|sm90|sm90a|v2|v1
 // (read on every call) forces a kernel where it applies.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -33,17 +33,21 @@ constexpr bool kSm90aBuilt = true;
 constexpr bool kSm90aBuilt = false;
 #endif
 
-// TILESPARSE_CUDA_FWD_KERNEL=auto|sm90|v2|v1 (read on every call): run that
-// kernel family where it applies (sm90 -> v2 -> v1 fall back in that order),
-// for A/B measurements (scripts/gpu_check.sh); unset or "auto": the plan's choice.
+// TILESPARSE_CUDA_FWD_KERNEL=auto|sm90|sm90a|v2|v1 (read on every call): run
+// that kernel family where it applies (sm90 -> v2 -> v1 fall back in that
+// order; sm90: design U on unit-16 layouts, else design A; sm90a: design A
+// only), for A/B measurements (scripts/gpu_check.sh); unset or "auto": the
+// plan's choice.
 const FwdKernel* forced_fwd_kernel() {
-  static const FwdKernel sm90 = FwdKernel::kSm90, v2 = FwdKernel::kV2Small, v1 = FwdKernel::kMmaV1;
+  static const FwdKernel sm90 = FwdKernel::kSm90U, sm90a = FwdKernel::kSm90, v2 = FwdKernel::kV2Small,
+                         v1 = FwdKernel::kMmaV1;
   const char* e = std::getenv("TILESPARSE_CUDA_FWD_KERNEL");
   if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return nullptr;
   if (std::strcmp(e, "sm90") == 0) return &sm90;
+  if (std::strcmp(e, "sm90a") == 0) return &sm90a;
   if (std::strcmp(e, "v2") == 0) return &v2;  // kV2Small: the plan takes the 128-row v2 for M > 64
   if (std::strcmp(e, "v1") == 0) return &v1;
-  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_FWD_KERNEL must be auto, sm90, v2 or v1, got '", e, "'");
+  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_FWD_KERNEL must be auto, sm90, sm90a, v2 or v1, got '", e, "'");
 }
 
 // Clusters of `c` CTAs of the sm90 forward resident at once on the current
@@ -96,6 +100,7 @@ void build_sm90_layout(const LayoutArgs& l, Sm90LayoutCache& c) {
   c.row_offsets.assign(ro.data_ptr<int32_t>(), ro.data_ptr<int32_t>() + ro.numel());
   c.kept = sm90_kept_counts(c.row_offsets.data(), rows.data_ptr<int32_t>(), nt);
   c.slots_aligned = sm90_slots_aligned(c.row_offsets.data(), nt);
+  c.unit16 = sm90_unit16_runs(c.row_offsets.data(), rows.data_ptr<int32_t>(), c.kept.data(), nt);
   const std::vector<int32_t> table = sm90_slice_table(c.kept.data(), nt, l.view.tile, l.cols.numel());
   c.slices = at::empty({static_cast<int64_t>(table.size())}, l.cols.options().device(at::kCPU));
   std::copy(table.begin(), table.end(), c.slices.data_ptr<int32_t>());
@@ -154,15 +159,17 @@ void forward(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const 
     if (!c->built) build_sm90_layout(l, *c);
     shape.sm90_layout = c->slots_aligned;
     shape.num_slices = c->slices.numel();
+    shape.sm90_unit16 = c->unit16;
+    shape.v_bytes = a.nv * 2;
   }
   const FwdKernel* force = forced_fwd_kernel();
   FwdPlan plan = plan_fwd(shape, caps, force);
-  const bool sm90 = plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small;
+  const bool sm90 = plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small || plan.kernel == FwdKernel::kSm90U;
   if (sm90 && !ensure_tile_maps(l, *c, a.values, a.nv)) {
     shape.sm90_layout = false;  // the driver refused a tile's map: v2
     plan = plan_fwd(shape, caps, force);
   }
-  if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small) {
+  if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small || plan.kernel == FwdKernel::kSm90U) {
     a.sm90_slices = c->slices.data_ptr<int32_t>();
     a.sm90_num_slices = c->slices.numel();
     a.sm90_tile_maps = reinterpret_cast<const CUtensorMap*>(c->maps.data_ptr());

@@ -101,6 +101,8 @@ struct Sm90Case {
   bool bias = true;
   int64_t ldx_extra = 0;  // x rows padded by this many elements
   int64_t min_items_per_cluster = 0;
+  bool design_a = false;  // force design A (TILESPARSE_CUDA_FWD_KERNEL=sm90a) where design U would apply
+  bool multi_panel = false;  // design U: more than one panel of slices
 };
 
 template <typename T>
@@ -121,6 +123,7 @@ void run_sm90_case(const Sm90Case& fc) {
   const std::vector<int32_t> kept = cuda::sm90_kept_counts(ro.data(), p.layout.rows.data(), nt);
   const std::vector<int32_t> table = cuda::sm90_slice_table(kept.data(), nt, p.tile, nc);
   const bool slots_aligned = cuda::sm90_slots_aligned(ro.data(), nt);
+  const bool unit16 = cuda::sm90_unit16_runs(ro.data(), p.layout.rows.data(), kept.data(), nt);
   std::vector<CUtensorMap> maps(static_cast<size_t>(std::max<int64_t>(nt, 1)));
   if (slots_aligned)  // else the plan cannot pick sm90 (a TMA row stride is a multiple of 16 bytes)
     REQUIRE(cuda::sm90_encode_tile_maps(maps.data(), values.data(), values.size(), ro.data(), kept.data(), nt, p.tile, nc));
@@ -150,15 +153,19 @@ void run_sm90_case(const Sm90Case& fc) {
   shape.v_vec16 = a.v_vec16;
   shape.sm90_layout = slots_aligned;
   shape.num_slices = static_cast<int64_t>(table.size());
-  const cuda::FwdPlan plan = cuda::plan_fwd(shape, fc.caps, nullptr, fc.cluster);
+  shape.sm90_unit16 = unit16;
+  shape.v_bytes = values.size() * 2;
+  const FwdKernel design_a = FwdKernel::kSm90;
+  const cuda::FwdPlan plan = cuda::plan_fwd(shape, fc.caps, fc.design_a ? &design_a : nullptr, fc.cluster);
   INFO("plan: " << cuda::fwd_kernel_name(plan.kernel) << " bm=" << plan.bm << " cluster=" << plan.cluster
                 << " splits=" << plan.splits << " items=" << plan.items << " grid=" << plan.grid
-                << " slices=" << table.size());
+                << " slices=" << table.size() << " unit16=" << unit16 << " panel=" << plan.panel);
   REQUIRE(plan.kernel == fc.expect);
   if (fc.expect_cluster > 0) REQUIRE(plan.cluster == fc.expect_cluster);
   if (fc.expect_splits == 1) REQUIRE(plan.splits == 1);
   if (fc.expect_splits == 2) REQUIRE(plan.splits > 1);
   if (fc.min_items_per_cluster > 0) REQUIRE(plan.items >= fc.min_items_per_cluster * (plan.grid / plan.cluster));
+  if (fc.multi_panel) REQUIRE((plan.panel > 0 && plan.panel < static_cast<int64_t>(table.size())));
 
   DeviceBuffer<int32_t> bounds(plan.bounds_count);
   DeviceBuffer<float> ws(plan.ws_floats);
@@ -179,6 +186,12 @@ void run_sm90_case(const Sm90Case& fc) {
                      EmuLaunch{});
     bounds_ready = plan.bounds_count > 0;  // later runs: the cached chunk bounds (no bounds kernel), as the operator
     const emu::Stats st = emu::stats();
+    if (plan.kernel == FwdKernel::kSm90U) {  // A by TMA boxes, both operands from shared memory: no gathers
+      CHECK(st.wgmma > 0);
+      CHECK(st.clusters > 0);
+      CHECK(st.ldmatrix == 0);
+      if (plan.cluster > 1) CHECK(st.tma_multicast > 0);
+    }
     if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small) {
       CHECK(st.wgmma > 0);
       CHECK(st.clusters > 0);
@@ -225,7 +238,8 @@ TEST_CASE("sm90: unit 8 (ldmatrix gather) / cluster 2 / strided x", "[cuda-emula
 }
 
 TEST_CASE("sm90: unit 16 / cluster 4 / 2-D TW (pruned outputs / partial last tile)", "[cuda-emulation][forward][sm90]") {
-  run_both({"sm90 unit 16 2-D", {1100, 256, 128, 0.35, 0.9, 16, 8, 103}, 150, kH100, FwdKernel::kSm90, 4, 4, 1, 1});
+  run_both({"sm90 unit 16 2-D", {1100, 256, 128, 0.35, 0.9, 16, 8, 103}, 150, kH100, FwdKernel::kSm90, 4, 4, 1, 1, true, 0,
+            0, true});
 }
 
 TEST_CASE("sm90: 2-D TW / tile 256 (two slices per tile) / runs straddling chunks", "[cuda-emulation][forward][sm90]") {
@@ -272,6 +286,43 @@ TEST_CASE("sm90 persistent: M = 4096 / several work items per cluster", "[cuda-e
   run_both({"sm90 M=4096", {512, 128, 128, 0.5, 1.0, 8, 8, 112}, 4096, kH100FewSms, FwdKernel::kSm90, 2, 2, 1, 1, true, 0, 4});
 }
 
+// Design U (csrc/cuda/tw_fwd_sm90u_kernels.cuh): unit-16 layouts, M > 64.
+const cuda::DeviceCaps kH100SmallL2 = [] {  // an L2 that holds the V of 1-3 slices (of 8-24 KB)
+  cuda::DeviceCaps c{227 * 1024, 4, 9, 0};
+  c.l2_bytes = 40000;
+  return c;
+}();
+
+TEST_CASE("sm90u: 1-D TW unit 16 / M tail (300: two M-blocks) / the plan's cluster of 2 / strided x",
+          "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u unit 16", {512, 256, 128, 0.3, 1.0, 16, 8, 201}, 300, kH100, FwdKernel::kSm90U, 0, 2, 0, -1, true, 8});
+}
+
+TEST_CASE("sm90u: 2-D TW (pruned outputs, partial last tile) / cluster 4 with M-blocks past M",
+          "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u 2-D", {1100, 320, 128, 0.35, 0.9, 16, 8, 202}, 200, kH100, FwdKernel::kSm90U, 4, 4});
+}
+
+TEST_CASE("sm90u: an empty tile / skewed kept counts (dense tile, one-run tile) / no bias",
+          "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u empty/skewed", {640, 384, 128, 0.3, 1.0, 16, 8, 203, 1, 0, 2}, 130, kH100, FwdKernel::kSm90U, 1, 1, 0, 0,
+            false});
+}
+
+TEST_CASE("sm90u: tile 256 (two slices per tile) / K % 64 != 0 / cluster 2", "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u tile 256", {700, 272, 256, 0.5, 0.7, 16, 8, 204}, 257, kH100, FwdKernel::kSm90U, 2, 2});
+}
+
+TEST_CASE("sm90u: TEW-derived layout (uneven kept counts) / M = 100", "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u TEW", {2048, 192, 128, 0.15, 1.0, 16, 8, 205, -1, -1, -1, true}, 100, kH100, FwdKernel::kSm90U});
+}
+
+TEST_CASE("sm90u persistent: M = 4096 / several items per cluster / several panels of slices",
+          "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u M=4096", {640, 128, 128, 0.5, 1.0, 16, 8, 206}, 4096, kH100SmallL2, FwdKernel::kSm90U, 4, 4, 0, 0, true,
+            0, 2, false, true});
+}
+
 // The plan on Hopper: which kernel for which shape (the runs above check the
 // kernels; here the choice, and that the fallbacks still compute y).
 TEST_CASE("sm90 plan: kSm90 / kSm90Small on cc 9.x / v2 or v1 where sm90 does not apply",
@@ -287,6 +338,11 @@ TEST_CASE("sm90 plan: kSm90 / kSm90Small on cc 9.x / v2 or v1 where sm90 does no
   run_sm90_case<__half>({"sm90 plan K odd", {256, 131, 128, 0.4, 1.0, 1, 8, 123}, 100, kH100, FwdKernel::kMmaV1});
   // not Hopper: v2
   run_sm90_case<__half>({"sm90 plan cc 8.0", {256, 128, 128, 0.4, 1.0, 1, 8, 124}, 100, kA100, FwdKernel::kV2});
+  // unit 16: design U for M > 64, design A at M <= 64 and where a run is cut short (K % 16 != 0, a dense tile)
+  run_sm90_case<__half>({"sm90 plan unit 16 M=65", {256, 128, 128, 0.4, 1.0, 16, 8, 125}, 65, kH100, FwdKernel::kSm90U});
+  run_sm90_case<__half>({"sm90 plan unit 16 M=64", {256, 128, 128, 0.4, 1.0, 16, 8, 125}, 64, kH100, FwdKernel::kSm90Small});
+  run_sm90_case<__half>({"sm90 plan unit 16 K=200", {256, 200, 128, 0.4, 1.0, 16, 8, 126, -1, 0}, 100, kH100,
+                         FwdKernel::kSm90});
   // forcing (TILESPARSE_CUDA_FWD_KERNEL): v2 on Hopper; sm90 where it does not apply falls back
   cuda::FwdShape s{100, 128, 256, 128, 2, 256, true, true};
   s.v_vec16 = true;
@@ -296,6 +352,15 @@ TEST_CASE("sm90 plan: kSm90 / kSm90Small on cc 9.x / v2 or v1 where sm90 does no
   CHECK(cuda::plan_fwd(s, kH100).kernel == FwdKernel::kSm90);
   CHECK(cuda::plan_fwd(s, kH100, &v2).kernel == FwdKernel::kV2);
   CHECK(cuda::plan_fwd(s, kH100, &v1).kernel == FwdKernel::kMmaV1);
+  s.sm90_unit16 = true;  // design U unless design A is forced (sm90a); the family (sm90u) picks U
+  const FwdKernel u = FwdKernel::kSm90U;
+  CHECK(cuda::plan_fwd(s, kH100).kernel == FwdKernel::kSm90U);
+  CHECK(cuda::plan_fwd(s, kH100, &sm90).kernel == FwdKernel::kSm90);
+  CHECK(cuda::plan_fwd(s, kH100, &u).kernel == FwdKernel::kSm90U);
+  CHECK(cuda::plan_fwd(s, kH100, &v2).kernel == FwdKernel::kV2);
+  CHECK(cuda::plan_fwd(s, kA100, &u).kernel == FwdKernel::kV2);
+  s.sm90_unit16 = false;
+  CHECK(cuda::plan_fwd(s, kH100, &u).kernel == FwdKernel::kSm90);
   CHECK(cuda::plan_fwd(s, kA100, &sm90).kernel == FwdKernel::kV2);
   s.m = 10;
   CHECK(cuda::plan_fwd(s, kH100, &sm90).kernel == FwdKernel::kSm90Small);

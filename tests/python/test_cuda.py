@@ -458,7 +458,9 @@ SM90_CASES = [
     ((1,), 1024, 1024, 128, 0.75, 0.0, 8),      # small M: K-split reduced by the last CTA
     ((2, 32), 520, 768, 256, 0.5, 0.25, 1),     # M = 64, 2-D TW, tile 256, K % 64 != 0
     ((17,), 200, 300, 128, 0.5, 0.0, 1),        # small M, partial last tile
-    ((129,), 2048, 2048, 128, 0.95, 0.0, 16),   # 95% sparse, unit-16 runs
+    ((129,), 2048, 2048, 128, 0.95, 0.0, 16),   # 95% sparse, unit-16 runs: design U
+    ((4096,), 1024, 1024, 128, 0.75, 0.0, 16),  # design U: clusters of 4 along M, persistent
+    ((3, 100), 512, 768, 256, 0.5, 0.25, 16),   # design U: 2-D TW, tile 256, M tail
 ]
 
 
@@ -484,6 +486,9 @@ def test_forward_sm90_matches_linear(case, dtype, bias, monkeypatch):
     assert torch.equal(y, ops.tw_linear(x, values, lay, b)), "sm90 forward is not deterministic"
     monkeypatch.setenv("TILESPARSE_CUDA_FWD_KERNEL", "v2")
     check_accuracy(ops.tw_linear(x, values, lay, b), ref, dense, "forward v2")
+    if ka == 16:  # unit-16 runs: design U above; design A (sm90a) on the same layout
+        monkeypatch.setenv("TILESPARSE_CUDA_FWD_KERNEL", "sm90a")
+        check_accuracy(ops.tw_linear(x, values, lay, b), ref, dense, "forward sm90a")
 
 
 @pytest.mark.skipif(not _hopper(), reason="needs compute capability 9.x (the sm_90a kernels)")
