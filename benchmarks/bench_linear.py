@@ -72,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", choices=["auto", "avx512", "avx2", "generic"], default="auto",
                    help="CPU tw_linear kernel (sets TILESPARSE_CPU_KERNEL; an unsupported one is an error)")
-    p.add_argument("--cuda-fwd-kernel", choices=["auto", "sm90", "v2", "v1"], default="auto",
+    p.add_argument("--cuda-fwd-kernel", choices=["auto", "sm90", "sm90a", "v2", "v1"], default="auto",
                    help="CUDA forward kernel (sets TILESPARSE_CUDA_FWD_KERNEL; recorded as the records' kernel)")
     p.add_argument("--name", default=None, help="output file stem (default <device>_linear[_t<tile>])")
     p.add_argument("--shapes", default=None,

@@ -3,8 +3,7 @@
 Prints, for every benchmark shape, the physical cap of a tile-wise layer over
 dense and the speedup the model predicts for the v2 forward, for the sm_90a
 forward (design A: csrc/cuda/tw_fwd_sm90_kernels.cuh, and design U for
-unit-16 layouts at M > 64: csrc/cuda/tw_fwd_sm90u_kernels.cuh; its small-M
-variant is modelled, not built), and for grad_values (v1, v2;
+unit-16 layouts: csrc/cuda/tw_fwd_sm90u_kernels.cuh), and for grad_values (v1, v2;
 a wgmma version modelled) on H100 and A100, so that the first GPU run
 (scripts/gpu_check.sh) tests the model:
 
@@ -414,8 +413,7 @@ def sm90_time(dev: Device, m: int, k: int, n: int, s: float, unit: int = 1, wgmm
 
 def sm90u_time(dev: Device, m: int, k: int, n: int, s: float, wgmma_reads: bool = WGMMA_READS,
                pdl: bool = False) -> dict:
-    """Design U (built for M > 64: csrc/cuda/tw_fwd_sm90u_kernels.cuh; the small-M branch is modelled only, the
-    plan runs design A there): unit-16 layouts; each k16 step's A is one kept 16-feature run = one TMA
+    """Design U (built: csrc/cuda/tw_fwd_sm90u_kernels.cuh, both branches): unit-16 layouts; each k16 step's A is one kept 16-feature run = one TMA
     box [rows x 16] (32 B per row, 32B swizzle), SS wgmma, no gathers, no dense chunk. CTA = 2 consumer WGs x
     m128 rows of one slice (BM = 256); B stages multicast over a cluster of C_U CTAs along M."""
     d = 1.0 - s

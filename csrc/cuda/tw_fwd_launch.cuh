@@ -34,7 +34,13 @@ enum class FwdKernel : int {
   kSm90Small = 5,  // the same for M <= 64: 64-row items, K-split reduced by the last CTA (one launch)
   kSm90U = 6,      // sm_90a design U: unit-16 layouts (every kept run 16 consecutive features), A by TMA, wgmma SS,
                    // M > 64. As a `force`: the sm90 family (U where it applies, else design A); kSm90: design A only
+  kSm90USmall = 7, // design U for M <= 64: two slices per CTA, K-split over the kept steps, last-CTA reduction
 };
+
+// The sm_90a kernels (design A and U, both sizes of M).
+inline bool is_sm90_kernel(FwdKernel k) {
+  return k == FwdKernel::kSm90 || k == FwdKernel::kSm90Small || k == FwdKernel::kSm90U || k == FwdKernel::kSm90USmall;
+}
 
 inline const char* fwd_kernel_name(FwdKernel k) {
   switch (k) {
@@ -45,6 +51,7 @@ inline const char* fwd_kernel_name(FwdKernel k) {
     case FwdKernel::kSm90: return "sm90";
     case FwdKernel::kSm90Small: return "sm90_small_m";
     case FwdKernel::kSm90U: return "sm90u";
+    case FwdKernel::kSm90USmall: return "sm90u_small_m";
   }
   return "?";
 }
@@ -64,6 +71,7 @@ struct FwdShape {
   int64_t num_slices = 0;    // entries of the slice table (128-output slices with outputs)
   bool sm90_unit16 = false;  // every tile's kept features are runs of 16 consecutive ones (sm90_unit16_runs)
   int64_t v_bytes = 0;       // bytes of the values (design U's panel: the V that stays in L2)
+  int64_t max_kept = 0;      // the largest kept count of a tile (design U's K-split at small M); 0: unknown (K)
 };
 
 struct FwdPlan {
@@ -84,6 +92,7 @@ struct FwdPlan {
   // sm90u (cluster, items, grid above)
   int64_t mgroups = 0;  // M-groups of cluster x 256 rows
   int64_t panel = 0;    // slices per panel
+  int steps_per_split = 0;  // sm90u small M: kept k16 steps per K-split (whole B stages)
 };
 
 inline int64_t fwd_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -152,6 +161,42 @@ inline void plan_fwd_sm90u(FwdPlan& p, const FwdShape& s, const DeviceCaps& caps
   p.grid = std::min<int64_t>(p.items, max_clusters) * c;
 }
 
+// Design U at small M: slice pairs, and a K-split over the kept steps (in
+// whole B stages). The split count minimises the busiest CTA's work in B
+// stages (each 2 x 16 KB of values from HBM) plus the last CTA's reduction
+// (splits x m rows x 256 outputs of fp32 from L2, which one SM reads ~4x
+// faster than its share of HBM: 128 KB per stage-equivalent); partials <= 256 MiB.
+inline void plan_fwd_sm90u_small(FwdPlan& p, const FwdShape& s, const DeviceCaps& caps) {
+  p.cluster = 1;
+  p.bm = sm90u_fwd::kSmallBM;
+  p.groups = fwd_ceil_div(s.num_slices, 2);
+  const int64_t kept = s.max_kept > 0 ? s.max_kept : s.k;
+  const int64_t stages = std::max<int64_t>(1, fwd_ceil_div(fwd_ceil_div(kept, sm90_fwd::kStepK), sm90_fwd::kStepsPerStage));
+  const int resident = caps.sm90_clusters[0];
+  const int64_t max_ctas = std::max<int64_t>(1, resident > 0 ? resident : caps.num_sms);
+  const int64_t wcols = p.groups * 2 * sm90_fwd::kSliceN;
+  int64_t splits = 1;
+  double best = -1.0;
+  for (int64_t z = 1; z <= std::min<int64_t>(stages, 64); ++z) {
+    if (z > 1 && z * s.m * wcols > (int64_t(1) << 26)) break;
+    const double cost = static_cast<double>(fwd_ceil_div(p.groups * z, max_ctas) * fwd_ceil_div(stages, z)) +
+                        (z > 1 ? static_cast<double>(z * s.m) / 128.0 : 0.0);
+    if (best < 0 || cost < best) {
+      best = cost;
+      splits = z;
+    }
+  }
+  const int64_t per = fwd_ceil_div(stages, splits);  // B stages per split
+  p.steps_per_split = static_cast<int>(per * sm90_fwd::kStepsPerStage);
+  p.splits = static_cast<int>(fwd_ceil_div(stages, per));
+  p.items = p.groups * p.splits;
+  p.grid = std::min<int64_t>(p.items, max_ctas);
+  if (p.splits > 1) {
+    p.ws_floats = p.splits * s.m * wcols;
+    p.counters_count = p.groups;
+  }
+}
+
 // `force` (tests, TILESPARSE_CUDA_FWD_KERNEL): run that kernel where it
 // applies instead of the choice below (sm90 -> v2 -> v1 as each applies);
 // `force_cluster` (tests): the sm90 cluster size.
@@ -172,7 +217,7 @@ inline FwdPlan plan_fwd(const FwdShape& s, const DeviceCaps& caps, const FwdKern
                        fwd_sm90_smem_bytes<128>() <= caps.smem_optin;
   FwdKernel kind = sm90_ok ? FwdKernel::kSm90 : (v2_ok ? FwdKernel::kV2 : FwdKernel::kMmaV1);
   if (force != nullptr) {
-    const bool forced_sm90 = *force == FwdKernel::kSm90 || *force == FwdKernel::kSm90Small || *force == FwdKernel::kSm90U;
+    const bool forced_sm90 = is_sm90_kernel(*force);
     const bool forced_v2 = *force == FwdKernel::kV2 || *force == FwdKernel::kV2Small;
     if (*force == FwdKernel::kMmaV1) kind = FwdKernel::kMmaV1;
     else if (forced_v2 && v2_ok) kind = FwdKernel::kV2;
@@ -187,6 +232,11 @@ inline FwdPlan plan_fwd(const FwdShape& s, const DeviceCaps& caps, const FwdKern
   if (kind == FwdKernel::kSm90 && s.sm90_unit16 && !design_a_only && fwd_sm90u_smem_bytes() <= caps.smem_optin) {
     p.kernel = FwdKernel::kSm90U;
     plan_fwd_sm90u(p, s, caps, force_cluster);
+    return p;
+  }
+  if (kind == FwdKernel::kSm90Small && s.sm90_unit16 && !design_a_only && fwd_sm90u_small_smem_bytes() <= caps.smem_optin) {
+    p.kernel = FwdKernel::kSm90USmall;
+    plan_fwd_sm90u_small(p, s, caps);
     return p;
   }
   p.kernel = kind;
@@ -337,11 +387,12 @@ inline bool sm90_unit16_runs(const int32_t* row_offsets, const int32_t* rows, co
 // Design U's launch: the x tensor map of this call (box {16, 256}, 32B
 // swizzle), one persistent cluster launch.
 template <typename T, typename Launch>
-void run_fwd_sm90u(const FwdPlan& plan, const FwdArgs<T>& a, Launch&& launch) {
+void run_fwd_sm90u(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, Launch&& launch) {
   FwdSm90uParams<T> p;
+  const bool small = plan.kernel == FwdKernel::kSm90USmall;
   if (!sm90::encode_tensor_map_2d(&p.x_map, a.x, static_cast<uint64_t>(a.k), static_cast<uint64_t>(a.m),
-                                  static_cast<uint64_t>(a.ldx) * 2, sm90_fwd::kStepK, sm90u_fwd::kBM,
-                                  sm90::Swizzle::k32B))
+                                  static_cast<uint64_t>(a.ldx) * 2, sm90_fwd::kStepK,
+                                  small ? sm90u_fwd::kSmallBM : sm90u_fwd::kBM, sm90::Swizzle::k32B))
     throw std::runtime_error("tilesparse: cuTensorMapEncodeTiled refused the tensor map of x (sm90u forward)");
   p.tile_maps = a.sm90_tile_maps;
   p.layout = a.layout;
@@ -357,7 +408,16 @@ void run_fwd_sm90u(const FwdPlan& plan, const FwdArgs<T>& a, Launch&& launch) {
   p.mgroups = plan.mgroups;
   p.panel = plan.panel;
   p.items = plan.items;
+  p.groups = plan.groups;
+  p.splits = plan.splits;
+  p.steps_per_split = plan.steps_per_split;
+  p.ws = plan.splits > 1 ? w.ws : nullptr;
+  p.counters = plan.splits > 1 ? w.counters : nullptr;
   const dim3 grid(static_cast<unsigned>(plan.grid)), block(sm90u_fwd::kThreads);
+  if (small) {
+    launch.cluster(tw_fwd_sm90u_small_kernel<T>, grid, block, 1, fwd_sm90u_small_smem_bytes(), p);
+    return;
+  }
   const int smem = fwd_sm90u_smem_bytes();
   switch (plan.cluster) {
     case 4: launch.cluster(tw_fwd_sm90u_kernel<T, 4>, grid, block, 4, smem, p); break;
@@ -449,8 +509,8 @@ void run_fwd(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, La
       launch(tw_fwd_simt_kernel<T>, dim3(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY))),
              dim3(256), 0, p);
     }
-  } else if (plan.kernel == FwdKernel::kSm90U) {
-    run_fwd_sm90u<T>(plan, a, launch);
+  } else if (plan.kernel == FwdKernel::kSm90U || plan.kernel == FwdKernel::kSm90USmall) {
+    run_fwd_sm90u<T>(plan, a, w, launch);
   } else if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small) {
     run_fwd_sm90<T>(plan, a, w, launch);
   } else if (plan.kernel == FwdKernel::kMmaV1) {

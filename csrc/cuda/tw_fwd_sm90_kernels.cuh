@@ -205,6 +205,77 @@ __device__ __forceinline__ void sm90_store_slice(const float (&acc)[HALVES][64],
   }
 }
 
+// K-split (small M, one M-block): one consumer warp's fp32 partials of its
+// slice, rows from row0, at ws[split, row, tslot * 128 + output].
+template <int HALVES>
+__device__ __forceinline__ void sm90_store_partials(const float (&acc)[HALVES][64], const Sm90Slice& sl, float* ws,
+                                                    int64_t m, int64_t wcols, int32_t split, int64_t row0, int wi, int g8,
+                                                    int t4) {
+  if (sl.gv <= 0) return;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int n0 = 8 * j + 2 * t4;
+#pragma unroll
+    for (int h = 0; h < HALVES; ++h)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int64_t row = row0 + 64 * h + 16 * wi + g8 + 8 * hr;
+        if (row >= m) continue;
+        float* dst = ws + (static_cast<int64_t>(split) * m + row) * wcols + sl.tslot * sm90_fwd::kSliceN + n0;
+        *reinterpret_cast<float2*>(dst) = make_float2(acc[h][4 * j + 2 * hr], acc[h][4 * j + 2 * hr + 1]);
+      }
+  }
+}
+
+// K-split, after this CTA's partials (called by both consumer warpgroups,
+// ctid 0 .. 255): one arrival per CTA on the slice group's counter; the CTA
+// that brings it to `expected` adds the group's `slots` slices' partials in
+// split order (deterministic), adds the bias, writes y (rows 0 .. m-1) and
+// resets the counter for the next launch.
+template <typename T>
+__device__ __forceinline__ void sm90_reduce_splits_last(const DevLayout& l, const int32_t* slices, int64_t num_slices,
+                                                        const T* bias_t, T* y, int64_t ldy, int64_t m, int64_t n,
+                                                        const float* ws_partials, int64_t wcols, int32_t splits,
+                                                        int32_t* counters, int64_t g, int32_t expected, int slots,
+                                                        uint32_t* reduce_flag, int ctid) {
+  using H = Half16<T>;
+  using sm90_fwd::kSliceN;
+  constexpr int kThreadsC = sm90_fwd::kConsumers * 128;
+  const uint16_t* bias = reinterpret_cast<const uint16_t*>(bias_t);
+  __threadfence();                         // the partials are visible device-wide ...
+  sm90::named_barrier_sync(1, kThreadsC);  // ... from both consumer warpgroups of this CTA
+  if (ctid == 0) {
+    const int32_t arrived = atomicAdd(&counters[g], 1);
+    const bool last = arrived == expected - 1;
+    if (last) counters[g] = 0;  // every arrival is in: ready for the next launch
+    *reduce_flag = last ? 1u : 0u;
+  }
+  sm90::named_barrier_sync(1, kThreadsC);
+  if (*reduce_flag == 0u) return;
+  __threadfence();  // the other CTAs' partials, after their arrivals
+  const volatile float* ws = ws_partials;  // written by other SMs: not through L1
+  for (int slot = 0; slot < slots; ++slot) {
+    const int64_t tslot = g * slots + slot;
+    if (tslot >= num_slices) break;
+    const int64_t spt = l.tile / kSliceN;
+    const int64_t sid = clamp64(slices[tslot], 0, l.num_tiles * spt - 1);
+    const int64_t t = sid / spt;
+    const int j0 = static_cast<int>(sid % spt) * kSliceN;
+    const int gv = static_cast<int>(clamp64(clamp64(l.num_cols - t * l.tile, 0, l.tile) - j0, 0, kSliceN));
+    const int32_t* cols_s = l.cols + t * l.tile + j0;
+    for (int64_t e = ctid; e < m * kSliceN; e += kThreadsC) {
+      const int64_t row = e / kSliceN;
+      const int c = static_cast<int>(e % kSliceN);
+      if (c >= gv) continue;
+      float sum = 0.f;
+      for (int32_t z = 0; z < splits; ++z) sum += ws[(static_cast<int64_t>(z) * m + row) * wcols + tslot * kSliceN + c];
+      const int64_t col = clamp_index(cols_s[c], n);
+      if (bias != nullptr) sum += H::to_float(bias[col]);
+      reinterpret_cast<uint16_t*>(y)[row * ldy + col] = H::from_float(sum);
+    }
+  }
+}
+
 template <typename T, int BM, int C>
 __global__ void __launch_bounds__(sm90_fwd::kThreads, 1) tw_fwd_sm90_kernel(const __grid_constant__ FwdSm90Params<T> p) {
 #if TS_FWD_SM90_BODY
@@ -469,56 +540,10 @@ __global__ void __launch_bounds__(sm90_fwd::kThreads, 1) tw_fwd_sm90_kernel(cons
       }
 
       // ---- K-split: partials, then the last CTA of the slice group reduces
-      const uint16_t* bias = reinterpret_cast<const uint16_t*>(p.bias);
       const int64_t wcols = p.groups * (C * kConsumers) * kSliceN;  // partials' row length
-      if (sl.gv > 0) {
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const int n0 = 8 * j + 2 * t4;
-#pragma unroll
-          for (int h = 0; h < HALVES; ++h)
-#pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-              const int64_t row = w.m0 + 64 * h + 16 * wi + g8 + 8 * hr;
-              if (row >= p.m) continue;
-              float* dst = p.ws + (static_cast<int64_t>(w.split) * p.m + row) * wcols + sl.tslot * kSliceN + n0;
-              *reinterpret_cast<float2*>(dst) = make_float2(acc[h][4 * j + 2 * hr], acc[h][4 * j + 2 * hr + 1]);
-            }
-        }
-      }
-      __threadfence();                                 // the partials are visible device-wide ...
-      named_barrier_sync(1, kConsumers * 128);         // ... from both consumer warpgroups of this CTA
-      const int ctid = tid - 128;                      // 0 .. 255
-      if (ctid == 0) {
-        const int32_t arrived = atomicAdd(&p.counters[w.g], 1);
-        const bool last = arrived == p.splits * C - 1;
-        if (last) p.counters[w.g] = 0;  // every arrival is in: ready for the next launch
-        *reduce_flag = last ? 1u : 0u;
-      }
-      named_barrier_sync(1, kConsumers * 128);
-      if (*reduce_flag == 0u) continue;
-      __threadfence();  // the other CTAs' partials, after their arrivals
-      const volatile float* ws = p.ws;  // written by other SMs: not through L1
-      for (int slot = 0; slot < C * kConsumers; ++slot) {
-        const int64_t tslot = w.g * (C * kConsumers) + slot;
-        if (tslot >= p.num_slices) break;
-        const int64_t spt = p.layout.tile / kSliceN;
-        const int64_t sid = clamp64(p.slices[tslot], 0, p.layout.num_tiles * spt - 1);
-        const int64_t t = sid / spt;
-        const int j0 = static_cast<int>(sid % spt) * kSliceN;
-        const int gv = static_cast<int>(clamp64(clamp64(p.layout.num_cols - t * p.layout.tile, 0, p.layout.tile) - j0, 0, kSliceN));
-        const int32_t* cols_s = p.layout.cols + t * p.layout.tile + j0;
-        for (int64_t e = ctid; e < p.m * kSliceN; e += kConsumers * 128) {
-          const int64_t row = e / kSliceN;
-          const int n = static_cast<int>(e % kSliceN);
-          if (n >= gv) continue;
-          float sum = 0.f;
-          for (int32_t z = 0; z < p.splits; ++z) sum += ws[(static_cast<int64_t>(z) * p.m + row) * wcols + tslot * kSliceN + n];
-          const int64_t col = clamp_index(cols_s[n], p.n);
-          if (bias != nullptr) sum += H::to_float(bias[col]);
-          reinterpret_cast<uint16_t*>(p.y)[row * p.ldy + col] = H::from_float(sum);
-        }
-      }
+      sm90_store_partials<HALVES>(acc, sl, p.ws, p.m, wcols, w.split, w.m0, wi, g8, t4);
+      sm90_reduce_splits_last<T>(p.layout, p.slices, p.num_slices, p.bias, p.y, p.ldy, p.m, p.n, p.ws, wcols, p.splits,
+                                 p.counters, w.g, p.splits * C, C * kConsumers, reduce_flag, tid - 128);
     }
   }
   // No CTA exits while a peer may still arrive on its barriers.

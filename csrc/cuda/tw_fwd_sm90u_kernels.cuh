@@ -66,10 +66,30 @@ struct SharedLayout {
   static constexpr uint32_t kBEmpty = kBFull + 8 * kStagesB;
   static constexpr uint32_t kBytes = kBEmpty + 8 * kStagesB;
 };
+
+// Small M (M <= 64): one 64-row M-block; the two consumers on two slices
+// (one m64 each), each with its own A ring (boxes [64 rows x 16]) and B
+// ring; K-split over the kept steps (whole B stages), reduced by the last
+// CTA of the slice pair (design A's reduction).
+constexpr int kSmallBM = 64;
+constexpr uint32_t kASmallBytes = kSmallBM * kStepK * 2;  // 2 KB
+struct SmallLayout {
+  static constexpr uint32_t kA = 0;                                      // [2][kStagesA][64][16], 32B swizzle
+  static constexpr uint32_t kB = kA + 2 * kStagesA * kASmallBytes;        // [2][kStagesB][128][64], 128B swizzle
+  static constexpr uint32_t kAFull = kB + 2 * kStagesB * kBStageBytes;   // [2][kStagesA]
+  static constexpr uint32_t kAEmpty = kAFull + 8 * 2 * kStagesA;
+  static constexpr uint32_t kBFull = kAEmpty + 8 * 2 * kStagesA;         // [2][kStagesB]
+  static constexpr uint32_t kBEmpty = kBFull + 8 * 2 * kStagesB;
+  static constexpr uint32_t kFlag = kBEmpty + 8 * 2 * kStagesB;          // uint32_t: "this CTA reduces"
+  static constexpr uint32_t kBytes = kFlag + 16;
+};
 }  // namespace sm90u_fwd
 
 constexpr int fwd_sm90u_smem_bytes() {
   return static_cast<int>(sm90u_fwd::SharedLayout::kBytes + sm90_fwd::kSwizzleAtom);
+}
+constexpr int fwd_sm90u_small_smem_bytes() {
+  return static_cast<int>(sm90u_fwd::SmallLayout::kBytes + sm90_fwd::kSwizzleAtom);
 }
 
 template <typename T>
@@ -85,7 +105,13 @@ struct FwdSm90uParams {
   int64_t ldy;
   int64_t mgroups;  // ceil(ceil(m / 256) / C)
   int64_t panel;    // slices per panel (>= 1)
-  int64_t items;    // num_slices * mgroups
+  int64_t items;    // num_slices * mgroups (small M: groups * splits)
+  // small M
+  int64_t groups;          // slice pairs: ceil(num_slices / 2)
+  int32_t splits;          // K-splits over the kept steps
+  int32_t steps_per_split; // a multiple of 4 (whole B stages)
+  float* ws;               // splits > 1: [splits, m, groups * 2 * 128] fp32 partials
+  int32_t* counters;       // splits > 1: [groups] arrivals; zero before and after every launch
 };
 
 template <typename T, int C>
@@ -239,6 +265,156 @@ __global__ void __launch_bounds__(sm90u_fwd::kThreads, 1) tw_fwd_sm90u_kernel(co
   cluster_sync();  // no CTA exits while a peer may still multicast to it or arrive on its barriers
 #elif defined(__CUDA_ARCH__)
   __trap();  // sm_80 pass of the fat binary: never launched
+#endif
+}
+
+// Small M (M <= 64) of design U: see SmallLayout. CTA = 384 threads: producer
+// warps 0 / 1 issue the A boxes of consumer 0 / 1 ([64 rows x 16] per step,
+// x map box {16, 64}), warps 2 / 3 their B stages (4 boxes of 32 rows, no
+// multicast: the two consumers and every CTA are on different slices).
+// Work item = (slice pair g, K-split z): consumer cw computes table slot
+// 2g + cw over the kept steps [z S, z S + S) of its tile.
+template <typename T>
+__global__ void __launch_bounds__(sm90u_fwd::kThreads, 1)
+    tw_fwd_sm90u_small_kernel(const __grid_constant__ FwdSm90uParams<T> p) {
+#if TS_FWD_SM90_BODY
+  using namespace sm90u_fwd;
+  using namespace sm90;
+  using L = SmallLayout;
+  constexpr int kBoxes = kSliceN / kBoxRowsB;
+
+  unsigned char* raw = dynamic_smem();
+  const uint32_t raw_addr = smem_addr(raw);
+  unsigned char* smem = raw + ((sm90_fwd::kSwizzleAtom - raw_addr % sm90_fwd::kSwizzleAtom) % sm90_fwd::kSwizzleAtom);
+  unsigned char* as = smem + L::kA;
+  unsigned char* bs = smem + L::kB;
+  uint64_t* a_full = reinterpret_cast<uint64_t*>(smem + L::kAFull);    // [cw * kStagesA + s]
+  uint64_t* a_empty = reinterpret_cast<uint64_t*>(smem + L::kAEmpty);
+  uint64_t* b_full = reinterpret_cast<uint64_t*>(smem + L::kBFull);    // [cw * kStagesB + s]
+  uint64_t* b_empty = reinterpret_cast<uint64_t*>(smem + L::kBEmpty);
+  uint32_t* reduce_flag = reinterpret_cast<uint32_t*>(smem + L::kFlag);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = tid / 128;
+  const int64_t cta = blockIdx.x, ctas = gridDim.x;
+
+  if (tid == 0) {
+    for (int s = 0; s < 2 * kStagesA; ++s) {
+      mbarrier_init(&a_full[s], 1);
+      mbarrier_init(&a_empty[s], 4);  // the warps of one consumer
+    }
+    for (int s = 0; s < 2 * kStagesB; ++s) {
+      mbarrier_init(&b_full[s], 1);
+      mbarrier_init(&b_empty[s], 4);
+    }
+    fence_mbarrier_init();
+  }
+  cluster_sync();  // a cluster of 1: the barriers' initialisation is visible to every thread (and the async proxy)
+
+  // The steps [s_lo, s_hi) of consumer cw in item it (s_hi <= s_lo: none).
+  struct Work {
+    Sm90Slice sl;
+    int s_lo, s_hi;
+    int64_t g;
+    int32_t split;
+  };
+  auto work_of = [&](int64_t it, int cw) {
+    Work w;
+    w.split = static_cast<int32_t>(it % p.splits);
+    w.g = it / p.splits;
+    w.sl = sm90_slice(p.layout, p.slices, p.num_slices, 2 * w.g + cw, p.nv, p.k);
+    w.s_lo = w.split * p.steps_per_split;
+    w.s_hi = w.s_lo + p.steps_per_split < w.sl.nsteps ? w.s_lo + p.steps_per_split : w.sl.nsteps;
+    return w;
+  };
+
+  if (wg == 0) {
+    // ======================= producer warpgroup =======================
+    setmaxnreg_dec<kRegsProducer>();
+    if (warp < 2 && lane == 0) {  // A boxes of consumer `warp`
+      const int cw = warp;
+      prefetch_tensormap(&p.x_map);
+      uint32_t seq = 0;
+      for (int64_t it = cta; it < p.items; it += ctas) {
+        const Work w = work_of(it, cw);
+        const int32_t* rows_t = p.layout.rows + w.sl.lo;
+        for (int st = w.s_lo; st < w.s_hi; ++st, ++seq) {
+          const uint32_t s = cw * kStagesA + seq % kStagesA, use = seq / kStagesA;
+          if (use > 0) mbarrier_wait_parity(&a_empty[s], (use - 1) & 1);
+          mbarrier_arrive_expect_tx(&a_full[s], kASmallBytes);
+          const int32_t f0 = static_cast<int32_t>(clamp_index(rows_t[kStepK * st], p.k));
+          tma_load_2d(as + s * kASmallBytes, &p.x_map, &a_full[s], f0, 0);
+        }
+      }
+    } else if ((warp == 2 || warp == 3) && lane == 0) {  // B stages of consumer warp - 2
+      const int cw = warp - 2;
+      uint32_t seq = 0;
+      for (int64_t it = cta; it < p.items; it += ctas) {
+        const Work w = work_of(it, cw);
+        for (int st = w.s_lo / kStepsPerStage; st * kStepsPerStage < w.s_hi; ++st, ++seq) {
+          const uint32_t s = cw * kStagesB + seq % kStagesB, use = seq / kStagesB;
+          if (use > 0) mbarrier_wait_parity(&b_empty[s], (use - 1) & 1);
+          mbarrier_arrive_expect_tx(&b_full[s], kBStageBytes);
+          for (int q = 0; q < kBoxes; ++q)
+            tma_load_2d(bs + s * kBStageBytes + q * kBoxRowsB * (kStageK * 2), p.tile_maps + w.sl.t, &b_full[s],
+                        st * kStageK, w.sl.j0 + q * kBoxRowsB);
+        }
+      }
+    }
+    __syncwarp();
+  } else {
+    // ======================= consumer warpgroups =======================
+    setmaxnreg_inc<kRegsConsumer>();
+    const int cw = wg - 1;
+    const int wi = (tid % 128) / 32, g8 = lane / 4, t4 = lane % 4;
+    uint32_t aseq = 0, bseq = 0;
+    for (int64_t it = cta; it < p.items; it += ctas) {
+      const Work w = work_of(it, cw);
+      const int n = w.s_hi > w.s_lo ? w.s_hi - w.s_lo : 0;  // steps of this item
+      auto a_slot = [&](int i) { return cw * kStagesA + (aseq + static_cast<uint32_t>(i)) % kStagesA; };
+      auto b_slot = [&](int i) { return cw * kStagesB + (bseq + static_cast<uint32_t>(i / kStepsPerStage)) % kStagesB; };
+      auto release = [&](int i) {  // local step i's wgmma completed
+        if (lane != 0) return;
+        mbarrier_arrive(&a_empty[a_slot(i)]);
+        if (i % kStepsPerStage == kStepsPerStage - 1 || i == n - 1) mbarrier_arrive(&b_empty[b_slot(i)]);
+      };
+      float acc[1][64];
+      for (int i = 0; i < n; ++i) {  // s_lo % 4 == 0: local step i is at position (s_lo + i) % 4 of its B stage
+        mbarrier_wait_parity(&a_full[a_slot(i)], ((aseq + static_cast<uint32_t>(i)) / kStagesA) & 1);
+        if (i % kStepsPerStage == 0)
+          mbarrier_wait_parity(&b_full[b_slot(i)], ((bseq + static_cast<uint32_t>(i / kStepsPerStage)) / kStagesB) & 1);
+        const uint64_t desc_a = make_smem_desc(smem_addr(as + a_slot(i) * kASmallBytes), Swizzle::k32B, 16, kAAtom);
+        const uint64_t desc_b = make_smem_desc(smem_addr(bs + b_slot(i) * kBStageBytes) + (i % kStepsPerStage) * kARowBytes,
+                                               Swizzle::k128B, 16, sm90_fwd::kSwizzleAtom);
+        wgmma_fence();
+        if constexpr (std::is_same_v<T, __half>) wgmma_m64n128k16_ss_f16(acc[0], desc_a, desc_b, i > 0);
+        else wgmma_m64n128k16_ss_bf16(acc[0], desc_a, desc_b, i > 0);
+        wgmma_commit_group();
+        wgmma_wait_group<1>();
+        if (i > 0) release(i - 1);
+      }
+      wgmma_wait_group<0>();
+#pragma unroll
+      for (int e = 0; e < 64; ++e) fence_operand(acc[0][e]);
+      if (n > 0) release(n - 1);
+      aseq += static_cast<uint32_t>(n);
+      bseq += static_cast<uint32_t>((n + kStepsPerStage - 1) / kStepsPerStage);
+      if (n == 0) {
+#pragma unroll
+        for (int e = 0; e < 64; ++e) acc[0][e] = 0.f;
+      }
+      if (p.splits == 1) {
+        sm90_store_slice<T, 1>(acc, w.sl, p.layout, p.bias, p.y, p.ldy, p.m, p.n, 0, wi, g8, t4);
+        continue;
+      }
+      const int64_t wcols = p.groups * 2 * kSliceN;
+      sm90_store_partials<1>(acc, w.sl, p.ws, p.m, wcols, w.split, 0, wi, g8, t4);
+      sm90_reduce_splits_last<T>(p.layout, p.slices, p.num_slices, p.bias, p.y, p.ldy, p.m, p.n, p.ws, wcols, p.splits,
+                                 p.counters, w.g, p.splits, 2, reduce_flag, tid - 128);
+    }
+  }
+  // No closing cluster barrier: a cluster of one CTA has no peer that could still arrive on its barriers.
+#elif defined(__CUDA_ARCH__)
+  __trap();
 #endif
 }
 

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -161,15 +162,16 @@ void forward(const at::Tensor& x2, int64_t ldx, const at::Tensor& values, const 
     shape.num_slices = c->slices.numel();
     shape.sm90_unit16 = c->unit16;
     shape.v_bytes = a.nv * 2;
+    shape.max_kept = c->kept.empty() ? 0 : *std::max_element(c->kept.begin(), c->kept.end());
   }
   const FwdKernel* force = forced_fwd_kernel();
   FwdPlan plan = plan_fwd(shape, caps, force);
-  const bool sm90 = plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small || plan.kernel == FwdKernel::kSm90U;
+  const bool sm90 = is_sm90_kernel(plan.kernel);
   if (sm90 && !ensure_tile_maps(l, *c, a.values, a.nv)) {
     shape.sm90_layout = false;  // the driver refused a tile's map: v2
     plan = plan_fwd(shape, caps, force);
   }
-  if (plan.kernel == FwdKernel::kSm90 || plan.kernel == FwdKernel::kSm90Small || plan.kernel == FwdKernel::kSm90U) {
+  if (is_sm90_kernel(plan.kernel)) {
     a.sm90_slices = c->slices.data_ptr<int32_t>();
     a.sm90_num_slices = c->slices.numel();
     a.sm90_tile_maps = reinterpret_cast<const CUtensorMap*>(c->maps.data_ptr());

@@ -155,6 +155,7 @@ void run_sm90_case(const Sm90Case& fc) {
   shape.num_slices = static_cast<int64_t>(table.size());
   shape.sm90_unit16 = unit16;
   shape.v_bytes = values.size() * 2;
+  shape.max_kept = kept.empty() ? 0 : *std::max_element(kept.begin(), kept.end());
   const FwdKernel design_a = FwdKernel::kSm90;
   const cuda::FwdPlan plan = cuda::plan_fwd(shape, fc.caps, fc.design_a ? &design_a : nullptr, fc.cluster);
   INFO("plan: " << cuda::fwd_kernel_name(plan.kernel) << " bm=" << plan.bm << " cluster=" << plan.cluster
@@ -186,7 +187,7 @@ void run_sm90_case(const Sm90Case& fc) {
                      EmuLaunch{});
     bounds_ready = plan.bounds_count > 0;  // later runs: the cached chunk bounds (no bounds kernel), as the operator
     const emu::Stats st = emu::stats();
-    if (plan.kernel == FwdKernel::kSm90U) {  // A by TMA boxes, both operands from shared memory: no gathers
+    if (plan.kernel == FwdKernel::kSm90U || plan.kernel == FwdKernel::kSm90USmall) {  // A by TMA boxes, both operands from shared memory: no gathers
       CHECK(st.wgmma > 0);
       CHECK(st.clusters > 0);
       CHECK(st.ldmatrix == 0);
@@ -323,6 +324,32 @@ TEST_CASE("sm90u persistent: M = 4096 / several items per cluster / several pane
             0, 2, false, true});
 }
 
+TEST_CASE("sm90u small M: M = 1 / K-split over the kept steps (several splits)", "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u M=1", {512, 512, 128, 0.3, 1.0, 16, 8, 211}, 1, kH100, FwdKernel::kSm90USmall, 0, 1, 2});
+}
+
+TEST_CASE("sm90u small M: M = 16 / 2-D TW, an odd number of slices (one idle consumer) / K-split",
+          "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u M=16", {1100, 448, 128, 0.4, 0.8, 16, 8, 212}, 16, kH100, FwdKernel::kSm90USmall, 0, 1, 2});
+}
+
+TEST_CASE("sm90u small M: M = 64 / no K-split (two SMs: several items per CTA)", "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u M=64 one split", {520, 256, 128, 0.4, 1.0, 16, 8, 213}, 64, kH100TwoSms, FwdKernel::kSm90USmall, 0, 1,
+            1});
+}
+
+TEST_CASE("sm90u small M: M = 64 / K-split with an empty tile and a dense tile, no bias",
+          "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u M=64 split", {512, 384, 128, 0.3, 1.0, 16, 8, 214, 2, 1}, 64, kH100, FwdKernel::kSm90USmall, 0, 1, 2, 0,
+            false});
+}
+
+TEST_CASE("sm90u small M: M = 48 / K = 2048 - ~32 steps per item: the A ring (16) and B ring (4) wrap",
+          "[cuda-emulation][forward][sm90][sm90u]") {
+  run_both({"sm90u M=48 ring wrap", {256, 2048, 128, 0.5, 1.0, 16, 8, 215}, 48, kH100TwoSms, FwdKernel::kSm90USmall, 0, 1,
+            2});
+}
+
 // The plan on Hopper: which kernel for which shape (the runs above check the
 // kernels; here the choice, and that the fallbacks still compute y).
 TEST_CASE("sm90 plan: kSm90 / kSm90Small on cc 9.x / v2 or v1 where sm90 does not apply",
@@ -340,7 +367,10 @@ TEST_CASE("sm90 plan: kSm90 / kSm90Small on cc 9.x / v2 or v1 where sm90 does no
   run_sm90_case<__half>({"sm90 plan cc 8.0", {256, 128, 128, 0.4, 1.0, 1, 8, 124}, 100, kA100, FwdKernel::kV2});
   // unit 16: design U for M > 64, design A at M <= 64 and where a run is cut short (K % 16 != 0, a dense tile)
   run_sm90_case<__half>({"sm90 plan unit 16 M=65", {256, 128, 128, 0.4, 1.0, 16, 8, 125}, 65, kH100, FwdKernel::kSm90U});
-  run_sm90_case<__half>({"sm90 plan unit 16 M=64", {256, 128, 128, 0.4, 1.0, 16, 8, 125}, 64, kH100, FwdKernel::kSm90Small});
+  run_sm90_case<__half>({"sm90 plan unit 16 M=64", {256, 128, 128, 0.4, 1.0, 16, 8, 125}, 64, kH100,
+                         FwdKernel::kSm90USmall});
+  run_sm90_case<__half>({"sm90 plan unit 16 M=64 sm90a", {256, 128, 128, 0.4, 1.0, 16, 8, 125}, 64, kH100,
+                         FwdKernel::kSm90Small, 0, 0, 0, 0, true, 0, 0, true});
   run_sm90_case<__half>({"sm90 plan unit 16 K=200", {256, 200, 128, 0.4, 1.0, 16, 8, 126, -1, 0}, 100, kH100,
                          FwdKernel::kSm90});
   // forcing (TILESPARSE_CUDA_FWD_KERNEL): v2 on Hopper; sm90 where it does not apply falls back
@@ -364,6 +394,10 @@ TEST_CASE("sm90 plan: kSm90 / kSm90Small on cc 9.x / v2 or v1 where sm90 does no
   CHECK(cuda::plan_fwd(s, kA100, &sm90).kernel == FwdKernel::kV2);
   s.m = 10;
   CHECK(cuda::plan_fwd(s, kH100, &sm90).kernel == FwdKernel::kSm90Small);
+  s.sm90_unit16 = true;  // small M: design U's small variant, design A when forced
+  CHECK(cuda::plan_fwd(s, kH100).kernel == FwdKernel::kSm90USmall);
+  CHECK(cuda::plan_fwd(s, kH100, &sm90).kernel == FwdKernel::kSm90Small);
+  s.sm90_unit16 = false;
   s.v_vec16 = false;  // values not 16-byte aligned
   CHECK(cuda::plan_fwd(s, kH100).kernel == FwdKernel::kV2Small);
   s.v_vec16 = true;
