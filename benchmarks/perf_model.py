@@ -474,32 +474,74 @@ def sm90u_time(dev: Device, m: int, k: int, n: int, s: float, wgmma_reads: bool 
                    issue_clk=issue_clk, tma_clk=tma_clk, hbm_bytes=hbm_bytes)
 
 
+def sm90_gv_cluster(d: float, k: int) -> int:
+    """The built plan's cluster (sm90_gv_cluster): the largest C in {4, 2} whose CTAs have 256-slot blocks to work
+    on >= 85% of the time, with every tile keeping d K slots; else 1."""
+    blocks = math.ceil(d * k / 256)
+    for c in (4, 2):
+        if 100 * blocks >= 85 * math.ceil(blocks / c) * c:
+            return c
+    return 1
+
+
 def sm90_gv_time(dev: Device, m: int, k: int, n: int, s: float, unit: int = 1) -> dict:
-    """grad_values on the sm_90 mainloop (modelled, not built). gV[outputs, kept] = gy^T x, reduction over M.
-    A = gy's slice [16 tokens x 128 outputs] by TMA (MN-major, wgmma's transposed A, dense: a slice's columns are
-    one run), B = x's kept features [16 tokens x 128 positions]: B is always read from shared memory, so at
-    unit 1 it is gathered from a dense x chunk [16 tokens x 128/d features] into a B buffer (LDS + STS +
-    fence.proxy.async); at unit 16 each run is one TMA box (design U's rule). CTA = 2 WGs on two 128-position
-    blocks of one slice (gy shared), accumulators 128 outputs x 128 positions per WG."""
+    """grad_values on the sm_90 mainloop. gV[outputs, kept] = gy^T x, reduction over M.
+    A = gy's slice [16 tokens x 64 outputs] by TMA (MN-major: wgmma's transposed A; dense where a slice's columns
+    are one run), B = x's kept features [16 tokens x 128 positions] (MN-major). B is always read from shared memory,
+    so at unit 1 (modelled, not built) it is gathered from a dense x chunk [16 tokens x 256/d features] into a B
+    buffer (LDS + STS + fence.proxy.async); at unit 16 (built: csrc/cuda/tw_gv_sm90u_kernels.cuh) each run is one
+    TMA box (design U's rule). CTA = 2 WGs on two 128-position blocks of one slice (gy shared), accumulators
+    128 outputs x 128 positions per WG; a cluster of C CTAs on C consecutive 256-position blocks shares gy by
+    multicast. Built: waves of (slice, position group) items over M-ranges, the plan's range count."""
     d = 1.0 - s
     eta = eta_pipe(dev)
     flops = 2.0 * m * n * k * d
+    c = sm90_gv_cluster(d, k) if unit >= 16 else C_U
     if unit >= 16:
         smem = dict(a_write=8.0, a_read=16.0 if WGMMA_READS else 0.0, b_write=16.0,
                     b_read=32.0 if WGMMA_READS else 0.0)
-        q_l2 = 1.0 / 128 + 1.0 / (2 * 128 * C_U)   # x runs once per CTA, gy multicast over 4 position blocks
+        q_l2 = 1.0 / 128 + 1.0 / (2 * 128 * c)   # x runs once per slice, gy once per cluster of c x 256 positions
+        # TMA lines (<= 128 B) issued per unit: 64 rows of 32 B of x runs, gy's 128 rows of 128 B / (16 units x c)
+        tma_clk = (64 + 128 / (16 * c)) / dev.tma_lines_clk
     else:
         st = gather_stats(round(d, 4), 1)
         x_chunk = 16 * (256 / d) * 2 / 4          # the CTA's two position blocks' feature span, per unit
         smem = dict(a_write=8.0, a_read=16.0 if WGMMA_READS else 0.0, x_write=x_chunk / 128.0,
                     gather=st["wavefronts"], b_write=16.0, b_read=32.0 if WGMMA_READS else 0.0)
         q_l2 = 1.0 / (2 * 128 * C_U) + 1.0 / (256 * d)   # gy multicast; the dense x span once per CTA
+        tma_clk = 0.0
     smem_clk = sum(smem.values())
-    t_sm = flops / UNIT_FLOP * max(UNIT_CLK, smem_clk) / (dev.sms * dev.clk * eta)
-    hbm = (2.0 * (m * k + m * n + d * n * k) + index_bytes(k, n, s)) / (dev.eta_hbm * dev.hbm)
-    terms = dict(tensor=flops / UNIT_FLOP * UNIT_CLK / (dev.sms * dev.clk * eta), smem=t_sm,
-                 l2=flops * q_l2 / dev.l2, hbm=hbm, launch=dev.launch)
-    return _result(terms, q_l2=q_l2, smem_clk=smem)
+    rate = dev.sms * dev.clk * eta
+    w, splits, ws, entries = 1.0, 1, 0.0, None
+    if unit >= 16:   # the built plan: entries = slices x position groups, M-ranges to fill the last round
+        entries = math.ceil(n / SLICE) * math.ceil(math.ceil(d * k / 256) / c)
+        clusters = dev.sms // c
+        best = None
+        for sp in range(1, gv_max_splits(m) + 1):
+            t = math.ceil(entries * sp / clusters) / sp * 2.0 * m * 128 * 256 / 5e12 + (
+                8.0 * sp * d * n * k / 3e12 + 4e-6 if sp > 1 else 0.0)
+            if best is None or t < best[0]:
+                best = (t, sp)
+        splits = best[1]
+        items = entries * splits
+        w = items / (math.ceil(items / clusters) * clusters)
+        ws = 2.0 * 4 * splits * d * n * k if splits > 1 else 0.0   # fp32 partials written, read by the reduction
+    hbm = (2.0 * (m * k + m * n + d * n * k) + index_bytes(k, n, s) + ws) / (dev.eta_hbm * dev.hbm)
+    terms = dict(tensor=flops / UNIT_FLOP * UNIT_CLK / (rate * w), smem=flops / UNIT_FLOP * smem_clk / (rate * w),
+                 tma=flops / UNIT_FLOP * tma_clk / (rate * w), l2=flops * q_l2 / dev.l2, hbm=hbm,
+                 launch=dev.launch * (2 if splits > 1 else 1))
+    return _result(terms, q_l2=q_l2, smem_clk=smem, cluster=c, splits=splits, waves=w, entries=entries)
+
+
+def gv_max_splits(m: int) -> int:
+    """The most M-ranges the sm90u plan cuts (gv_sm90u_max_splits): >= 512 tokens each, at most 16."""
+    return max(1, min(16, m // 512))
+
+
+def gv_plan(dev: Device, m: int, entries: int, cluster: int) -> str:
+    """The built dispatch (plan_grad_values in csrc/cuda/tw_bwd_launch.cuh) on a unit-16 layout: sm90u where its
+    CTAs at the most M-ranges fill the GPU (entries x cluster x gv_max_splits >= SMs, M >= 256), else v2."""
+    return "sm90u" if dev.sm90 and m >= 256 and entries * cluster * gv_max_splits(m) >= dev.sms else "v2"
 
 
 def sm90_gi_time(dev: Device, m: int, k: int, n: int, s: float) -> dict:
@@ -588,6 +630,10 @@ def records():
                                         ("gi_sm90", sm90_gi_time(dev, m, k, n, s))):
                             rec[f"{name}_speedup"] = t_d / g["t"]
                             rec[f"{name}_bound"] = g["bound"]
+                            if name == "gv_sm90u":
+                                rec["gv_sm90u_cluster"], rec["gv_sm90u_splits"] = g["cluster"], g["splits"]
+                                rec["gv_sm90u_waves"] = round(g["waves"], 3)
+                                rec["gv_sm90u_plan"] = gv_plan(dev, m, g["entries"], g["cluster"])
                 out.append(rec)
     return out
 
@@ -608,17 +654,19 @@ def markdown(recs) -> str:
         lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | {r['cap']:.2f}x | "
                      f"{r['floor_speedup']:.2f}x | {r['speedup']:.2f}x | {r['bound']} | {_x(r['sm90_speedup'])} | {r['sm90_bound'] or '-'} | "
                      f"{_x(r['sm90u_speedup'])} | {r['sm90u_bound'] or '-'} | {_x(r['sm90_bar'])} | {meet} |")
-    lines += ["", "grad_values (vs cuBLAS's dense weight gradient); sm90 columns modelled, not built", "",
+    lines += ["", "grad_values (vs cuBLAS's dense weight gradient); gv sm90 unit 16 = the built sm90u kernel (cluster C, "
+              "M-ranges S, the plan's pick on a unit-16 layout); unit 1 and gi sm90 modelled, not built", "",
               "| device | M | K | N | s | v1 / dense | v1 bound | v2 / dense | v2 bound | gv sm90 unit 1 | "
-              "gv sm90 unit 16 | gi sm90 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "gv sm90 unit 16 | C, S | plan (unit 16) | gi sm90 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         if r["sparsity"] not in TABLE_SPARSITIES or "gv_v2_speedup" not in r:
             continue
-        extra = " - | - | - |"
+        extra = " - | - | - | v2 | - |"
         if "gv_sm90_speedup" in r:
             extra = (f" {r['gv_sm90_speedup']:.2f}x ({r['gv_sm90_bound']}) | {r['gv_sm90u_speedup']:.2f}x "
-                     f"({r['gv_sm90u_bound']}) | {r['gi_sm90_speedup']:.2f}x ({r['gi_sm90_bound']}) |")
+                     f"({r['gv_sm90u_bound']}) | {r['gv_sm90u_cluster']}, {r['gv_sm90u_splits']} | "
+                     f"{r['gv_sm90u_plan']} | {r['gi_sm90_speedup']:.2f}x ({r['gi_sm90_bound']}) |")
         lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
                      f"{r['gv_v1_speedup']:.2f}x | {r['gv_v1_bound']} | {r['gv_v2_speedup']:.2f}x | "
                      f"{r['gv_v2_bound']} |" + extra)

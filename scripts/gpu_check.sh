@@ -9,7 +9,8 @@
 #             gencode each), then every kernel's registers and shared memory (cuobjdump --dump-resource-usage)
 #   test      the CUDA tests with -x (tests/python/test_cuda.py)
 #   sm90      correctness first: the forward forced to sm90, v2 and v1 (TILESPARSE_CUDA_FWD_KERNEL) against
-#             float64 F.linear, M/K/N tails, units 1/8/16, 2-D TW, bias, bf16/fp16; sm90 run twice (bitwise)
+#             float64 F.linear, M/K/N tails, units 1/8/16, 2-D TW, bias, bf16/fp16; sm90 run twice (bitwise);
+#             grad_values forced to sm90 and v2 on unit-16 layouts against float64 gy^T x
 #   sanitize  compute-sanitizer memcheck (valid layouts; a malformed one inside graph capture, where no
 #             validation runs) and racecheck, on tiny cases (v1/v2 paths)
 #   sm90san   compute-sanitizer memcheck, racecheck and synccheck on one small sm90 case (M tail, small M)
@@ -18,7 +19,7 @@
 #             the bench and LLM shapes, M in {1,16,64,4096,16384}, 50/75/90%, the perf_model prediction
 #             beside each measured ratio (benchmarks/perf_model.py)
 # Optional stages (name them): suite (the whole Python suite), bench (benchmarks/bench_linear.py --device
-# cuda), gvab (grad_values v1 vs v2 vs cuBLAS's dense gW), ncu (one v2 and one sm90 forward launch: L2
+# cuda), gvab (grad_values v1 vs v2 vs sm90u vs cuBLAS's dense gW), ncu (one v2 and one sm90 forward launch: L2
 # sectors, shared-memory wavefronts, bank conflicts, instructions, tensor-pipe activity, DRAM bytes).
 # OUT_DIR defaults to $OUT, else ./gpu_check_out. Per-stage timeouts in seconds: the T_* below (defaults
 # declared with := are the default stages' budgets, summed by tests/python/test_perf_model.py); BENCH_ARGS
@@ -88,6 +89,9 @@ if has build; then
     # the sm_90a forward (docs/performance.md predicts 168 registers at entry, no stack, ~196,800 B dynamic smem)
     status resources_sm90 "$(grep -A1 -E 'tw_fwd_sm90' "$OUTDIR/resources.log" | grep -E 'REG:' | head -2 | tr -s ' ' | tr '\n' ';')"
   fi
+  # per sm_90a kernel: wgmma count, serialized waits (ptxas C7518: must be 0), registers, stack, spills
+  "$PY" "$ROOT/benchmarks/sass_report.py" ${SO:+"$SO"} > "$OUTDIR/sass_report.md" 2>&1
+  status sass "rc=$? (1: a kernel's wgmmas are serialized; sass_report.md)"
 fi
 
 if has test; then
@@ -151,7 +155,37 @@ for (m, k, n, tile, s, cs, unit) in cases:
                 rec["sm90_vs_v2_max"] = (outs["sm90"].float() - outs["v2"].float()).abs().max().item()
         print(json.dumps(rec), flush=True)
 os.environ.pop("TILESPARSE_CUDA_FWD_KERNEL", None)
-ok = all(0 <= worst.get(kk, 1.0) < 1e-2 for kk in ("sm90", "sm90a", "v2"))
+# grad_values on unit-16 layouts: sm90 (TMA + transposed wgmma) vs v2 vs float64 gy^T x (M tails, M-splits,
+# clusters of 1 / 2 / 4 by the kept counts, tile 256, padding-free); sm90 twice (bitwise: fixed-order partials)
+for (m, k, n, tile, s) in [(300, 512, 512, 128, 0.5), (4096, 4096, 1024, 128, 0.75), (2000, 1024, 768, 256, 0.5),
+                           (16384, 768, 3072, 128, 0.75), (1000, 2048, 4096, 128, 0.75)]:
+    mask = ops.tile_mask(torch.rand(n, k, dtype=torch.float64), tile, s, 0.0, 1, 16)
+    lay = TileLayout.from_mask(mask, tile).to("cuda")
+    for dt in (torch.bfloat16, torch.float16):
+        x = torch.randn(m, k, device="cuda").to(dt)
+        gy = torch.randn(m, n, device="cuda").to(dt)
+        ref = lay.pack((gy.double().t() @ x.double()))
+        rec = dict(op="grad_values", M=m, K=k, N=n, tile=tile, sparsity=s, unit=16, dtype=str(dt)[6:])
+        outs = {}
+        for kern in ("sm90", "v2"):
+            os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = kern
+            try:
+                g = T.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001
+                rec[kern] = f"error: {str(e).splitlines()[0][:120]}"
+                continue
+            outs[kern] = g
+            err = ((g.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            rec[kern] = err
+            worst["gv_" + kern] = max(worst.get("gv_" + kern, 0.0), err if err == err else float("inf"))
+        if "sm90" in outs:
+            os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = "sm90"
+            g2 = T.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
+            rec["sm90_bitwise_repeat"] = bool(torch.equal(g2, outs["sm90"]))
+        print(json.dumps(rec), flush=True)
+os.environ.pop("TILESPARSE_CUDA_GRAD_VALUES_KERNEL", None)
+ok = all(0 <= worst.get(kk, 1.0) < 1e-2 for kk in ("sm90", "sm90a", "v2", "gv_sm90", "gv_v2"))
 print("SM90 CORRECTNESS", "OK" if ok else "FAIL", json.dumps(worst))
 EOF
   run sm90_correct "$T_SM90" "$OUTDIR/sm90_correct.log" "$PY" "$SM90_PY"
@@ -244,7 +278,7 @@ fi
 if has sm90san; then
   SAN90_PY="$(mktemp /tmp/ts_san90_XXXX.py)"
   cat > "$SAN90_PY" <<'EOF'
-# One small sm90 case per path: 128-row blocks with an M tail (M = 300), small M (5), K % 64 != 0.
+# One small sm90 case per path: 128-row blocks with an M tail (M = 300), small M (5), K % 64 != 0; grad_values.
 import os, torch
 from tilesparse import TileLayout, ops
 os.environ["TILESPARSE_CUDA_FWD_KERNEL"] = "sm90"
@@ -257,6 +291,14 @@ for (m, k, n, s) in [(300, 264, 256, 0.75), (5, 200, 384, 0.5)]:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     for _ in range(2):
         T.tw_linear(x, v, lay.cols, lay.row_offsets, lay.rows, None, n, 128)
+# grad_values on sm90 (unit 16): one M-range and several (the fp32 partials + their reduction)
+os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = "sm90"
+for (m, k, n) in [(300, 512, 256), (4000, 256, 128)]:
+    mask = ops.tile_mask(torch.rand(n, k, dtype=torch.float64), 128, 0.5, 0.0, 1, 16)
+    lay = TileLayout.from_mask(mask, 128).to("cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    T.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, 128, lay.num_values)
 torch.cuda.synchronize()
 print("sanitizer case done")
 EOF
@@ -411,7 +453,8 @@ fi
 if has gvab; then
   GVAB_PY="$(mktemp /tmp/ts_gvab_XXXX.py)"
   cat > "$GVAB_PY" <<'EOF'
-# grad_values v1 / v2 / cuBLAS dense gW, bf16, M = 16384: interleaved, median of 15 (ratios of one run).
+# grad_values v1 / v2 / cuBLAS dense gW, bf16, M = 16384: interleaved, median of 15 (ratios of one run); sm90 (TMA +
+# transposed wgmma) on the same sparsity in kept runs of 16 features (unit 16), beside the model's prediction.
 import json, os, torch
 from tilesparse import TileLayout, ops
 def timed(fn):
@@ -419,22 +462,29 @@ def timed(fn):
     a.record(); fn(); b.record(); torch.cuda.synchronize()
     return a.elapsed_time(b)
 def kernel(key):  # the operator reads the variable on every call
-    os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = "v1" if key == "v1" else "v2"
+    os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = {"v1": "v1", "sm90u": "sm90"}.get(key, "v2")
 torch.manual_seed(0)
 m, tile = 16384, 128
 gv_op = torch.ops.tilesparse.tw_linear_grad_values
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("perf_model", os.path.join(sys.argv[1], "benchmarks", "perf_model.py"))
+pm = importlib.util.module_from_spec(spec); spec.loader.exec_module(pm)
+pred = {(r["M"], r["K"], r["N"], r["sparsity"]): r for r in pm.records() if r["device"] == pm.H100.name}
 for k, n in ((768, 3072), (3072, 768), (4096, 14336)):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
     for s in (0.5, 0.75, 0.9):
         lay = TileLayout.from_mask(ops.tile_mask(torch.randn(n, k).abs(), tile, s), tile).to("cuda")
+        lay16 = TileLayout.from_mask(ops.tile_mask(torch.randn(n, k).abs(), tile, s, 0.0, 1, 16), tile).to("cuda")
         sparse = lambda: gv_op(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
-        fns = {"dense": lambda: gy.t() @ x, "v1": sparse, "v2": sparse}
+        sparse16 = lambda: gv_op(gy, x, lay16.cols, lay16.row_offsets, lay16.rows, tile, lay16.num_values)
+        fns = {"dense": lambda: gy.t() @ x, "v1": sparse, "v2": sparse, "sm90u": sparse16}
         ref = lay.pack(gy.float().t() @ x.float())
+        ref16 = lay16.pack(gy.float().t() @ x.float())
         errs = {}
-        for key in ("v1", "v2"):
+        for key in ("v1", "v2", "sm90u"):
             kernel(key)
-            errs[key] = (sparse().float() - ref).abs().max().item()
+            errs[key] = ((sparse16 if key == "sm90u" else sparse)().float() - (ref16 if key == "sm90u" else ref)).abs().max().item()
         ts = {key: [] for key in fns}
         for rep in range(18):
             for key, fn in fns.items():
@@ -443,12 +493,16 @@ for k, n in ((768, 3072), (3072, 768), (4096, 14336)):
                 if rep >= 3:
                     ts[key].append(t)
         med = {key: sorted(v)[len(v) // 2] for key, v in ts.items()}
+        p = pred.get((m, k, n, s), {})
         print(json.dumps(dict(M=m, K=k, N=n, sparsity=s, dense_ms=med["dense"], v1_ms=med["v1"], v2_ms=med["v2"],
-                              v1_speedup=med["dense"] / med["v1"], v2_speedup=med["dense"] / med["v2"],
-                              v1_max_err=errs["v1"], v2_max_err=errs["v2"])))
+                              sm90u_ms=med["sm90u"], v1_speedup=med["dense"] / med["v1"],
+                              v2_speedup=med["dense"] / med["v2"], sm90u_speedup=med["dense"] / med["sm90u"],
+                              v2_pred=p.get("gv_v2_speedup"), sm90u_pred=p.get("gv_sm90u_speedup"),
+                              sm90u_pred_bound=p.get("gv_sm90u_bound"),
+                              v1_max_err=errs["v1"], v2_max_err=errs["v2"], sm90u_max_err=errs["sm90u"])))
 EOF
-  run gvab "${T_GVAB:-60}" "$OUTDIR/gvab.log" "$PY" "$GVAB_PY"
-  status gvab_result "$(grep -c '"M"' "$OUTDIR/gvab.log") records (gvab.log); v1, v2 / dense at 75%: $(grep '"sparsity": 0.75' "$OUTDIR/gvab.log" | sed -E 's/.*"v1_speedup": ([0-9.]+), "v2_speedup": ([0-9.]+).*/\1 \2/' | awk '{printf "%.2f %.2f; ", $1, $2}')"
+  run gvab "${T_GVAB:-90}" "$OUTDIR/gvab.log" "$PY" "$GVAB_PY" "$ROOT"
+  status gvab_result "$(grep -c '"M"' "$OUTDIR/gvab.log") records (gvab.log); v1, v2, sm90u / dense at 75%: $(grep '"sparsity": 0.75' "$OUTDIR/gvab.log" | sed -E 's/.*"v1_speedup": ([0-9.]+), "v2_speedup": ([0-9.]+), "sm90u_speedup": ([0-9.]+).*/\1 \2 \3/' | awk '{printf "%.2f %.2f %.2f; ", $1, $2, $3}')"
   rm -f "$GVAB_PY"
 fi
 

@@ -32,7 +32,7 @@
 
 namespace tilesparse::cuda {
 
-// What the sm90 forward needs of a validated layout on the host (kept counts
+// What the sm90 kernels need of a validated layout on the host (kept counts
 // for the tensor maps, the slice table) and what it derives from it, cached
 // with the layout: built on first use (one device->host copy of the indices,
 // like the validation's), then shared by every call with that layout.
@@ -41,9 +41,15 @@ struct Sm90LayoutCache {
   bool built = false;
   bool slots_aligned = false;        // every tile's slots % 8 == 0 (TMA row strides)
   bool unit16 = false;               // every kept run 16 consecutive features (design U, sm90_unit16_runs)
+  bool cols_runs = false;            // every slice's outputs consecutive columns (sm90_slice_cols_runs)
   std::vector<int32_t> row_offsets;  // host copies
   std::vector<int32_t> kept;         // kept features per tile (padding excluded)
+  std::vector<int32_t> slots;        // slots per tile (kept + padding)
+  std::vector<int32_t> table;        // the slice table (host copy)
   at::Tensor slices;                 // int32, device: the slice table (sm90_slice_table)
+  int gv_cluster = 0;                // grad_values: sm90_gv_cluster (0: not yet chosen)
+  at::Tensor gv_entries;             // int32, device: sm90_gv_item_table for gv_cluster
+  int64_t gv_entries_count = 0;      // its (slot, group) pairs
   at::Tensor bounds;                 // int32, device: chunk bounds of 64-feature chunks, once computed
   at::Tensor maps;                   // uint8, device: [num_tiles] CUtensorMap of the values at maps_values
   const void* maps_values = nullptr; // the values pointer the maps encode (re-encoded when it changes)

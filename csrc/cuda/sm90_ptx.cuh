@@ -260,6 +260,13 @@ __device__ __forceinline__ void wgmma_wait_group() {
               ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                           \
               : TS_SM90_WGMMA_D_OPERANDS(d)                                                               \
               : "l"(desc_a), "l"(desc_b), "r"(accumulate))
+// SS with both operands MN-major: imm-trans-a = imm-trans-b = 1 (16-bit types only).
+#define TS_SM90_WGMMA_SS_MN(TYPE)                                                                         \
+  TS_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                \
+              "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " " TS_SM90_WGMMA_D_REGS         \
+              ", %64, %65, p, 1, 1, 1, 1;\n}\n"                                                           \
+              : TS_SM90_WGMMA_D_OPERANDS(d)                                                               \
+              : "l"(desc_a), "l"(desc_b), "r"(accumulate))
 
 // wgmma.mma_async.sync.aligned.m64n128k16.f32.{bf16,f16}.{bf16,f16}, K-major B
 // (no transpose), scale-a = scale-b = 1, scale-d = `accumulate` (0: D = A B).
@@ -287,6 +294,20 @@ __device__ __forceinline__ void wgmma_m64n128k16_ss_f16(float (&d)[64], uint64_t
   TS_SM90_WGMMA_SS("f16");
 }
 
+// SS, both MN-major (transposed): A (64 x 16) with its 64 rows (M) contiguous
+// along each K-row, B (16 x 128) with its 128 columns (N) contiguous; the
+// canonical MN-major layouts of the ISA (swizzled: LBO = the next T bytes
+// of M/N, SBO = the next 8 K-rows). gV = gy^T x reads both this way.
+__device__ __forceinline__ void wgmma_m64n128k16_ss_mn_bf16(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                                            int accumulate) {
+  TS_SM90_WGMMA_SS_MN("bf16");
+}
+__device__ __forceinline__ void wgmma_m64n128k16_ss_mn_f16(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                                           int accumulate) {
+  TS_SM90_WGMMA_SS_MN("f16");
+}
+
+#undef TS_SM90_WGMMA_SS_MN
 #undef TS_SM90_WGMMA_SS
 #undef TS_SM90_WGMMA_RS
 #undef TS_SM90_WGMMA_D_OPERANDS

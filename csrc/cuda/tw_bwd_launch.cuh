@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <type_traits>
 
 #include "tw_bwd_input_kernels.cuh"
 #include "tw_bwd_values_kernels.cuh"
 #include "tw_device.cuh"
+#include "tw_gv_sm90u_kernels.cuh"
 
 namespace tilesparse::cuda {
 
@@ -89,13 +91,20 @@ void run_grad_input(const GradInputPlan& plan, GradInputParams<T, Acc> p, int32_
 // ---------------------------------------------------------------------------
 constexpr int kGvBK = 32, kGvBNK = 128, kGvStages = 3;
 
-enum class GradValuesKernel : int { kSimt = 0, kMma64 = 1, kMma128 = 2, kV2 = 3 };
+enum class GradValuesKernel : int {
+  kSimt = 0,
+  kMma64 = 1,
+  kMma128 = 2,
+  kV2 = 3,
+  kSm90U = 4,  // sm_90a, unit-16 layouts: TMA boxes of gy and the kept runs, wgmma SS with both operands MN-major
+};
 inline const char* grad_values_kernel_name(GradValuesKernel k) {
   switch (k) {
     case GradValuesKernel::kSimt: return "simt";
     case GradValuesKernel::kMma64: return "mma_bmj64";
     case GradValuesKernel::kMma128: return "mma_bmj128";
     case GradValuesKernel::kV2: return "v2";
+    case GradValuesKernel::kSm90U: return "sm90u";
   }
   return "?";
 }
@@ -109,6 +118,11 @@ struct GradValuesShape {
   int64_t nv;
   bool half;         // fp16/bf16 (tensor cores), else fp32/fp64 (SIMT)
   bool x_vec;        // x 16-byte aligned with rows of whole 16-byte units
+  // sm_90a (set by the operator from the layout's host cache; sm90_layout.cuh)
+  bool gy_vec = false;       // grad_out 16-byte aligned with rows of whole 16-byte units
+  bool sm90_layout = false;  // unit-16 runs, slots % 8 == 0, every slice's columns one run, tile % 128 == 0
+  int sm90_cluster = 1;      // sm90_gv_cluster
+  int64_t sm90_entries = 0;  // entries of sm90_gv_item_table for that cluster
 };
 
 struct GradValuesPlan {
@@ -122,7 +136,46 @@ struct GradValuesPlan {
   int64_t splits = 1;                // M-splits (grid.y)
   int64_t split_rows = 0;
   int64_t ws_count = 0;              // Acc workspace [splits, nv] when splits > 1
+  // sm90u
+  int cluster = 1;
+  int64_t split_tokens = 0;          // tokens per M-range (a multiple of 64)
+  int64_t items = 0;                 // entries x splits
+  int64_t grid = 0;                  // CTAs (a multiple of cluster)
 };
+
+// sm90u: the M-ranges. A cluster's item is one entry over one range; the
+// persistent grid runs ceil(items / clusters) rounds. More ranges fill the
+// last round but add their fp32 partials (written and read once more) and a
+// second launch: pick the count with the least of rounds x the item's tensor
+// time + the partials' traffic, under priors (a CTA's wgmma rate ~5 TFLOP/s,
+// HBM ~3 TB/s; H100 SXM), up to 16 ranges of at least 512 tokens.
+// The most M-ranges the sm90u plan cuts: each at least 512 tokens (the partials' write and read must stay
+// small beside a range's work), at most 16.
+inline int64_t gv_sm90u_max_splits(int64_t m) { return std::max<int64_t>(1, std::min<int64_t>(16, m / 512)); }
+
+inline void plan_grad_values_sm90u(GradValuesPlan& p, const GradValuesShape& s, const DeviceCaps& caps) {
+  p.cluster = s.sm90_cluster;
+  const int resident = caps.sm90_clusters[p.cluster == 4 ? 2 : p.cluster == 2 ? 1 : 0];
+  const int64_t clusters = std::max<int64_t>(1, resident > 0 ? resident : caps.num_sms / p.cluster);
+  const double item_flop = 2.0 * static_cast<double>(s.m) * sm90u_gv::kOutputs * sm90u_gv::kCtaPositions;
+  double best = 0;
+  int64_t best_splits = 1;
+  for (int64_t splits = 1; splits <= gv_sm90u_max_splits(s.m); ++splits) {
+    const double rounds = static_cast<double>(bwd_ceil_div(s.sm90_entries * splits, clusters));
+    const double t = rounds * item_flop / splits / 5e12 + (splits > 1 ? 8.0 * splits * s.nv / 3e12 + 4e-6 : 0.0);
+    if (splits == 1 || t < best) {
+      best = t;
+      best_splits = splits;
+    }
+  }
+  p.split_tokens = bwd_ceil_div(bwd_ceil_div(s.m, best_splits), sm90u_gv::kStageTokens) * sm90u_gv::kStageTokens;
+  p.splits = bwd_ceil_div(s.m, p.split_tokens);
+  p.split_rows = p.split_tokens;
+  p.items = s.sm90_entries * p.splits;
+  p.grid = std::min<int64_t>(p.items, clusters) * p.cluster;
+  p.smem = gv_sm90u_smem_bytes();
+  p.ws_count = p.splits > 1 ? p.splits * s.nv : 0;
+}
 
 // v2's chunk width: about 112 kept positions of a slice per chunk (1.75 of
 // its 64-position items; 8 warps take 8 items per pass, so one pass is the
@@ -140,6 +193,19 @@ inline int gv_v2_chunk_width(int64_t k, double density, int smem_optin) {
 inline GradValuesPlan plan_grad_values(const GradValuesShape& s, const DeviceCaps& caps,
                                        const GradValuesKernel* force = nullptr) {
   GradValuesPlan p{};
+  // sm_90a: unit-16 layouts whose slices are column runs, M >= 256, and enough CTAs to fill the GPU at the
+  // plan's most M-ranges (entries x cluster x min(16, M / 512) >= SMs): with fewer (a 768 x 768 layer at 75%
+  // on an H100: 6 entries of 1 CTA) the kernel runs on a fraction of the SMs and v2 wins (perf_model.py
+  // gv_plan: 0.91x vs v2's 1.08x at M = 16384). Forcing sm90 (gpu_check's timing) skips only that preference.
+  const bool sm90u_applies = s.half && caps.cc_major == 9 && s.sm90_layout && s.x_vec && s.gy_vec && s.m >= 256 &&
+                             s.sm90_entries > 0 && s.sm90_cluster > 0 && gv_sm90u_smem_bytes() <= caps.smem_optin;
+  const bool sm90u_fills = s.sm90_entries * s.sm90_cluster * gv_sm90u_max_splits(s.m) >= caps.num_sms;
+  const bool sm90u_forced = force != nullptr && *force == GradValuesKernel::kSm90U;
+  if (sm90u_applies && (force == nullptr ? sm90u_fills : sm90u_forced)) {
+    p.kernel = GradValuesKernel::kSm90U;
+    plan_grad_values_sm90u(p, s, caps);
+    return p;
+  }
   const double density = s.num_tiles > 0 && s.k > 0 ? static_cast<double>(s.num_rows) / (s.num_tiles * s.k) : 1.0;
   const int kc = s.half && s.x_vec && s.tile % kGv2Slice == 0 && s.k > 0 ? gv_v2_chunk_width(s.k, density, caps.smem_optin)
                                                                          : 0;
@@ -148,7 +214,8 @@ inline GradValuesPlan plan_grad_values(const GradValuesShape& s, const DeviceCap
     p.kernel = GradValuesKernel::kSimt;
   } else {
     p.kernel = kc > 0 ? GradValuesKernel::kV2 : v1;
-    if (force != nullptr && *force != GradValuesKernel::kSimt && (*force != GradValuesKernel::kV2 || kc > 0))
+    if (force != nullptr && *force != GradValuesKernel::kSimt && *force != GradValuesKernel::kSm90U &&
+        (*force != GradValuesKernel::kV2 || kc > 0))
       p.kernel = *force == GradValuesKernel::kV2 ? GradValuesKernel::kV2 : v1;
   }
   int64_t active = 1;  // blocks of one split
@@ -198,6 +265,38 @@ struct SameValue {
 };
 
 // bounds: int32 workspace of plan.bounds_count (v2), ws: Acc workspace of plan.ws_count.
+// sm90u: the tensor maps of this call (gy box {64, 32}, 128B swizzle; x box
+// {16, 64}, 32B swizzle) and one persistent cluster launch.
+template <typename T, typename Launch>
+void run_grad_values_sm90u(const GradValuesPlan& plan, const GradValuesParams<T, float>& a, float* ws, Launch&& launch) {
+  GvSm90uParams<T> p{};
+  if (!sm90::encode_tensor_map_2d(&p.gy_map, a.gy, static_cast<uint64_t>(a.n), static_cast<uint64_t>(a.m),
+                                  static_cast<uint64_t>(a.ldg) * 2, 64, sm90u_gv::kGyBoxTokens, sm90::Swizzle::k128B) ||
+      !sm90::encode_tensor_map_2d(&p.x_map, a.x, static_cast<uint64_t>(a.k), static_cast<uint64_t>(a.m),
+                                  static_cast<uint64_t>(a.ldx) * 2, 16, sm90u_gv::kStageTokens, sm90::Swizzle::k32B))
+    throw std::runtime_error("tilesparse: cuTensorMapEncodeTiled refused a tensor map of grad_values (sm90u)");
+  p.layout = a.layout;
+  p.slices = a.sm90_slices;
+  p.num_slices = a.sm90_num_slices;
+  p.entries = a.sm90_entries;
+  p.num_entries = a.sm90_num_entries;
+  p.m = a.m;
+  p.k = a.k;
+  p.n = a.n;
+  p.nv = a.nv;
+  p.splits = static_cast<int32_t>(plan.splits);
+  p.split_tokens = plan.split_tokens;
+  p.items = plan.items;
+  p.out = a.out;
+  p.ws = plan.splits > 1 ? ws : nullptr;
+  const dim3 grid(static_cast<unsigned>(plan.grid)), block(sm90u_gv::kThreads);
+  switch (plan.cluster) {
+    case 4: launch.cluster(tw_gv_sm90u_kernel<T, 4>, grid, block, 4, plan.smem, p); break;
+    case 2: launch.cluster(tw_gv_sm90u_kernel<T, 2>, grid, block, 2, plan.smem, p); break;
+    default: launch.cluster(tw_gv_sm90u_kernel<T, 1>, grid, block, 1, plan.smem, p); break;
+  }
+}
+
 template <typename T, typename Acc, typename Launch>
 void run_grad_values(const GradValuesPlan& plan, GradValuesParams<T, Acc> p, int32_t* bounds, Acc* ws,
                      Launch&& launch) {
@@ -212,6 +311,8 @@ void run_grad_values(const GradValuesPlan& plan, GradValuesParams<T, Acc> p, int
            dim3(static_cast<unsigned>(p.layout.num_tiles * plan.jchunks * plan.kchunks),
                 static_cast<unsigned>(plan.splits)),
            dim3(256), 0, p);
+  } else if (plan.kernel == GradValuesKernel::kSm90U) {
+    run_grad_values_sm90u<T>(plan, p, p.ws, launch);
   } else if (plan.kernel == GradValuesKernel::kV2) {
     launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(bwd_ceil_div(plan.bounds_count, 256))), dim3(256), 0,
            p.layout, p.k, static_cast<int32_t>(plan.kc), static_cast<int32_t>(plan.nchunks), bounds);

@@ -40,6 +40,11 @@ struct GradValuesParams {
   const int32_t* bounds;  // [num_tiles, nchunks + 1]: slots of rows_t below chunk c (chunk_bounds_kernel)
   int32_t kc, nchunks;    // x chunk width (a multiple of 128) and ceil(k / kc)
   int64_t num_slices;     // num_tiles * tile / 64
+  // sm90u only (device memory, from the layout's host cache: sm90_layout.cuh)
+  const int32_t* sm90_slices = nullptr;   // the slice table
+  int64_t sm90_num_slices = 0;
+  const int32_t* sm90_entries = nullptr;  // sm90_gv_item_table pairs
+  int64_t sm90_num_entries = 0;
 };
 
 template <int BMJ, int BNK, int BK, int STAGES>

@@ -6,8 +6,9 @@
 // operator passes one that launches on the current stream; the host
 // emulation (tests/cuda_emulation) one that runs the blocks on CPU threads,
 // so both execute this very logic. The host-side helpers of the sm90 path
-// (kept counts, slice table, per-tile tensor maps) are here too, so that the
-// operator's cache and the emulation tests build them the same way.
+// (per-tile tensor maps here; kept counts, slice table in sm90_layout.cuh)
+// are shared, so that the operator's cache and the emulation tests build
+// them the same way.
 #pragma once
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include "tw_fwd_sm90_kernels.cuh"
 #include "tw_fwd_sm90u_kernels.cuh"
 #include "tw_fwd_v2_kernels.cuh"
+#include "sm90_layout.cuh"
 
 namespace tilesparse::cuda {
 
@@ -307,46 +309,8 @@ static __global__ void fill_bytes_kernel(uint8_t* p, int64_t count, uint8_t v) {
 }
 
 // ---------------------------------------------------------------------------
-// Host side of the sm90 path: what it needs of the layout on the host
-// (cached with the validated layout by the CUDA operator).
+// Host side of the sm90 path (the layout's part: sm90_layout.cuh)
 // ---------------------------------------------------------------------------
-// Kept features per tile: its slots minus the trailing padding slots, which
-// repeat the last kept feature (docs/format.md). Host copies of the layout.
-inline std::vector<int32_t> sm90_kept_counts(const int32_t* row_offsets, const int32_t* rows, int64_t num_tiles) {
-  std::vector<int32_t> kept(static_cast<size_t>(num_tiles), 0);
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    const int32_t lo = row_offsets[t], kt = row_offsets[t + 1] - lo;
-    int32_t kr = kt;
-    while (kr > 1 && rows[lo + kr - 1] == rows[lo + kr - 2]) --kr;
-    kept[static_cast<size_t>(t)] = kr;
-  }
-  return kept;
-}
-
-// Every tile's slot count a multiple of 8: rows of V_t are whole 16-byte
-// units, as a TMA row stride must be (layouts of pad % 8 == 0).
-inline bool sm90_slots_aligned(const int32_t* row_offsets, int64_t num_tiles) {
-  for (int64_t t = 0; t < num_tiles; ++t)
-    if ((row_offsets[t + 1] - row_offsets[t]) % 8 != 0) return false;
-  return true;
-}
-
-// The slice table: every 128-output slice that has outputs, as
-// t * (tile / 128) + j, by kept count descending (ties by id), so that the 2C
-// slices that share one x stream (one cluster) keep similar counts.
-inline std::vector<int32_t> sm90_slice_table(const int32_t* kept, int64_t num_tiles, int64_t tile, int64_t num_cols) {
-  std::vector<int32_t> table;
-  if (tile % sm90_fwd::kSliceN != 0) return table;  // no sm90 (the plan needs tile % 128 == 0)
-  const int64_t spt = tile / sm90_fwd::kSliceN;
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    const int64_t g = std::min<int64_t>(tile, num_cols - t * tile);
-    for (int64_t j = 0; j < spt && j * sm90_fwd::kSliceN < g; ++j) table.push_back(static_cast<int32_t>(t * spt + j));
-  }
-  std::stable_sort(table.begin(), table.end(),
-                   [&](int32_t a, int32_t b) { return kept[a / spt] > kept[b / spt]; });
-  return table;
-}
-
 // The tensor maps of the values, one per tile (host array maps[num_tiles]):
 // V_t is [g_t rows, kr_t positions] with row stride kpad_t elements. The
 // map's dim0 is the kept count, not the slot count: padding slots (not
@@ -367,19 +331,6 @@ inline bool sm90_encode_tile_maps(CUtensorMap* maps, const void* values, int64_t
                                     static_cast<uint64_t>(kt) * 2, sm90_fwd::kStageK, sm90_fwd::kBoxRowsB,
                                     sm90::Swizzle::k128B))
       return false;
-  }
-  return true;
-}
-
-// Every tile's kept features are runs of 16 consecutive features (any start):
-// design U's A operand of a k16 step is then one TMA box. Host copies.
-inline bool sm90_unit16_runs(const int32_t* row_offsets, const int32_t* rows, const int32_t* kept, int64_t num_tiles) {
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    const int32_t lo = row_offsets[t], kr = kept[t];
-    if (kr % sm90_fwd::kStepK != 0) return false;
-    for (int32_t q = 0; q < kr; q += sm90_fwd::kStepK)
-      for (int32_t i = 1; i < sm90_fwd::kStepK; ++i)
-        if (rows[lo + q + i] != rows[lo + q] + i) return false;
   }
   return true;
 }

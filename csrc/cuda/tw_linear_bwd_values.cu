@@ -1,5 +1,7 @@
 // CUDA operator tw_linear_grad_values: gV_t = grad_out[:, cols_t]^T @ x[:, rows_t].
-// plan_grad_values (tw_bwd_launch.cuh) picks the kernel: v2 (x read once per
+// plan_grad_values (tw_bwd_launch.cuh) picks the kernel: sm90u on compute
+// capability 9.x for unit-16 layouts whose slices are column runs (TMA +
+// wgmma, tw_gv_sm90u_kernels.cuh), else v2 (x read once per
 // block of 4 slices) for fp16/bf16 with tiles of multiples of 64 and 16-byte
 // x rows, else v1 (x gathered per tile) or SIMT for fp32/fp64; M-splits only
 // when the blocks would not fill the GPU, with fp32 (fp64) partials added in a
@@ -9,16 +11,25 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstdlib>
+#include <mutex>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
 #include "checks_cuda.cuh"
+#include "sm90_layout_cache.cuh"
 #include "tw_bwd_launch.cuh"
 
 namespace tilesparse::cuda {
 namespace {
+
+#ifdef TILESPARSE_HAS_SM90A  // the sm_90a kernel bodies are built (setup.py): else they are traps
+constexpr bool kSm90aBuilt = true;
+#else
+constexpr bool kSm90aBuilt = false;
+#endif
 
 template <typename T, typename Acc>
 GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at::Tensor& x, int64_t ldx,
@@ -44,26 +55,58 @@ GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at
   return p;
 }
 
-// TILESPARSE_CUDA_GRAD_VALUES_KERNEL=v1|v2 (read on every call): run that
-// kernel where it applies, for A/B measurements (scripts/gpu_check.sh); unset
-// or "auto": the plan's choice.
+// TILESPARSE_CUDA_GRAD_VALUES_KERNEL=sm90|v2|v1 (read on every call): run
+// that kernel where it applies (sm90 -> v2 -> v1 fall back in that order),
+// for A/B measurements (scripts/gpu_check.sh); unset or "auto": the plan's
+// choice.
 const GradValuesKernel* forced_kernel() {
-  static const GradValuesKernel v1 = GradValuesKernel::kMma128, v2 = GradValuesKernel::kV2;
+  static const GradValuesKernel v1 = GradValuesKernel::kMma128, v2 = GradValuesKernel::kV2,
+                                sm90 = GradValuesKernel::kSm90U;
   const char* e = std::getenv("TILESPARSE_CUDA_GRAD_VALUES_KERNEL");
   if (e == nullptr || *e == '\0' || std::strcmp(e, "auto") == 0) return nullptr;
+  if (std::strcmp(e, "sm90") == 0) return &sm90;
   if (std::strcmp(e, "v1") == 0) return &v1;
   if (std::strcmp(e, "v2") == 0) return &v2;
-  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_GRAD_VALUES_KERNEL must be auto, v1 or v2, got '", e, "'");
+  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_GRAD_VALUES_KERNEL must be auto, sm90, v2 or v1, got '", e, "'");
+}
+
+template <int C>
+int query_gv_sm90u_clusters() {
+  return max_active_clusters(tw_gv_sm90u_kernel<__nv_bfloat16, C>, C, sm90u_gv::kThreads, gv_sm90u_smem_bytes());
 }
 
 template <typename T, typename Acc>
-void run(GradValuesParams<T, Acc> p, const LayoutInfo& info, const at::TensorOptions& acc_opts, cudaStream_t stream) {
+void run(GradValuesParams<T, Acc> p, const LayoutArgs& l, const LayoutInfo& info, const at::TensorOptions& acc_opts,
+         cudaStream_t stream) {
   constexpr bool half = !std::is_same_v<T, Acc>;
-  const GradValuesShape shape{p.m, p.k, p.layout.tile, p.layout.num_tiles, p.layout.num_rows,
-                              info.known ? info.max_rows : p.k, p.nv, half, p.x_vec};
-  const GradValuesPlan plan = plan_grad_values(shape, device_caps(), forced_kernel());
-  const int64_t blocks = plan.kernel == GradValuesKernel::kV2 ? plan.groups * plan.nchunks
-                                                              : p.layout.num_tiles * plan.jchunks * plan.kchunks;
+  GradValuesShape shape{p.m, p.k, p.layout.tile, p.layout.num_tiles, p.layout.num_rows,
+                        info.known ? info.max_rows : p.k, p.nv, half, p.x_vec};
+  shape.gy_vec = p.gy_vec;
+  DeviceCaps caps = device_caps();
+  // sm90: the layout's host side (cached with it); held for the call
+  Sm90LayoutCache* c = kSm90aBuilt && half && caps.cc_major == 9 && info.known ? info.sm90.get() : nullptr;
+  std::unique_lock<std::mutex> lock;
+  if (c != nullptr) {
+    set_resident_clusters(caps, "tw_gv_sm90u", [] {
+      return std::array<int, 3>{query_gv_sm90u_clusters<1>(), query_gv_sm90u_clusters<2>(), query_gv_sm90u_clusters<4>()};
+    });
+    lock = std::unique_lock<std::mutex>(c->mutex);
+    if (!c->built) build_sm90_layout(l, *c);
+    shape.sm90_layout = c->unit16 && c->slots_aligned && c->cols_runs && !c->table.empty();
+    if (shape.sm90_layout) {
+      ensure_sm90_gv_entries(l, *c);
+      shape.sm90_cluster = c->gv_cluster;
+      shape.sm90_entries = c->gv_entries_count;
+      p.sm90_slices = c->slices.data_ptr<int32_t>();
+      p.sm90_num_slices = c->slices.numel();
+      p.sm90_entries = c->gv_entries.data_ptr<int32_t>();
+      p.sm90_num_entries = c->gv_entries_count;
+    }
+  }
+  const GradValuesPlan plan = plan_grad_values(shape, caps, forced_kernel());
+  const int64_t blocks = plan.kernel == GradValuesKernel::kSm90U ? plan.grid
+                         : plan.kernel == GradValuesKernel::kV2 ? plan.groups * plan.nchunks
+                                                                : p.layout.num_tiles * plan.jchunks * plan.kchunks;
   TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(), "tw_linear_grad_values: too many tiles");
   at::Tensor ws, bounds;
   if (plan.ws_count > 0) ws = at::empty({plan.ws_count}, acc_opts);
@@ -100,18 +143,18 @@ at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tens
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   switch (grad_out.scalar_type()) {
     case at::kHalf:
-      run(make_params<__half, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info,
+      run(make_params<__half, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info,
           grad_out.options().dtype(at::kFloat), stream);
       break;
     case at::kBFloat16:
-      run(make_params<__nv_bfloat16, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info,
+      run(make_params<__nv_bfloat16, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info,
           grad_out.options().dtype(at::kFloat), stream);
       break;
     case at::kFloat:
-      run(make_params<float, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info, grad_out.options(), stream);
+      run(make_params<float, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info, grad_out.options(), stream);
       break;
     case at::kDouble:
-      run(make_params<double, double>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), info, grad_out.options(),
+      run(make_params<double, double>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info, grad_out.options(),
           stream);
       break;
     default:

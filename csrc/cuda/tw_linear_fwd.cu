@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "checks_cuda.cuh"
+#include "sm90_layout_cache.cuh"
 #include "tw_fwd_launch.cuh"
 
 namespace tilesparse::cuda {
@@ -52,61 +53,16 @@ const FwdKernel* forced_fwd_kernel() {
 }
 
 // Clusters of `c` CTAs of the sm90 forward resident at once on the current
-// device (both instantiations need one SM each: > 114 KB of shared memory),
-// once per device and size; 0 where the query fails (the plan then assumes
-// num_sms / c).
+// device (both instantiations need one SM each: > 114 KB of shared memory).
 template <int C>
 int query_sm90_clusters() {
-  const void* kernel = reinterpret_cast<const void*>(tw_fwd_sm90_kernel<__nv_bfloat16, 128, C>);
-  const int smem = fwd_sm90_smem_bytes<128>();
-  allow_smem(kernel, smem);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = C;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(C);
-  config.blockDim = dim3(sm90_fwd::kThreads);
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  config.attrs = attr;
-  config.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, tw_fwd_sm90_kernel<__nv_bfloat16, 128, C>, &config) != cudaSuccess) {
-    (void)cudaGetLastError();  // not sticky: clear it for the next launch check
-    clusters = 0;
-  }
-  return clusters;
+  return max_active_clusters(tw_fwd_sm90_kernel<__nv_bfloat16, 128, C>, C, sm90_fwd::kThreads, fwd_sm90_smem_bytes<128>());
 }
 
 void set_sm90_clusters(DeviceCaps& caps) {
-  static std::mutex mutex;
-  static std::map<int, std::array<int, 3>> known;  // by device
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = known.find(device);
-  if (it == known.end())
-    it = known.emplace(device, std::array<int, 3>{query_sm90_clusters<1>(), query_sm90_clusters<2>(), query_sm90_clusters<4>()})
-             .first;
-  for (int i = 0; i < 3; ++i) caps.sm90_clusters[i] = it->second[i];
-}
-
-// The host side of the sm90 path for this layout (caller holds c.mutex):
-// host copies of the indices (one synchronising copy per layout, as its
-// validation), kept counts, the slice table.
-void build_sm90_layout(const LayoutArgs& l, Sm90LayoutCache& c) {
-  const at::Tensor ro = l.row_offsets.cpu(), rows = l.rows.cpu();
-  const int64_t nt = l.row_offsets.numel() - 1;
-  c.row_offsets.assign(ro.data_ptr<int32_t>(), ro.data_ptr<int32_t>() + ro.numel());
-  c.kept = sm90_kept_counts(c.row_offsets.data(), rows.data_ptr<int32_t>(), nt);
-  c.slots_aligned = sm90_slots_aligned(c.row_offsets.data(), nt);
-  c.unit16 = sm90_unit16_runs(c.row_offsets.data(), rows.data_ptr<int32_t>(), c.kept.data(), nt);
-  const std::vector<int32_t> table = sm90_slice_table(c.kept.data(), nt, l.view.tile, l.cols.numel());
-  c.slices = at::empty({static_cast<int64_t>(table.size())}, l.cols.options().device(at::kCPU));
-  std::copy(table.begin(), table.end(), c.slices.data_ptr<int32_t>());
-  c.slices = c.slices.to(l.cols.device());
-  c.built = true;
+  set_resident_clusters(caps, "tw_fwd_sm90", [] {
+    return std::array<int, 3>{query_sm90_clusters<1>(), query_sm90_clusters<2>(), query_sm90_clusters<4>()};
+  });
 }
 
 // The per-tile tensor maps of `values` (re-encoded when the values pointer

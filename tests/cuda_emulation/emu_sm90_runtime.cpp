@@ -45,6 +45,7 @@ struct TmaLanding {  // one destination block of a TMA load in flight
 struct Wgmma {
   WgmmaType type;
   bool rs;  // A from registers
+  bool mn_a, mn_b;  // imm-trans-a / imm-trans-b: the operand is MN-major (transposed)
   uint64_t desc_a, desc_b;
   int accumulate;
   float* d[128];
@@ -202,17 +203,32 @@ uint32_t operand_addr(const Descriptor& d, int i, int k) {
   return swizzle_addr(d.start + (row / 8) * d.sbo + (row % 8) * t + kbyte, d.swizzle);
 }
 
+// The same for an MN-major (transposed) operand, element (i along M or N, k):
+// the rows of the layout run along K and hold consecutive i. Without swizzle
+// a core matrix is 8 K-rows x 16 bytes (8 consecutive i), SBO apart along
+// i and LBO apart per 8 K-rows; with a T-byte swizzle each K-row of an 8-row
+// atom holds T bytes of i, the next T bytes of i are LBO further and the
+// next 8 K-rows SBO further (the roles of LBO and SBO swap against the
+// unswizzled form), and the swizzle XOR applies to the address.
+uint32_t operand_addr_mn(const Descriptor& d, int i, int k) {
+  const uint32_t ibyte = 2u * static_cast<uint32_t>(i), kr = static_cast<uint32_t>(k);
+  if (d.swizzle == 0) return d.start + (ibyte / 16) * d.sbo + (kr / 8) * d.lbo + (kr % 8) * 16 + ibyte % 16;
+  const uint32_t t = swizzle_span(d.swizzle);
+  return swizzle_addr(d.start + (ibyte / t) * d.lbo + (kr / 8) * d.sbo + (kr % 8) * t + ibyte % t, d.swizzle);
+}
+
 double to_double(uint16_t bits, WgmmaType type) {
   return type == WgmmaType::f16 ? f16_to_f32(bits) : bf16_to_f32(bits);
 }
 
-// Reads `rows` x 16 of a K-major operand from the block's async view.
-void read_operand(int cta, uint64_t desc, int rows, WgmmaType type, double (*out)[16], const char* op) {
+// Reads `rows` x 16 of a K-major (or MN-major) operand from the block's async view.
+void read_operand(int cta, uint64_t desc, int rows, bool mn_major, WgmmaType type, double (*out)[16], const char* op) {
   const Descriptor d = decode(desc, op);
   const std::vector<unsigned char>& view = async_view(cta);
   for (int i = 0; i < rows; ++i)
     for (int k = 0; k < 16; ++k) {
-      const size_t off = dyn_offset(operand_addr(d, i, k), 2, op, "descriptor operand");
+      const size_t off = dyn_offset(mn_major ? operand_addr_mn(d, i, k) : operand_addr(d, i, k), 2, op,
+                                    "descriptor operand");
       uint16_t bits;
       std::memcpy(&bits, view.data() + off, 2);
       out[i][k] = to_double(bits, type);
@@ -235,9 +251,9 @@ void complete_wgmma(int cta, const Wgmma& w, const char* op) {
       }
     }
   } else {
-    read_operand(cta, w.desc_a, 64, w.type, A, op);
+    read_operand(cta, w.desc_a, 64, w.mn_a, w.type, A, op);
   }
-  read_operand(cta, w.desc_b, 128, w.type, B, op);
+  read_operand(cta, w.desc_b, 128, w.mn_b, w.type, B, op);
   for (int t = 0; t < 128; ++t) {
     const int warp = t / 32, lane = t % 32, g4 = lane / 4, t4 = lane % 4;
     for (int j = 0; j < 16; ++j)
@@ -532,8 +548,9 @@ void wgmma_wait_group(int n) {
 }
 
 void wgmma_m64n128k16(float* d, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int accumulate, WgmmaType type,
-                      const char* op) {
+                      const char* op, bool mn_a, bool mn_b) {
   const ThreadPos t = current_thread(op);
+  if (a != nullptr && mn_a) fail(std::string(op) + ": imm-trans-a with A from registers (the ISA has no such form)");
   WarpgroupMma& m = warpgroup_mma(t);
   Wgmma& s = m.staging;
   const bool rs = a != nullptr;
@@ -544,10 +561,13 @@ void wgmma_m64n128k16(float* d, const uint32_t* a, uint64_t desc_a, uint64_t des
            "that uses those registers)");
     s.type = type;
     s.rs = rs;
+    s.mn_a = mn_a;
+    s.mn_b = mn_b;
     s.desc_a = desc_a;
     s.desc_b = desc_b;
     s.accumulate = accumulate != 0;
-  } else if (s.type != type || s.rs != rs || s.desc_b != desc_b || (!rs && s.desc_a != desc_a) ||
+  } else if (s.type != type || s.rs != rs || s.mn_a != mn_a || s.mn_b != mn_b || s.desc_b != desc_b ||
+             (!rs && s.desc_a != desc_a) ||
              s.accumulate != (accumulate != 0)) {
     fail(std::string(op) + ": the threads of the warpgroup give different descriptors or scale-d");
   }

@@ -565,6 +565,125 @@ TEST_CASE("sm90 emu: wgmma SS descriptors, no swizzle / 32B / 64B / 128B, LBO an
   }
 }
 
+namespace {
+// MN-major (transposed) canonical layouts, written as CuTe writes them in
+// units of 16-byte chunks (W = swizzle span / 16): element (i, k) is chunk
+// c = i / 8, byte 2 (i % 8) of it; swizzled: ((W, n), (8, k)) : ((1, LBO),
+// (W, SBO)); no swizzle: ((1, n), (8, k)) : ((X, SBO), (1, LBO)).
+uint32_t mnmajor_addr(Swizzle sw, uint32_t start, uint32_t lbo, uint32_t sbo, uint32_t i, uint32_t k) {
+  const uint32_t c = i / 8, e = i % 8;
+  uint32_t chunks;
+  if (sw == Swizzle::kNone) {
+    chunks = c * (sbo / 16) + (k % 8) + (k / 8) * (lbo / 16);
+    return start + 16 * chunks + 2 * e;
+  }
+  const uint32_t span = sw == Swizzle::k128B ? 128 : sw == Swizzle::k64B ? 64 : 32, w = span / 16;
+  chunks = (c % w) + (c / w) * (lbo / 16) + (k % 8) * w + (k / 8) * (sbo / 16);
+  const uint32_t a = start + 16 * chunks + 2 * e;
+  return a ^ (((a >> 7) & (w - 1)) << 4);
+}
+
+// A (64 x 16, a[i * 16 + k]) and B (128 x 16, b[n * 16 + k]) written at their
+// MN-major addresses; D = A B by the transposed SS form.
+__global__ void wgmma_ss_mn_kernel(SsLayout l, const uint16_t* a, const uint16_t* b, float* out) {
+  unsigned char* smem = dynamic_smem();
+  const int t = threadIdx.x;
+  for (int idx = t; idx < 64 * 16; idx += 128)
+    std::memcpy(smem + mnmajor_addr(l.sw, l.start_a, l.lbo_a, l.sbo_a, idx / 16, idx % 16), &a[idx], 2);
+  for (int idx = t; idx < 128 * 16; idx += 128)
+    std::memcpy(smem + mnmajor_addr(l.sw, l.start_b, l.lbo_b, l.sbo_b, idx / 16, idx % 16), &b[idx], 2);
+  fence_proxy_async_shared();
+  __syncthreads();
+  float d[64];
+  wgmma_fence();
+  wgmma_m64n128k16_ss_mn_f16(d, make_smem_desc(l.start_a, l.sw, l.lbo_a, l.sbo_a),
+                             make_smem_desc(l.start_b, l.sw, l.lbo_b, l.sbo_b), 0);
+  wgmma_commit_group();
+  wgmma_wait_group<0>();
+  for (int i = 0; i < 64; ++i) out[t * 64 + i] = d[i];
+}
+
+// The grad_values form (tw_gv_sm90u_kernels.cuh): G [16 tokens x 64 outputs]
+// by one TMA box (128B swizzle) is A = G^T, X [16 tokens x 128 features] by 8
+// boxes of 16 features (32B swizzle, 512 B apart) is B = X; D = G^T X.
+__global__ void wgmma_ss_mn_tma_kernel(const CUtensorMap* gmap, const CUtensorMap* xmap, float* out) {
+  unsigned char* smem = dynamic_smem();  // the emulation's dynamic shared memory is 1024-aligned
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 8192);
+  const int t = threadIdx.x;
+  if (t == 0) {
+    mbarrier_init(bar, 1);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (t == 0) {
+    mbarrier_arrive_expect_tx(bar, 16 * 128 + 8 * 512);
+    tma_load_2d(smem, gmap, bar, 0, 0);
+    for (int r = 0; r < 8; ++r) tma_load_2d(smem + 2048 + 512 * r, xmap, bar, 16 * r, 0);
+  }
+  while (!mbarrier_try_wait_parity(bar, 0)) {
+  }
+  float d[64];
+  wgmma_fence();
+  wgmma_m64n128k16_ss_mn_f16(d, make_smem_desc(smem_addr(smem), Swizzle::k128B, 8192, 1024),
+                             make_smem_desc(smem_addr(smem + 2048), Swizzle::k32B, 512, 256), 0);
+  wgmma_commit_group();
+  wgmma_wait_group<0>();
+  for (int i = 0; i < 64; ++i) out[t * 64 + i] = d[i];
+}
+}  // namespace
+
+TEST_CASE("sm90 emu: wgmma SS with both operands MN-major (transposed), every swizzle, LBO and SBO", "[sm90][emu]") {
+  // Hand-computed byte addresses of the canonical MN-major layouts.
+  CHECK(mnmajor_addr(Swizzle::k128B, 0, 8192, 1024, 70, 9) == 9372);  // 8192 + 1024 + 128 + 12, chunk 0 ^ 1
+  CHECK(mnmajor_addr(Swizzle::k128B, 0, 8192, 1024, 0, 0) == 0);
+  CHECK(mnmajor_addr(Swizzle::k32B, 0, 2048, 256, 20, 11) == 2408);    // 2048 + 256 + 96 + 8, bit 7 clear
+  CHECK(mnmajor_addr(Swizzle::k32B, 0, 2048, 256, 3, 4) == 150);       // 134, bit 4 ^= bit 7
+  CHECK(mnmajor_addr(Swizzle::k64B, 0, 4096, 512, 40, 5) == 4464);     // 4432, chunk 1 ^ 2
+  CHECK(mnmajor_addr(Swizzle::kNone, 0, 256, 128, 19, 10) == 550);     // 2 x 128 + 256 + 2 x 16 + 6
+
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> u(-3, 3);
+  std::vector<uint16_t> a(64 * 16), b(128 * 16);
+  for (auto& v : a) v = f16_bits(static_cast<float>(u(rng)));
+  for (auto& v : b) v = f16_bits(static_cast<float>(u(rng)));
+  const SsLayout layouts[] = {
+      {Swizzle::kNone, 0, 2048, 128, 16384, 4096, 128},     // 8 K-rows x 16 B core matrices
+      {Swizzle::k128B, 0, 8192, 1024, 16384, 8192, 1024},   // 64 elements per K-row, B: 2 blocks LBO apart
+      {Swizzle::k64B, 0, 4096, 512, 16384, 4096, 512},
+      {Swizzle::k32B, 0, 2048, 256, 16384, 512, 256},
+  };
+  std::vector<float> out(128 * 64);
+  for (const SsLayout& l : layouts) {
+    INFO("swizzle " << static_cast<int>(l.sw));
+    emu::launch_cluster(wgmma_ss_mn_kernel, dim3(1), dim3(128), 1, 32768 + 1024, l, a.data(), b.data(), out.data());
+    for (int t = 0; t < 128; ++t)
+      for (int j = 0; j < 16; ++j)
+        for (int e = 0; e < 4; ++e) {
+          const int i = d_row(t, e), n = d_col(t, j, e);
+          double ref = 0;
+          for (int k = 0; k < 16; ++k) ref += static_cast<double>(__half2float(__ushort_as_half(a[i * 16 + k]))) *
+                                              __half2float(__ushort_as_half(b[n * 16 + k]));
+          REQUIRE(out[t * 64 + 4 * j + e] == static_cast<float>(ref));
+        }
+  }
+
+  // TMA boxes of row-major G [16 x 64] and X [16 x 128] read transposed: D[i][n] = sum_k G[k][i] X[k][n].
+  Tensor2d g(64, 16, 64), x(128, 16, 128);
+  for (auto& v : g.data) v = f16_bits(static_cast<float>(u(rng)));
+  for (auto& v : x.data) v = f16_bits(static_cast<float>(u(rng)));
+  const CUtensorMap gmap = g.map(64, 16, Swizzle::k128B), xmap = x.map(16, 16, Swizzle::k32B);
+  emu::launch_cluster(wgmma_ss_mn_tma_kernel, dim3(1), dim3(128), 1, 8192 + 64, &gmap, &xmap, out.data());
+  for (int t = 0; t < 128; ++t)
+    for (int j = 0; j < 16; ++j)
+      for (int e = 0; e < 4; ++e) {
+        const int i = d_row(t, e), n = d_col(t, j, e);
+        double ref = 0;
+        for (int k = 0; k < 16; ++k)
+          ref += static_cast<double>(__half2float(__ushort_as_half(g.at(i, k)))) * __half2float(__ushort_as_half(x.at(n, k)));
+        REQUIRE(out[t * 64 + 4 * j + e] == static_cast<float>(ref));
+      }
+}
+
 TEST_CASE("sm90 emu: fence.proxy.async: generic writes reach wgmma only after the fence", "[sm90][emu]") {
   std::vector<uint16_t> a(64 * 16, f16_bits(1.0f)), b(128 * 16, f16_bits(1.0f));
   const SsLayout l{Swizzle::kNone, 0, 1024, 128, 16384, 2048, 128};

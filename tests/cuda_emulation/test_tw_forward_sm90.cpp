@@ -30,64 +30,6 @@ const cuda::DeviceCaps kA100{163 * 1024, 108, 8, 0};      // not Hopper: v2
 
 const uint64_t kScheduleSeeds[] = {1, 2, 3};
 
-// A tile-wise problem with the knobs the sm90 paths care about: kept runs of
-// `unit` aligned features (unit >= 8: the ldmatrix gather), 2-D TW (pruned
-// outputs), an empty tile, a tile keeping everything, one keeping one run,
-// and the TEW-derived layout (the TW part of a TEW mask: runs ranked
-// globally by score and pruned at the TW sparsity s + delta, which leaves
-// uneven kept counts across tiles).
-struct Sm90Spec {
-  int64_t n, k, tile;
-  double row_density;         // fraction of runs a tile keeps (TEW: 1 - (s + delta))
-  double col_density = 1.0;   // below 1: 2-D TW
-  int64_t unit = 1;
-  int64_t pad = 8;
-  uint64_t seed = 1;
-  int64_t drop_tile = -1;    // keeps nothing (kpad_t = 0)
-  int64_t dense_tile = -1;   // keeps every feature
-  int64_t sparse_tile = -1;  // keeps one run
-  bool tew = false;          // global ranking of runs by a random score (TEW's TW part)
-};
-
-Problem make_sm90_problem(const Sm90Spec& s) {
-  std::mt19937_64 rng(s.seed);
-  std::uniform_real_distribution<double> u(0.0, 1.0);
-  std::vector<int64_t> cols;
-  for (int64_t c = 0; c < s.n; ++c)
-    if (c == 0 || u(rng) < s.col_density) cols.push_back(c);
-  const int64_t nt = (static_cast<int64_t>(cols.size()) + s.tile - 1) / s.tile, nu = (s.k + s.unit - 1) / s.unit;
-  std::vector<uint8_t> keep(nt * nu, 0);
-  if (s.tew) {  // the best row_density of all (tile, run) pairs by score, kept
-    std::vector<double> score(nt * nu);
-    for (double& v : score) v = u(rng) * u(rng);
-    std::vector<int64_t> order(nt * nu);
-    std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
-    for (int64_t i = 0; i < static_cast<int64_t>(s.row_density * nt * nu); ++i) keep[order[i]] = 1;
-  } else {
-    for (auto& v : keep) v = u(rng) < s.row_density;
-  }
-  for (int64_t t = 0; t < nt; ++t) {
-    uint8_t* kt = &keep[t * nu];
-    if (t == s.dense_tile) std::fill(kt, kt + nu, 1);
-    if (t == s.sparse_tile) std::fill(kt, kt + nu, 0);
-    if (std::find(kt, kt + nu, 1) == kt + nu) kt[rng() % nu] = 1;
-  }
-  std::unique_ptr<bool[]> mask(new bool[std::max<int64_t>(1, s.n * s.k)]());
-  for (size_t j = 0; j < cols.size(); ++j)
-    for (int64_t r = 0; r < s.k; ++r) mask[cols[j] * s.k + r] = keep[(j / s.tile) * nu + r / s.unit] != 0;
-  Problem p{s.n, s.k, s.tile, {}};
-  REQUIRE(core::build_layout(mask.get(), s.n, s.k, s.tile, s.pad, p.layout).empty());
-  if (s.drop_tile >= 0 && s.drop_tile + 1 < static_cast<int64_t>(p.layout.row_offsets.size())) {
-    auto& ro = p.layout.row_offsets;
-    const int32_t lo = ro[s.drop_tile], hi = ro[s.drop_tile + 1];
-    p.layout.rows.erase(p.layout.rows.begin() + lo, p.layout.rows.begin() + hi);
-    for (size_t t = s.drop_tile + 1; t < ro.size(); ++t) ro[t] -= hi - lo;
-  }
-  REQUIRE(core::validate_layout(p.view(), s.n, s.k).empty());
-  return p;
-}
-
 struct Sm90Case {
   std::string name;
   Sm90Spec spec;

@@ -1,0 +1,94 @@
+// The ATen side of Sm90LayoutCache (checks_cuda.cuh): filling it from a
+// validated layout, shared by the sm_90a forward and grad_values operators.
+// The torch-free work is sm90_layout.cuh's.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "checks_cuda.cuh"
+#include "sm90_layout.cuh"
+
+namespace tilesparse::cuda {
+
+// Host copies of the indices (one synchronising copy per layout, as its
+// validation), kept and slot counts, which designs apply, the slice table.
+// The caller holds c.mutex.
+inline void build_sm90_layout(const LayoutArgs& l, Sm90LayoutCache& c) {
+  const at::Tensor ro = l.row_offsets.cpu(), rows = l.rows.cpu(), cols = l.cols.cpu();
+  const int64_t nt = l.row_offsets.numel() - 1;
+  c.row_offsets.assign(ro.data_ptr<int32_t>(), ro.data_ptr<int32_t>() + ro.numel());
+  c.kept = sm90_kept_counts(c.row_offsets.data(), rows.data_ptr<int32_t>(), nt);
+  c.slots.resize(static_cast<size_t>(std::max<int64_t>(nt, 0)));
+  for (int64_t t = 0; t < nt; ++t) c.slots[t] = c.row_offsets[t + 1] - c.row_offsets[t];
+  c.slots_aligned = sm90_slots_aligned(c.row_offsets.data(), nt);
+  c.unit16 = sm90_unit16_runs(c.row_offsets.data(), rows.data_ptr<int32_t>(), c.kept.data(), nt);
+  c.cols_runs = sm90_slice_cols_runs(cols.data_ptr<int32_t>(), cols.numel(), l.view.tile);
+  c.table = sm90_slice_table(c.kept.data(), nt, l.view.tile, l.cols.numel());
+  c.slices = at::empty({static_cast<int64_t>(c.table.size())}, l.cols.options().device(at::kCPU));
+  std::copy(c.table.begin(), c.table.end(), c.slices.data_ptr<int32_t>());
+  c.slices = c.slices.to(l.cols.device());
+  c.built = true;
+}
+
+// grad_values' cluster size and work entries (sm90_gv_cluster,
+// sm90_gv_item_table), once per layout. The caller holds c.mutex.
+inline void ensure_sm90_gv_entries(const LayoutArgs& l, Sm90LayoutCache& c) {
+  if (c.gv_cluster > 0) return;
+  c.gv_cluster = sm90_gv_cluster(c.slots.data(), c.table, l.view.tile);
+  const std::vector<int32_t> entries = sm90_gv_item_table(c.slots.data(), c.table, l.view.tile, c.gv_cluster);
+  at::Tensor host = at::empty({std::max<int64_t>(1, static_cast<int64_t>(entries.size()))},
+                              l.cols.options().device(at::kCPU));
+  std::copy(entries.begin(), entries.end(), host.data_ptr<int32_t>());
+  c.gv_entries = host.to(l.cols.device());
+  c.gv_entries_count = static_cast<int64_t>(entries.size()) / 2;
+}
+
+// Clusters of `c` CTAs of `kernel` resident at once on the current device
+// (cudaOccupancyMaxActiveClusters: a cluster lives in one GPC, so this can
+// be below num_sms / c); 0 where the query fails (the plans then assume
+// num_sms / c).
+template <typename Kernel>
+int max_active_clusters(Kernel kernel, int c, int threads, int smem) {
+  allow_smem(reinterpret_cast<const void*>(kernel), smem);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(c);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(c));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.attrs = attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: clear it for the next launch check
+    clusters = 0;
+  }
+  return clusters;
+}
+
+// caps.sm90_clusters for clusters of 1, 2, 4 CTAs of one kernel (`name`):
+// query() once per device and kernel, then remembered.
+template <typename Query>
+void set_resident_clusters(DeviceCaps& caps, const char* name, Query&& query) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, std::string>, std::array<int, 3>> known;  // by (device, kernel)
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find({device, name});
+  if (it == known.end()) it = known.emplace(std::make_pair(device, std::string(name)), query()).first;
+  for (int i = 0; i < 3; ++i) caps.sm90_clusters[i] = it->second[i];
+}
+
+}  // namespace tilesparse::cuda
