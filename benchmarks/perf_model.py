@@ -70,6 +70,7 @@ class Device:
     l2_bytes: float = 50e6
     l2_eff: float = 0.6           # fraction of L2 that keeps a re-used operand resident against a stream
     eta_hbm: float = 0.9          # fraction of nominal HBM bandwidth a deep stream reaches (copy ceiling)
+    smem_optin: int = 227 * 1024  # shared memory one block may opt in to (grad_input's chunk width)
     sm_bpc: float = 64.0          # bytes per clock one SM pulls from L2 (the split reduction's tail)
     tma_lines_clk: float = 1.0    # TMA box lines (<= 128 B) per clock per SM (least known prior)
     launch_pdl: float = 1e-6      # launch term with programmatic dependent launch (modelled, not built)
@@ -89,7 +90,7 @@ class Device:
 
 H100 = Device("H100 SXM", 3.35e12, 7.0e12, 989e12, 800e12, 0.62, 0.66, 4e-6, 0.75, sm90=True)
 A100 = Device("A100 SXM", 2.0e12, 4.8e12, 312e12, 270e12, 0.85, 0.75, 5e-6, 0.75, sms=108, tc_flop_clk=2048.0,
-              l2_bytes=40e6)
+              l2_bytes=40e6, smem_optin=163 * 1024)
 BM, BN = 128, 256  # v2 block: rows x outputs (4 slices of 64)
 
 # (M, K, N): the benchmark's shapes (benchmarks/bench_linear.py --device cuda)
@@ -190,6 +191,65 @@ def gv_time(dev: Device, m: int, k: int, n: int, s: float, kernel: str, tile: in
     terms = {"mma": flops / dev.mma, "l2": flops * q_l2 / dev.l2, "hbm": hbm_bytes / dev.hbm}
     bound = max(terms, key=terms.get)
     return dict(t=terms[bound] + launches * dev.launch, bound=bound, q_l2=q_l2)
+
+
+GI_BM, GI_NB, GI_BK, GI_STAGES = 128, 64, 32, 3   # grad_input v1 block (tw_bwd_launch.cuh kGiBM, kGiNB, kGiBK)
+
+
+def gi_chunk(dev: Device, s: float, k: int) -> int:
+    """grad_input v1's K-chunk width (plan_grad_input): a tile keeps ~0.8 NB features of a chunk, within the
+    fp32 chunk accumulator's shared memory."""
+    pipe = GI_STAGES * (GI_BM * (GI_BK + 8) + GI_BK * (GI_NB + 8)) * 2 + GI_STAGES * 32
+    kc_max = ((dev.smem_optin - pipe) // (GI_BM * 4) - 4) // 8 * 8
+    kc = int(0.8 * GI_NB / (1.0 - s)) // 8 * 8
+    return min(max(64, min(kc, kc_max)), max(64, -(-k // 8) * 8))
+
+
+def gi_time(dev: Device, m: int, k: int, n: int, s: float, tile: int = 128) -> dict:
+    """grad_input v1 (tw_grad_input_mma_kernel, the only grad_input kernel): block = (K-chunk of kc features,
+    128 rows); per tile, gy[128 rows x 128 outputs] @ V_t[:, the chunk's kept positions] by mma.sync in items of
+    NB = 64 columns, each item's fp32 product added into the chunk's accumulator in shared memory.
+    L2: gy once per (tile, chunk): 1 / (d kc) B/FLOP, V once per 128-row block: 1 / 128.
+    Shared memory per 32-deep stage of 8 warps (2 x 128 x 64 x 32 FLOP): ldmatrix operand reads 8 x (2 + 2) KB,
+    cp.async writes 8 + 4 KB, the accumulator's read-modify-write 128 x 64 x 8 B per 4 stages = 16 KB.
+    An item computes all NB columns: FLOP efficiency kept / (NB ceil(kept / NB))."""
+    d = 1.0 - s
+    flops = 2.0 * m * n * k * d
+    kc = gi_chunk(dev, s, k)
+    kept = max(1.0, d * min(kc, k))
+    waste = GI_NB * math.ceil(kept / GI_NB) / kept
+    q_l2 = 1.0 / kept + 1.0 / GI_BM
+    smem_q = (8 * 4096 + (GI_BM * GI_BK + GI_BK * GI_NB) * 2 + GI_BM * GI_NB * 8 / (128 / GI_BK)) / (
+        2.0 * GI_BM * GI_NB * GI_BK)
+    smem_rate = dev.smem_bpc * dev.sms * dev.clk
+    hbm = (2.0 * (m * k + m * n + d * n * k) + index_bytes(k, n, s, tile)) / (dev.eta_hbm * dev.hbm)
+    terms = dict(mma=flops * waste / (dev.peak * dev.mma_sync), smem=flops * waste * smem_q / smem_rate,
+                 l2=flops * q_l2 / dev.l2, hbm=hbm, launch=2 * dev.launch)   # chunk bounds + main
+    return _result(terms, q_l2=q_l2, kc=kc)
+
+
+# prefer_dense_backward (tw_bwd_launch.cuh): the sparse kernels' sustained rates on the bench shapes (gi_time and
+# gv_time at M = 16384: grad_input v1 154-205 TFLOP/s on an H100, grad_values v2 239-298), per architecture
+DENSE_RULE_RATES = {"H100 SXM": dict(dense=800e12, grad_input=195e12, grad_values=280e12, hbm=0.9 * 3.35e12, launch=4e-6),
+                    "A100 SXM": dict(dense=270e12, grad_input=122e12, grad_values=185e12, hbm=0.9 * 2.0e12, launch=5e-6)}
+
+
+def prefer_dense_backward(dev: Device, op: str, m: int, k: int, n: int, s: float) -> bool:
+    """The built rule (prefer_dense_backward), mirrored: the dense fallback where it beats the sparse kernel's
+    sustained rate by 10%."""
+    r = DENSE_RULE_RATES[dev.name]
+    flops = 2.0 * m * n * k
+    nv = (1.0 - s) * n * k
+    sparse = flops * (1.0 - s) / r[op] + 2 * r["launch"]
+    dense = flops / r["dense"] + 2.0 * (n * k + nv) / r["hbm"] + 2 * r["launch"]
+    return dense < 0.9 * sparse
+
+
+def dense_grad_time(dev: Device, m: int, k: int, n: int, s: float) -> float:
+    """The dense fallback of a backward op: unpack V into a dense [N, K] weight (grad_input) or pack the dense
+    weight gradient (grad_values), one cuBLAS GEMM; the extra stream is N K + d N K elements, one more launch."""
+    extra = 2.0 * (n * k + (1.0 - s) * n * k) / (dev.eta_hbm * dev.hbm)
+    return dense_time(dev, m, k, n) + extra + dev.launch
 
 
 # =============================================================================================================
@@ -624,6 +684,11 @@ def records():
                         rec[f"gv_{kern}_speedup"] = t_d / g["t"]
                         rec[f"gv_{kern}_bound"] = g["bound"]
                         rec[f"gv_{kern}_q_l2"] = g["q_l2"]
+                    g = gi_time(dev, m, k, n, s)
+                    rec["gi_v1_speedup"], rec["gi_v1_bound"] = t_d / g["t"], g["bound"]
+                    rec["grad_dense_speedup"] = t_d / dense_grad_time(dev, m, k, n, s)
+                    rec["gi_plan"] = "dense" if prefer_dense_backward(dev, "grad_input", m, k, n, s) else "v1"
+                    rec["gv_plan_unit1"] = "dense" if prefer_dense_backward(dev, "grad_values", m, k, n, s) else "v2"
                     if dev.sm90:
                         for name, g in (("gv_sm90", sm90_gv_time(dev, m, k, n, s, unit=1)),
                                         ("gv_sm90u", sm90_gv_time(dev, m, k, n, s, unit=16)),
@@ -656,20 +721,30 @@ def markdown(recs) -> str:
                      f"{_x(r['sm90u_speedup'])} | {r['sm90u_bound'] or '-'} | {_x(r['sm90_bar'])} | {meet} |")
     lines += ["", "grad_values (vs cuBLAS's dense weight gradient); gv sm90 unit 16 = the built sm90u kernel (cluster C, "
               "M-ranges S, the plan's pick on a unit-16 layout); unit 1 and gi sm90 modelled, not built", "",
-              "| device | M | K | N | s | v1 / dense | v1 bound | v2 / dense | v2 bound | gv sm90 unit 1 | "
-              "gv sm90 unit 16 | C, S | plan (unit 16) | gi sm90 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| device | M | K | N | s | v1 / dense | v1 bound | v2 / dense | v2 bound | dense fallback | plan (unit 1) | "
+              "gv sm90 unit 1 | gv sm90 unit 16 | C, S | plan (unit 16) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         if r["sparsity"] not in TABLE_SPARSITIES or "gv_v2_speedup" not in r:
             continue
-        extra = " - | - | - | v2 | - |"
+        extra = " - | - | - | v2 |"
         if "gv_sm90_speedup" in r:
             extra = (f" {r['gv_sm90_speedup']:.2f}x ({r['gv_sm90_bound']}) | {r['gv_sm90u_speedup']:.2f}x "
                      f"({r['gv_sm90u_bound']}) | {r['gv_sm90u_cluster']}, {r['gv_sm90u_splits']} | "
-                     f"{r['gv_sm90u_plan']} | {r['gi_sm90_speedup']:.2f}x ({r['gi_sm90_bound']}) |")
+                     f"{r['gv_sm90u_plan']} |")
         lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
                      f"{r['gv_v1_speedup']:.2f}x | {r['gv_v1_bound']} | {r['gv_v2_speedup']:.2f}x | "
-                     f"{r['gv_v2_bound']} |" + extra)
+                     f"{r['gv_v2_bound']} | {r['grad_dense_speedup']:.2f}x | {r['gv_plan_unit1']} |" + extra)
+    lines += ["", "grad_input (vs cuBLAS's dense gX = gy W); gi sm90 modelled, not built", "",
+              "| device | M | K | N | s | v1 / dense | v1 bound | dense fallback | plan | gi sm90 (wgmma) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        if r["sparsity"] not in TABLE_SPARSITIES or "gi_v1_speedup" not in r:
+            continue
+        gi90 = f"{r['gi_sm90_speedup']:.2f}x ({r['gi_sm90_bound']})" if "gi_sm90_speedup" in r else "-"
+        lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
+                     f"{r['gi_v1_speedup']:.2f}x | {r['gi_v1_bound']} | {r['grad_dense_speedup']:.2f}x | "
+                     f"{r['gi_plan']} | {gi90} |")
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@
 #             the bench and LLM shapes, M in {1,16,64,4096,16384}, 50/75/90%, the perf_model prediction
 #             beside each measured ratio (benchmarks/perf_model.py)
 # Optional stages (name them): suite (the whole Python suite), bench (benchmarks/bench_linear.py --device
-# cuda), gvab (grad_values v1 vs v2 vs sm90u vs cuBLAS's dense gW), ncu (one v2 and one sm90 forward launch: L2
+# cuda), gvab (grad_values v1 vs v2 vs sm90u vs the dense fallback vs cuBLAS's dense gW; grad_input v1 vs the
+# dense fallback vs cuBLAS's gX), ncu (one v2 and one sm90 forward launch: L2
 # sectors, shared-memory wavefronts, bank conflicts, instructions, tensor-pipe activity, DRAM bytes).
 # OUT_DIR defaults to $OUT, else ./gpu_check_out. Per-stage timeouts in seconds: the T_* below (defaults
 # declared with := are the default stages' budgets, summed by tests/python/test_perf_model.py); BENCH_ARGS
@@ -185,6 +186,7 @@ for (m, k, n, tile, s) in [(300, 512, 512, 128, 0.5), (4096, 4096, 1024, 128, 0.
             rec["sm90_bitwise_repeat"] = bool(torch.equal(g2, outs["sm90"]))
         print(json.dumps(rec), flush=True)
 os.environ.pop("TILESPARSE_CUDA_GRAD_VALUES_KERNEL", None)
+os.environ.pop("TILESPARSE_CUDA_GRAD_INPUT_KERNEL", None)
 ok = all(0 <= worst.get(kk, 1.0) < 1e-2 for kk in ("sm90", "sm90a", "v2", "gv_sm90", "gv_v2"))
 print("SM90 CORRECTNESS", "OK" if ok else "FAIL", json.dumps(worst))
 EOF
@@ -461,11 +463,13 @@ def timed(fn):
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record(); fn(); b.record(); torch.cuda.synchronize()
     return a.elapsed_time(b)
-def kernel(key):  # the operator reads the variable on every call
-    os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = {"v1": "v1", "sm90u": "sm90"}.get(key, "v2")
+def kernel(key):  # the operator reads the variables on every call
+    os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = {"v1": "v1", "sm90u": "sm90", "gv_dense": "dense"}.get(key, "v2")
+    os.environ["TILESPARSE_CUDA_GRAD_INPUT_KERNEL"] = "dense" if key == "gi_dense" else "sparse"
 torch.manual_seed(0)
 m, tile = 16384, 128
 gv_op = torch.ops.tilesparse.tw_linear_grad_values
+gi_op = torch.ops.tilesparse.tw_linear_grad_input
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("perf_model", os.path.join(sys.argv[1], "benchmarks", "perf_model.py"))
 pm = importlib.util.module_from_spec(spec); spec.loader.exec_module(pm)
@@ -473,12 +477,17 @@ pred = {(r["M"], r["K"], r["N"], r["sparsity"]): r for r in pm.records() if r["d
 for k, n in ((768, 3072), (3072, 768), (4096, 14336)):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     gy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    wdense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
     for s in (0.5, 0.75, 0.9):
         lay = TileLayout.from_mask(ops.tile_mask(torch.randn(n, k).abs(), tile, s), tile).to("cuda")
         lay16 = TileLayout.from_mask(ops.tile_mask(torch.randn(n, k).abs(), tile, s, 0.0, 1, 16), tile).to("cuda")
         sparse = lambda: gv_op(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
         sparse16 = lambda: gv_op(gy, x, lay16.cols, lay16.row_offsets, lay16.rows, tile, lay16.num_values)
-        fns = {"dense": lambda: gy.t() @ x, "v1": sparse, "v2": sparse, "sm90u": sparse16}
+        values = lay.pack(torch.randn(n, k, device="cuda", dtype=torch.bfloat16))
+        gi = lambda: gi_op(gy, values, lay.cols, lay.row_offsets, lay.rows, k, tile)
+        # the backward's dense fallback (prefer_dense_backward) beside each sparse kernel, and cuBLAS's gX
+        fns = {"dense": lambda: gy.t() @ x, "v1": sparse, "v2": sparse, "sm90u": sparse16, "gv_dense": sparse,
+               "gi_cublas": lambda: gy @ wdense, "gi_v1": gi, "gi_dense": gi}
         ref = lay.pack(gy.float().t() @ x.float())
         ref16 = lay16.pack(gy.float().t() @ x.float())
         errs = {}
@@ -499,9 +508,13 @@ for k, n in ((768, 3072), (3072, 768), (4096, 14336)):
                               v2_speedup=med["dense"] / med["v2"], sm90u_speedup=med["dense"] / med["sm90u"],
                               v2_pred=p.get("gv_v2_speedup"), sm90u_pred=p.get("gv_sm90u_speedup"),
                               sm90u_pred_bound=p.get("gv_sm90u_bound"),
-                              v1_max_err=errs["v1"], v2_max_err=errs["v2"], sm90u_max_err=errs["sm90u"])))
+                              v1_max_err=errs["v1"], v2_max_err=errs["v2"], sm90u_max_err=errs["sm90u"],
+                              gv_dense_speedup=med["dense"] / med["gv_dense"], gv_dense_pred=p.get("grad_dense_speedup"),
+                              gv_plan_unit1=p.get("gv_plan_unit1"), gi_v1_speedup=med["gi_cublas"] / med["gi_v1"],
+                              gi_dense_speedup=med["gi_cublas"] / med["gi_dense"], gi_v1_pred=p.get("gi_v1_speedup"),
+                              gi_plan=p.get("gi_plan"))))
 EOF
-  run gvab "${T_GVAB:-90}" "$OUTDIR/gvab.log" "$PY" "$GVAB_PY" "$ROOT"
+  run gvab "${T_GVAB:-120}" "$OUTDIR/gvab.log" "$PY" "$GVAB_PY" "$ROOT"
   status gvab_result "$(grep -c '"M"' "$OUTDIR/gvab.log") records (gvab.log); v1, v2, sm90u / dense at 75%: $(grep '"sparsity": 0.75' "$OUTDIR/gvab.log" | sed -E 's/.*"v1_speedup": ([0-9.]+), "v2_speedup": ([0-9.]+), "sm90u_speedup": ([0-9.]+).*/\1 \2 \3/' | awk '{printf "%.2f %.2f %.2f; ", $1, $2, $3}')"
   rm -f "$GVAB_PY"
 fi

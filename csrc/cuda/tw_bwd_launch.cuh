@@ -19,6 +19,45 @@ namespace tilesparse::cuda {
 inline int64_t bwd_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------
+// The dense fallback of a backward operator (fp16/bf16): where the sparse
+// kernel would be slower than cuBLAS on the dense weight, unpack V to a dense
+// [N, K] weight and take gX = gy W (grad_input), or take the dense gW = gy^T x
+// and pack its kept entries (grad_values). The rule is perf_model.py's
+// dense_grad_time against the sparse kernels' modelled rates (gi_time,
+// gv_time), as sustained FLOP/s on the bench shapes: grad_input v1 is
+// shared-memory-bound at ~195 TFLOP/s on an H100 whatever the sparsity
+// (ldmatrix operand reads + the fp32 chunk accumulator), so at 50% it would
+// run at 0.49x of dense; grad_values v2 L2-bound at ~280. The dense path costs
+// one GEMM plus the unpack / pack stream (N K + nv elements) and a launch; it
+// is taken only where it wins by 10% (the model's margin), so the choice does
+// not flip on a prior. A100-class rates for compute capability 8.x.
+// ---------------------------------------------------------------------------
+enum class BackwardOp : int { kGradInput = 0, kGradValues = 1 };
+
+struct DenseFallbackRates {
+  double dense, grad_input, grad_values;  // FLOP/s: cuBLAS bf16, grad_input v1, grad_values v2
+  double hbm;                             // bytes/s a stream reaches
+  double launch;                          // seconds per launch
+};
+inline DenseFallbackRates dense_fallback_rates(int cc_major) {
+  if (cc_major >= 9) return {800e12, 195e12, 280e12, 0.9 * 3.35e12, 4e-6};
+  return {270e12, 122e12, 185e12, 0.9 * 2.0e12, 5e-6};
+}
+
+// nv: the packed values (kept outputs x slots); the kept fraction is nv / (n k).
+inline bool prefer_dense_backward(BackwardOp op, int cc_major, int64_t m, int64_t n, int64_t k, int64_t nv) {
+  if (m <= 0 || n <= 0 || k <= 0 || nv <= 0) return false;
+  const DenseFallbackRates r = dense_fallback_rates(cc_major);
+  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  const double sparse = flops * (static_cast<double>(nv) / (static_cast<double>(n) * static_cast<double>(k))) /
+                            (op == BackwardOp::kGradInput ? r.grad_input : r.grad_values) +
+                        2 * r.launch;
+  const double dense = flops / r.dense + 2.0 * (static_cast<double>(n) * static_cast<double>(k) + nv) / r.hbm +
+                       2 * r.launch;
+  return dense < 0.9 * sparse;
+}
+
+// ---------------------------------------------------------------------------
 // grad_input: gx[m, k] = sum_t scatter(gy[:, cols_t] @ V_t)
 // ---------------------------------------------------------------------------
 constexpr int kGiBM = 128, kGiNB = 64, kGiBK = 32, kGiStages = 3, kGiWarpsM = 4, kGiWarpsN = 2;

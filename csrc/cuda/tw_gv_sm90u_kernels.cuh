@@ -192,17 +192,15 @@ __global__ void __launch_bounds__(sm90u_gv::kThreads, 1) tw_gv_sm90u_kernel(cons
       const TileInfo ti = tile_info(p.layout, w.sl.t, p.nv, p.k);
       const int pc = w.p0 + kPositions * cw;                       // this consumer's first slot
       const bool writes = w.sl.gv > 0 && ti.ok && pc < ti.kt;      // owns slots of gV
-      const bool mma = writes && pc < w.sl.p_hi;                   // ... of which some are kept (not padding)
       auto release = [&](int st) {  // stage st's wgmmas completed: let go of its slot in every CTA
         if (lane != 0) return;
         const uint32_t s = (seq + static_cast<uint32_t>(st)) % kStages;
         for (uint32_t q = 0; q < static_cast<uint32_t>(C); ++q) mbarrier_arrive_cluster(&empty[s], q);
       };
       float acc[2][64];
-      // The wgmmas run on every stage, whether or not this consumer's runs were loaded (`mma`): a branch
-      // around them is divergent to ptxas, which then serializes every wgmma (C7518). Columns of D from
-      // runs that were not loaded are never stored (padding slots get zero, a consumer with no kept
-      // slots none).
+      // The wgmmas run on every stage, whether or not this consumer's runs were loaded: a branch around
+      // them is divergent to ptxas, which then serializes every wgmma (C7518). Columns of D from runs that
+      // were not loaded are never stored: they are padding slots [kr, kt), written as zero, or past kt.
       for (int st = 0; st < w.stages; ++st) {
         const uint32_t s = (seq + static_cast<uint32_t>(st)) % kStages;
         mbarrier_wait_parity(&full[s], ((seq + static_cast<uint32_t>(st)) / kStages) & 1);
@@ -234,7 +232,7 @@ __global__ void __launch_bounds__(sm90u_gv::kThreads, 1) tw_gv_sm90u_kernel(cons
       if (w.stages > 0) release(w.stages - 1);
       seq += static_cast<uint32_t>(w.stages);
       if (!writes) continue;
-      if (!mma || w.stages == 0) {
+      if (w.stages == 0) {  // no token in this range (the plan makes none; kept for an empty M)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll

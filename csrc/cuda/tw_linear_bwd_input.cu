@@ -2,6 +2,9 @@
 // over all tiles. Deterministic: one block per (K-chunk, M-block) adds the
 // tiles' contributions to its chunk in fp32 (fp64) shared memory, tiles in
 // ascending order, and writes the chunk once (tw_bwd_input_kernels.cuh).
+// Where that kernel would be slower than cuBLAS (prefer_dense_backward: fp16 /
+// bf16 at low sparsity, e.g. 50% on an H100), V is unpacked to the dense
+// weight and gX = gy W is one GEMM (dense_fallback.cuh).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,6 +14,7 @@
 #include <type_traits>
 
 #include "checks_cuda.cuh"
+#include "dense_fallback.cuh"
 #include "tw_bwd_launch.cuh"
 
 namespace tilesparse::cuda {
@@ -72,6 +76,12 @@ at::Tensor tw_linear_grad_input_cuda(const at::Tensor& grad_out, const at::Tenso
     gx.zero_();
   } else if (keeps_everything(info, N, K)) {  // the layout is the dense weight: cuBLAS
     at::mm_out(gx, grad_out.reshape({M, N}), values.contiguous().view({N, K}));
+  } else if (M > 0 && K > 0 &&
+             use_dense_backward(BackwardOp::kGradInput, dense_choice_from_env("TILESPARSE_CUDA_GRAD_INPUT_KERNEL"),
+                                grad_out.scalar_type(), device_caps().cc_major, M, N, K, values.numel())) {
+    // the sparse kernel would be slower than cuBLAS here (prefer_dense_backward): gX = gy W, W unpacked
+    const at::Tensor w = dense_weight_from_values(values.contiguous(), cols, row_offsets, rows, tile, N, K);
+    at::mm_out(gx, grad_out.reshape({M, N}), w);
   } else if (M > 0 && K > 0) {
     int64_t ldg = N;
     const at::Tensor gy2 = rows_view(grad_out, M, N, &ldg);

@@ -5,7 +5,9 @@
 // block of 4 slices) for fp16/bf16 with tiles of multiples of 64 and 16-byte
 // x rows, else v1 (x gathered per tile) or SIMT for fp32/fp64; M-splits only
 // when the blocks would not fill the GPU, with fp32 (fp64) partials added in a
-// fixed order afterwards. Deterministic.
+// fixed order afterwards. Deterministic. Where v2 / v1 would be slower than
+// cuBLAS (prefer_dense_backward: fp16/bf16 at low sparsity), the dense weight
+// gradient is taken and its kept entries packed (dense_fallback.cuh).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -19,6 +21,7 @@
 #include <type_traits>
 
 #include "checks_cuda.cuh"
+#include "dense_fallback.cuh"
 #include "sm90_layout_cache.cuh"
 #include "tw_bwd_launch.cuh"
 
@@ -55,8 +58,9 @@ GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at
   return p;
 }
 
-// TILESPARSE_CUDA_GRAD_VALUES_KERNEL=sm90|v2|v1 (read on every call): run
-// that kernel where it applies (sm90 -> v2 -> v1 fall back in that order),
+// TILESPARSE_CUDA_GRAD_VALUES_KERNEL=sm90|v2|v1|dense (read on every call): run
+// that kernel where it applies (sm90 -> v2 -> v1 fall back in that order;
+// dense: the dense fallback for fp16/bf16),
 // for A/B measurements (scripts/gpu_check.sh); unset or "auto": the plan's
 // choice.
 const GradValuesKernel* forced_kernel() {
@@ -67,7 +71,8 @@ const GradValuesKernel* forced_kernel() {
   if (std::strcmp(e, "sm90") == 0) return &sm90;
   if (std::strcmp(e, "v1") == 0) return &v1;
   if (std::strcmp(e, "v2") == 0) return &v2;
-  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_GRAD_VALUES_KERNEL must be auto, sm90, v2 or v1, got '", e, "'");
+  if (std::strcmp(e, "dense") == 0) return nullptr;  // dense_fallback.cuh reads it
+  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_GRAD_VALUES_KERNEL must be auto, sm90, v2, v1 or dense, got '", e, "'");
 }
 
 template <int C>
@@ -75,8 +80,10 @@ int query_gv_sm90u_clusters() {
   return max_active_clusters(tw_gv_sm90u_kernel<__nv_bfloat16, C>, C, sm90u_gv::kThreads, gv_sm90u_smem_bytes());
 }
 
+// Runs the planned kernel; returns false (nothing launched) where the plan is not sm90u and the dense
+// fallback wins (prefer_dense_backward): the caller then takes the dense weight gradient and packs it.
 template <typename T, typename Acc>
-void run(GradValuesParams<T, Acc> p, const LayoutArgs& l, const LayoutInfo& info, const at::TensorOptions& acc_opts,
+bool run(GradValuesParams<T, Acc> p, const LayoutArgs& l, const LayoutInfo& info, const at::TensorOptions& acc_opts,
          cudaStream_t stream) {
   constexpr bool half = !std::is_same_v<T, Acc>;
   GradValuesShape shape{p.m, p.k, p.layout.tile, p.layout.num_tiles, p.layout.num_rows,
@@ -104,6 +111,11 @@ void run(GradValuesParams<T, Acc> p, const LayoutArgs& l, const LayoutInfo& info
     }
   }
   const GradValuesPlan plan = plan_grad_values(shape, caps, forced_kernel());
+  if (plan.kernel != GradValuesKernel::kSm90U &&
+      use_dense_backward(BackwardOp::kGradValues, dense_choice_from_env("TILESPARSE_CUDA_GRAD_VALUES_KERNEL"),
+                         half ? (std::is_same_v<T, __half> ? at::kHalf : at::kBFloat16) : at::kFloat, caps.cc_major,
+                         p.m, p.n, p.k, p.nv))
+    return false;
   const int64_t blocks = plan.kernel == GradValuesKernel::kSm90U ? plan.grid
                          : plan.kernel == GradValuesKernel::kV2 ? plan.groups * plan.nchunks
                                                                 : p.layout.num_tiles * plan.jchunks * plan.kchunks;
@@ -113,6 +125,7 @@ void run(GradValuesParams<T, Acc> p, const LayoutArgs& l, const LayoutInfo& info
   if (plan.bounds_count > 0) bounds = at::empty({plan.bounds_count}, acc_opts.dtype(at::kInt));
   run_grad_values(plan, p, plan.bounds_count > 0 ? bounds.data_ptr<int32_t>() : nullptr,
                   plan.ws_count > 0 ? ws.data_ptr<Acc>() : nullptr, CudaLaunch{stream});
+  return true;
 }
 
 at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& cols,
@@ -141,14 +154,15 @@ at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tens
   const at::Tensor gy2 = rows_view(grad_out, M, N, &ldg);
   const at::Tensor x2 = rows_view(x, M, K, &ldx);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  bool ran = true;
   switch (grad_out.scalar_type()) {
     case at::kHalf:
-      run(make_params<__half, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info,
-          grad_out.options().dtype(at::kFloat), stream);
+      ran = run(make_params<__half, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info,
+                grad_out.options().dtype(at::kFloat), stream);
       break;
     case at::kBFloat16:
-      run(make_params<__nv_bfloat16, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info,
-          grad_out.options().dtype(at::kFloat), stream);
+      ran = run(make_params<__nv_bfloat16, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info,
+                grad_out.options().dtype(at::kFloat), stream);
       break;
     case at::kFloat:
       run(make_params<float, float>(gy2, ldg, x2, ldx, l, M, N, K, num_values, gv), l, info, grad_out.options(), stream);
@@ -160,6 +174,10 @@ at::Tensor tw_linear_grad_values_cuda(const at::Tensor& grad_out, const at::Tens
     default:
       TORCH_CHECK_TYPE(false, "tw_linear_grad_values on CUDA supports float16, bfloat16, float32 and float64, got ",
                        grad_out.scalar_type());
+  }
+  if (!ran) {  // the dense fallback: cuBLAS's weight gradient, its kept entries packed
+    const at::Tensor gw = at::mm(grad_out.reshape({M, N}).t(), x.reshape({M, K}));
+    return values_from_dense_weight(gw, cols, row_offsets, rows, tile, num_values);
   }
   return gv;
 }

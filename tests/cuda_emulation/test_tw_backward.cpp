@@ -241,3 +241,35 @@ TEST_CASE("emulated CUDA backward: malformed layouts stay in bounds", "[cuda-emu
     }
   }
 }
+
+// The dense fallback's rule (prefer_dense_backward) on the shapes where perf_model.py's mirror of it picks
+// (test_perf_model.py checks the mirror against the full model): cuBLAS on the dense weight where the sparse
+// kernel's sustained rate loses by more than 10% -- an H100 at 50% and M large enough to hide the unpack; never at
+// small M (the sparse kernels stream only the kept weights) nor on an A100 at 50%.
+TEST_CASE("dense fallback rule of the backward: the perf model's picks (H100 / A100, 25-75%, small and large M)",
+          "[cuda-emulation][backward][plan]") {
+  using cuda::BackwardOp;
+  struct Row {
+    int cc;
+    int64_t m, k, n;
+    double s;
+    bool gi, gv;  // dense for grad_input, grad_values
+  };
+  const Row rows[] = {
+      {9, 16384, 4096, 14336, 0.5, true, true},   {9, 16384, 4096, 14336, 0.75, false, false},
+      {9, 64, 4096, 14336, 0.5, false, false},    {9, 1024, 4096, 14336, 0.5, true, false},
+      {9, 4096, 768, 768, 0.5, true, true},       {9, 16384, 768, 768, 0.75, false, false},
+      {9, 16384, 768, 768, 0.6, true, false},     {9, 16384, 4096, 14336, 0.25, true, true},
+      {8, 16384, 4096, 14336, 0.5, false, false}, {8, 16384, 4096, 14336, 0.75, false, false},
+      {8, 64, 4096, 14336, 0.5, false, false},    {8, 16384, 4096, 14336, 0.25, true, false},
+  };
+  for (const Row& r : rows) {
+    INFO("cc " << r.cc << ", M " << r.m << ", " << r.k << " -> " << r.n << " at " << r.s);
+    const int64_t nv = static_cast<int64_t>((1.0 - r.s) * static_cast<double>(r.n * r.k));
+    CHECK(cuda::prefer_dense_backward(BackwardOp::kGradInput, r.cc, r.m, r.n, r.k, nv) == r.gi);
+    CHECK(cuda::prefer_dense_backward(BackwardOp::kGradValues, r.cc, r.m, r.n, r.k, nv) == r.gv);
+  }
+  // degenerate problems never take it
+  CHECK_FALSE(cuda::prefer_dense_backward(BackwardOp::kGradInput, 9, 0, 4096, 4096, 100));
+  CHECK_FALSE(cuda::prefer_dense_backward(BackwardOp::kGradValues, 9, 16384, 4096, 4096, 0));
+}

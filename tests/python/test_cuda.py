@@ -507,3 +507,60 @@ def test_forward_sm90_values_pointer_change_and_env(monkeypatch):
     monkeypatch.setenv("TILESPARSE_CUDA_FWD_KERNEL", "sm100")
     with pytest.raises(ValueError, match="TILESPARSE_CUDA_FWD_KERNEL"):
         ops.tw_linear(x, values, lay)
+
+
+GV_SM90_CASES = [
+    ((300,), 400, 256, 128, 0.6, 0.0, 16),     # cluster 1, M tail
+    ((256,), 2048, 256, 128, 0.55, 0.0, 16),   # cluster 4 (gy multicast)
+    ((4, 275), 1024, 400, 256, 0.5, 0.0, 16),  # tile 256, N tail, M-ranges
+    ((4096,), 1024, 1024, 128, 0.75, 0.0, 16),  # persistent items
+]
+
+
+@pytest.mark.skipif(not _hopper(), reason="needs compute capability 9.x (the sm_90a kernels)")
+@pytest.mark.parametrize("case", GV_SM90_CASES, ids=_ids)
+@pytest.mark.parametrize("dtype", LOW)
+def test_grad_values_sm90_matches_reference(case, dtype, monkeypatch):
+    """TILESPARSE_CUDA_GRAD_VALUES_KERNEL=sm90 (the sm90u kernel on unit-16 layouts) against float64, v2 on the
+    same call, deterministic."""
+    lead, k, n, tile, s, cs, ka = case
+    w, mask, layout = make_case(n, k, tile, s, cs, ka)
+    lay = layout.to(DEV)
+    x = make_x(lead, k, dtype, "contiguous", seed=4)
+    gy = make_x(lead, n, dtype, "contiguous", seed=5)
+    gy2, x2 = gy.reshape(-1, n), x.reshape(-1, k)
+    ref = lay.pack(gy2.double().t() @ x2.double())
+    dense = lay.pack(gy2.t() @ x2)
+    for kernel in ("sm90", "v2"):
+        monkeypatch.setenv("TILESPARSE_CUDA_GRAD_VALUES_KERNEL", kernel)
+        gv = _ops.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
+        check_accuracy(gv, ref, dense, f"grad_values {kernel}")
+        again = _ops.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, tile, lay.num_values)
+        assert torch.equal(gv, again), f"grad_values {kernel} is not deterministic"
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_backward_dense_fallback_matches_sparse(dtype, monkeypatch):
+    """The dense fallback (prefer_dense_backward: unpack V and one cuBLAS GEMM for grad_input, the dense weight
+    gradient packed for grad_values), forced by the environment, against float64 and the sparse kernels, with
+    a layout that leaves output features out and sliced inputs; a 50% layer at large M takes it on its own on an
+    H100 (and gives the same answer)."""
+    w, mask, layout = make_case(384, 768, 128, 0.5, 0.25)
+    lay = layout.to(DEV)
+    wl = masked_weight(w, mask, dtype)
+    values = lay.pack(wl)
+    gy = make_x((300,), 384, dtype, "sliced", seed=3)
+    x = make_x((300,), 768, dtype, "sliced", seed=4)
+    gi_ref, gv_ref = gy.double() @ wl.double(), lay.pack(gy.double().t() @ x.double())
+    for choice in ("dense", "sparse"):
+        monkeypatch.setenv("TILESPARSE_CUDA_GRAD_INPUT_KERNEL", choice)
+        monkeypatch.setenv("TILESPARSE_CUDA_GRAD_VALUES_KERNEL", "dense" if choice == "dense" else "v2")
+        gx = _ops.tw_linear_grad_input(gy, values, lay.cols, lay.row_offsets, lay.rows, 768, 128)
+        gv = _ops.tw_linear_grad_values(gy, x, lay.cols, lay.row_offsets, lay.rows, 128, lay.num_values)
+        check_accuracy(gx, gi_ref, gy @ wl, f"grad_input {choice}")
+        check_accuracy(gv, gv_ref, lay.pack(gy.t() @ x), f"grad_values {choice}")
+    monkeypatch.delenv("TILESPARSE_CUDA_GRAD_INPUT_KERNEL")
+    monkeypatch.delenv("TILESPARSE_CUDA_GRAD_VALUES_KERNEL")
+    gy = torch.randn(8192, 384, device=DEV).to(dtype)
+    gx = _ops.tw_linear_grad_input(gy, values, lay.cols, lay.row_offsets, lay.rows, 768, 128)
+    check_accuracy(gx, gy.double() @ wl.double(), gy @ wl, "grad_input auto, M = 8192")
