@@ -120,6 +120,28 @@ inline void allow_smem(const void* kernel, int bytes) {
   done = bytes;
 }
 
+// cudaLaunchConfig_t of a cluster of cluster_x CTAs along x (the cluster-
+// dimension attribute lives in this object: not copyable). CudaLaunch::cluster
+// launches with it; max_active_clusters (sm90_layout_cache.cuh) queries it.
+struct ClusterLaunchConfig {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t config = {};
+  ClusterLaunchConfig(dim3 grid, dim3 block, int cluster_x, int smem, cudaStream_t stream) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(cluster_x);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = static_cast<size_t>(smem);
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+  }
+  ClusterLaunchConfig(const ClusterLaunchConfig&) = delete;
+  ClusterLaunchConfig& operator=(const ClusterLaunchConfig&) = delete;
+};
+
 // The launch callable of the torch-free launchers (tw_*_launch.cuh): the
 // current stream, the shared-memory opt-in, and a launch check after each;
 // cluster() launches clusters of cluster_x blocks along x (cudaLaunchKernelEx
@@ -139,19 +161,8 @@ struct CudaLaunch {
     TORCH_CHECK(cluster_x >= 1 && grid.x % cluster_x == 0, "tilesparse: grid.x ", grid.x,
                 " is not a multiple of the cluster size ", cluster_x);
     allow_smem(reinterpret_cast<const void*>(kernel), smem);
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = static_cast<unsigned>(cluster_x);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = static_cast<size_t>(smem);
-    config.stream = stream;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
+    const ClusterLaunchConfig c(grid, block, cluster_x, smem, stream);
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&c.config, kernel, std::forward<A>(args)...));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

@@ -58,19 +58,9 @@ inline void ensure_sm90_gv_entries(const LayoutArgs& l, Sm90LayoutCache& c) {
 template <typename Kernel>
 int max_active_clusters(Kernel kernel, int c, int threads, int smem) {
   allow_smem(reinterpret_cast<const void*>(kernel), smem);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(c);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(c));
-  config.blockDim = dim3(static_cast<unsigned>(threads));
-  config.dynamicSmemBytes = static_cast<size_t>(smem);
-  config.attrs = attr;
-  config.numAttrs = 1;
+  const ClusterLaunchConfig cfg(dim3(static_cast<unsigned>(c)), dim3(static_cast<unsigned>(threads)), c, smem, nullptr);
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg.config) != cudaSuccess) {
     (void)cudaGetLastError();  // not sticky: clear it for the next launch check
     clusters = 0;
   }
