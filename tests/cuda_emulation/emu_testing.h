@@ -220,6 +220,39 @@ inline std::vector<double> packed(const Problem& p, const std::vector<double>& d
   return format_reference::packed(p.layout, p.k, p.tile, dense);
 }
 
+// gV = packed(gy^T x) in double, and packed(|gy|^T |x|) (the magnitude the tolerance scales with):
+// gy [m, n] and x [m, k] with row strides ldg, ldx.
+inline std::pair<std::vector<double>, std::vector<double>> reference_grad_values(const Problem& p, int64_t m,
+                                                                                 const std::vector<double>& gy,
+                                                                                 int64_t ldg,
+                                                                                 const std::vector<double>& x,
+                                                                                 int64_t ldx) {
+  std::vector<double> gw(p.n * p.k, 0.0), gwa(p.n * p.k, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < p.n; ++c) {
+      const double g = gy[i * ldg + c];
+      if (g == 0.0) continue;
+      for (int64_t q = 0; q < p.k; ++q) {
+        gw[c * p.k + q] += g * x[i * ldx + q];
+        gwa[c * p.k + q] += std::fabs(g * x[i * ldx + q]);
+      }
+    }
+  return {packed(p, gw), packed(p, gwa)};
+}
+
+// Every element of `got` within Elem<T>'s relative tolerance of ref, plus 1e-5 of its magnitude.
+template <typename T>
+void check_close(const DeviceBuffer<T>& got, const std::vector<double>& ref, const std::vector<double>& mag,
+                 const std::string& what) {
+  using E = Elem<T>;
+  REQUIRE(got.size() == static_cast<int64_t>(ref.size()));
+  for (int64_t i = 0; i < got.size(); ++i) {
+    const double g = E::to(got[i]);
+    const double tol = E::rel_tol * std::fabs(ref[i]) + 1e-5 * mag[i] + 1e-30;
+    if (!(std::fabs(g - ref[i]) <= tol)) FAIL(what << "[" << i << "] = " << g << ", expected " << ref[i]);
+  }
+}
+
 // A tile-wise problem with the knobs the sm90 paths care about: kept runs of
 // `unit` aligned features (unit >= 8: the ldmatrix gather), 2-D TW (pruned
 // outputs), an empty tile, a tile keeping everything, one keeping one run,

@@ -502,24 +502,65 @@ struct SsLayout {
   uint32_t start_a, lbo_a, sbo_a, start_b, lbo_b, sbo_b;
 };
 
-// A (64 x 16) and B (128 x 16) written by the threads at their layout
-// addresses; with_fence = false leaves them invisible to wgmma (async proxy).
-__global__ void wgmma_ss_kernel(SsLayout l, const uint16_t* a, const uint16_t* b, float* out, int with_fence) {
+// MN-major (transposed) canonical layouts, written as CuTe writes them in
+// units of 16-byte chunks (W = swizzle span / 16): element (i, k) is chunk
+// c = i / 8, byte 2 (i % 8) of it; swizzled: ((W, n), (8, k)) : ((1, LBO),
+// (W, SBO)); no swizzle: ((1, n), (8, k)) : ((X, SBO), (1, LBO)).
+uint32_t mnmajor_addr(Swizzle sw, uint32_t start, uint32_t lbo, uint32_t sbo, uint32_t i, uint32_t k) {
+  const uint32_t c = i / 8, e = i % 8;
+  uint32_t chunks;
+  if (sw == Swizzle::kNone) {
+    chunks = c * (sbo / 16) + (k % 8) + (k / 8) * (lbo / 16);
+    return start + 16 * chunks + 2 * e;
+  }
+  const uint32_t span = sw == Swizzle::k128B ? 128 : sw == Swizzle::k64B ? 64 : 32, w = span / 16;
+  chunks = (c % w) + (c / w) * (lbo / 16) + (k % 8) * w + (k / 8) * (sbo / 16);
+  const uint32_t a = start + 16 * chunks + 2 * e;
+  return a ^ (((a >> 7) & (w - 1)) << 4);
+}
+
+// A (64 x 16, a[i * 16 + k]) and B (128 x 16, b[n * 16 + k]) written by the
+// threads at their layout addresses, K-major (mn = 0) or MN-major (mn = 1,
+// the transposed SS form); with_fence = false leaves them invisible to wgmma
+// (async proxy).
+__global__ void wgmma_ss_kernel(SsLayout l, const uint16_t* a, const uint16_t* b, float* out, int with_fence,
+                                int mn) {
   unsigned char* smem = dynamic_smem();
   const int t = threadIdx.x;
+  auto addr = mn ? mnmajor_addr : kmajor_addr;
   for (int idx = t; idx < 64 * 16; idx += 128)
-    std::memcpy(smem + kmajor_addr(l.sw, l.start_a, l.lbo_a, l.sbo_a, idx / 16, idx % 16), &a[idx], 2);
+    std::memcpy(smem + addr(l.sw, l.start_a, l.lbo_a, l.sbo_a, idx / 16, idx % 16), &a[idx], 2);
   for (int idx = t; idx < 128 * 16; idx += 128)
-    std::memcpy(smem + kmajor_addr(l.sw, l.start_b, l.lbo_b, l.sbo_b, idx / 16, idx % 16), &b[idx], 2);
+    std::memcpy(smem + addr(l.sw, l.start_b, l.lbo_b, l.sbo_b, idx / 16, idx % 16), &b[idx], 2);
   if (with_fence) fence_proxy_async_shared();
   __syncthreads();
   float d[64];
   wgmma_fence();
-  wgmma_m64n128k16_ss_f16(d, make_smem_desc(l.start_a, l.sw, l.lbo_a, l.sbo_a),
-                          make_smem_desc(l.start_b, l.sw, l.lbo_b, l.sbo_b), 0);
+  const uint64_t desc_a = make_smem_desc(l.start_a, l.sw, l.lbo_a, l.sbo_a);
+  const uint64_t desc_b = make_smem_desc(l.start_b, l.sw, l.lbo_b, l.sbo_b);
+  if (mn) wgmma_m64n128k16_ss_mn_f16(d, desc_a, desc_b, 0);
+  else wgmma_m64n128k16_ss_f16(d, desc_a, desc_b, 0);
   wgmma_commit_group();
   wgmma_wait_group<0>();
   for (int i = 0; i < 64; ++i) out[t * 64 + i] = d[i];
+}
+
+// out (128 threads x 64 accumulators of an m64n128 D) equals sum_k A(i, k) B(n, k) exactly, in double
+// (small integers: no rounding).
+template <typename Ab>
+void require_d_exact(const std::vector<float>& out, Ab&& ab) {
+  for (int t = 0; t < 128; ++t)
+    for (int j = 0; j < 16; ++j)
+      for (int e = 0; e < 4; ++e) {
+        const int i = d_row(t, e), n = d_col(t, j, e);
+        double ref = 0;
+        for (int k = 0; k < 16; ++k) ref += ab(i, n, k);
+        REQUIRE(out[t * 64 + 4 * j + e] == static_cast<float>(ref));
+      }
+}
+
+double f16_product(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, int i, int n, int k) {
+  return static_cast<double>(__half2float(__ushort_as_half(a[i * 16 + k]))) * __half2float(__ushort_as_half(b[n * 16 + k]));
 }
 }  // namespace
 
@@ -552,57 +593,12 @@ TEST_CASE("sm90 emu: wgmma SS descriptors, no swizzle / 32B / 64B / 128B, LBO an
   std::vector<float> out(128 * 64);
   for (const SsLayout& l : layouts) {
     INFO("swizzle " << static_cast<int>(l.sw));
-    emu::launch_cluster(wgmma_ss_kernel, dim3(1), dim3(128), 1, 32768 + 64, l, a.data(), b.data(), out.data(), 1);
-    for (int t = 0; t < 128; ++t)
-      for (int j = 0; j < 16; ++j)
-        for (int e = 0; e < 4; ++e) {
-          const int i = d_row(t, e), n = d_col(t, j, e);
-          double ref = 0;
-          for (int k = 0; k < 16; ++k) ref += static_cast<double>(__half2float(__ushort_as_half(a[i * 16 + k]))) *
-                                              __half2float(__ushort_as_half(b[n * 16 + k]));
-          REQUIRE(out[t * 64 + 4 * j + e] == static_cast<float>(ref));
-        }
+    emu::launch_cluster(wgmma_ss_kernel, dim3(1), dim3(128), 1, 32768 + 64, l, a.data(), b.data(), out.data(), 1, 0);
+    require_d_exact(out, [&](int i, int n, int k) { return f16_product(a, b, i, n, k); });
   }
 }
 
 namespace {
-// MN-major (transposed) canonical layouts, written as CuTe writes them in
-// units of 16-byte chunks (W = swizzle span / 16): element (i, k) is chunk
-// c = i / 8, byte 2 (i % 8) of it; swizzled: ((W, n), (8, k)) : ((1, LBO),
-// (W, SBO)); no swizzle: ((1, n), (8, k)) : ((X, SBO), (1, LBO)).
-uint32_t mnmajor_addr(Swizzle sw, uint32_t start, uint32_t lbo, uint32_t sbo, uint32_t i, uint32_t k) {
-  const uint32_t c = i / 8, e = i % 8;
-  uint32_t chunks;
-  if (sw == Swizzle::kNone) {
-    chunks = c * (sbo / 16) + (k % 8) + (k / 8) * (lbo / 16);
-    return start + 16 * chunks + 2 * e;
-  }
-  const uint32_t span = sw == Swizzle::k128B ? 128 : sw == Swizzle::k64B ? 64 : 32, w = span / 16;
-  chunks = (c % w) + (c / w) * (lbo / 16) + (k % 8) * w + (k / 8) * (sbo / 16);
-  const uint32_t a = start + 16 * chunks + 2 * e;
-  return a ^ (((a >> 7) & (w - 1)) << 4);
-}
-
-// A (64 x 16, a[i * 16 + k]) and B (128 x 16, b[n * 16 + k]) written at their
-// MN-major addresses; D = A B by the transposed SS form.
-__global__ void wgmma_ss_mn_kernel(SsLayout l, const uint16_t* a, const uint16_t* b, float* out) {
-  unsigned char* smem = dynamic_smem();
-  const int t = threadIdx.x;
-  for (int idx = t; idx < 64 * 16; idx += 128)
-    std::memcpy(smem + mnmajor_addr(l.sw, l.start_a, l.lbo_a, l.sbo_a, idx / 16, idx % 16), &a[idx], 2);
-  for (int idx = t; idx < 128 * 16; idx += 128)
-    std::memcpy(smem + mnmajor_addr(l.sw, l.start_b, l.lbo_b, l.sbo_b, idx / 16, idx % 16), &b[idx], 2);
-  fence_proxy_async_shared();
-  __syncthreads();
-  float d[64];
-  wgmma_fence();
-  wgmma_m64n128k16_ss_mn_f16(d, make_smem_desc(l.start_a, l.sw, l.lbo_a, l.sbo_a),
-                             make_smem_desc(l.start_b, l.sw, l.lbo_b, l.sbo_b), 0);
-  wgmma_commit_group();
-  wgmma_wait_group<0>();
-  for (int i = 0; i < 64; ++i) out[t * 64 + i] = d[i];
-}
-
 // The grad_values form (tw_gv_sm90u_kernels.cuh): G [16 tokens x 64 outputs]
 // by one TMA box (128B swizzle) is A = G^T, X [16 tokens x 128 features] by 8
 // boxes of 16 features (32B swizzle, 512 B apart) is B = X; D = G^T X.
@@ -655,16 +651,9 @@ TEST_CASE("sm90 emu: wgmma SS with both operands MN-major (transposed), every sw
   std::vector<float> out(128 * 64);
   for (const SsLayout& l : layouts) {
     INFO("swizzle " << static_cast<int>(l.sw));
-    emu::launch_cluster(wgmma_ss_mn_kernel, dim3(1), dim3(128), 1, 32768 + 1024, l, a.data(), b.data(), out.data());
-    for (int t = 0; t < 128; ++t)
-      for (int j = 0; j < 16; ++j)
-        for (int e = 0; e < 4; ++e) {
-          const int i = d_row(t, e), n = d_col(t, j, e);
-          double ref = 0;
-          for (int k = 0; k < 16; ++k) ref += static_cast<double>(__half2float(__ushort_as_half(a[i * 16 + k]))) *
-                                              __half2float(__ushort_as_half(b[n * 16 + k]));
-          REQUIRE(out[t * 64 + 4 * j + e] == static_cast<float>(ref));
-        }
+    emu::launch_cluster(wgmma_ss_kernel, dim3(1), dim3(128), 1, 32768 + 1024, l, a.data(), b.data(), out.data(), 1,
+                        1);
+    require_d_exact(out, [&](int i, int n, int k) { return f16_product(a, b, i, n, k); });
   }
 
   // TMA boxes of row-major G [16 x 64] and X [16 x 128] read transposed: D[i][n] = sum_k G[k][i] X[k][n].
@@ -673,24 +662,18 @@ TEST_CASE("sm90 emu: wgmma SS with both operands MN-major (transposed), every sw
   for (auto& v : x.data) v = f16_bits(static_cast<float>(u(rng)));
   const CUtensorMap gmap = g.map(64, 16, Swizzle::k128B), xmap = x.map(16, 16, Swizzle::k32B);
   emu::launch_cluster(wgmma_ss_mn_tma_kernel, dim3(1), dim3(128), 1, 8192 + 64, &gmap, &xmap, out.data());
-  for (int t = 0; t < 128; ++t)
-    for (int j = 0; j < 16; ++j)
-      for (int e = 0; e < 4; ++e) {
-        const int i = d_row(t, e), n = d_col(t, j, e);
-        double ref = 0;
-        for (int k = 0; k < 16; ++k)
-          ref += static_cast<double>(__half2float(__ushort_as_half(g.at(i, k)))) * __half2float(__ushort_as_half(x.at(n, k)));
-        REQUIRE(out[t * 64 + 4 * j + e] == static_cast<float>(ref));
-      }
+  require_d_exact(out, [&](int i, int n, int k) {
+    return static_cast<double>(__half2float(__ushort_as_half(g.at(i, k)))) * __half2float(__ushort_as_half(x.at(n, k)));
+  });
 }
 
 TEST_CASE("sm90 emu: fence.proxy.async: generic writes reach wgmma only after the fence", "[sm90][emu]") {
   std::vector<uint16_t> a(64 * 16, f16_bits(1.0f)), b(128 * 16, f16_bits(1.0f));
   const SsLayout l{Swizzle::kNone, 0, 1024, 128, 16384, 2048, 128};
   std::vector<float> out(128 * 64);
-  emu::launch_cluster(wgmma_ss_kernel, dim3(1), dim3(128), 1, 32768 + 64, l, a.data(), b.data(), out.data(), 0);
+  emu::launch_cluster(wgmma_ss_kernel, dim3(1), dim3(128), 1, 32768 + 64, l, a.data(), b.data(), out.data(), 0, 0);
   for (float v : out) REQUIRE(std::isnan(v));  // the async proxy still sees the 0xff garbage (f16 NaN)
-  emu::launch_cluster(wgmma_ss_kernel, dim3(1), dim3(128), 1, 32768 + 64, l, a.data(), b.data(), out.data(), 1);
+  emu::launch_cluster(wgmma_ss_kernel, dim3(1), dim3(128), 1, 32768 + 64, l, a.data(), b.data(), out.data(), 1, 0);
   for (float v : out) REQUIRE(v == 16.0f);
 }
 

@@ -78,18 +78,6 @@ int64_t v2_max_passes(const Problem& p, const cuda::GradValuesPlan& plan) {
 }
 
 template <typename T>
-void check_close(const DeviceBuffer<T>& got, const std::vector<double>& ref, const std::vector<double>& mag,
-                 const std::string& what) {
-  using E = Elem<T>;
-  REQUIRE(got.size() == static_cast<int64_t>(ref.size()));
-  for (int64_t i = 0; i < got.size(); ++i) {
-    const double g = E::to(got[i]);
-    const double tol = E::rel_tol * std::fabs(ref[i]) + 1e-5 * mag[i] + 1e-30;
-    if (!(std::fabs(g - ref[i]) <= tol)) FAIL(what << "[" << i << "] = " << g << ", expected " << ref[i]);
-  }
-}
-
-template <typename T>
 void run_case(const BwdCase& bc) {
   using E = Elem<T>;
   using Acc = std::conditional_t<E::is_half, float, T>;
@@ -143,14 +131,7 @@ void run_case(const BwdCase& bc) {
   const bool x_vec = aligned16(x.data()) && k % 8 == 0;
   const cuda::GradValuesShape shape{m, k, p.tile, p.dev().num_tiles, static_cast<int64_t>(p.layout.rows.size()),
                                     max_rows, nv, E::is_half, x_vec};
-  std::vector<double> gw(n * k, 0.0), gwa(n * k, 0.0);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t c = 0; c < n; ++c)
-      for (int64_t q = 0; q < k; ++q) {
-        gw[c * k + q] += gyd[i * n + c] * xd[i * k + q];
-        gwa[c * k + q] += std::fabs(gyd[i * n + c] * xd[i * k + q]);
-      }
-  const std::vector<double> ref = packed(p, gw), mag = packed(p, gwa);
+  const auto [ref, mag] = reference_grad_values(p, m, gyd, n, xd, k);
   auto run_gv = [&](const GradValuesKernel* force) {
     const cuda::GradValuesPlan plan = cuda::plan_grad_values(shape, bc.caps, force);
     INFO("grad_values plan: " << cuda::grad_values_kernel_name(plan.kernel) << " splits=" << plan.splits

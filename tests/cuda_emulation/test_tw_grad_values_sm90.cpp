@@ -90,17 +90,7 @@ void run_gv_case(const GvCase& gc) {
 
   // reference: gV = packed(gy^T x) (padding slots zero)
   const std::vector<double> gyd = gy.as_double(), xd = x.as_double();
-  std::vector<double> gw(n * k, 0.0), gwa(n * k, 0.0);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t c = 0; c < n; ++c) {
-      const double g = gyd[i * ldg + c];
-      if (g == 0.0) continue;
-      for (int64_t q = 0; q < k; ++q) {
-        gw[c * k + q] += g * xd[i * ldx + q];
-        gwa[c * k + q] += std::fabs(g * xd[i * ldx + q]);
-      }
-    }
-  const std::vector<double> ref = packed(p, gw), mag = packed(p, gwa);
+  const auto [ref, mag] = reference_grad_values(p, m, gyd, ldg, xd, ldx);
 
   cuda::GradValuesParams<T, float> prm{};
   prm.gy = gy.data();
@@ -140,11 +130,7 @@ void run_gv_case(const GvCase& gc) {
     const std::vector<double> got = gv.as_double();
     if (first.empty()) {
       first = got;
-      for (int64_t i = 0; i < nv; ++i) {
-        const double tol = E::rel_tol * std::fabs(ref[i]) + 1e-5 * mag[i] + 1e-30;
-        if (!(std::fabs(got[i] - ref[i]) <= tol))
-          FAIL("gV[" << i << "] = " << got[i] << ", expected " << ref[i] << " (tol " << tol << ")");
-      }
+      check_close(gv, ref, mag, "gV");
     } else {
       for (int64_t i = 0; i < nv; ++i)
         if (std::memcmp(&got[i], &first[i], sizeof(double)) != 0)
