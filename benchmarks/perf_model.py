@@ -115,7 +115,6 @@ B_STAGE_STEPS = 4               # k16 steps per B stage ([128 rows x 64 position
 BM_U, C_U = 256, 4              # design U: rows per CTA (2 WGs x m128), cluster along M (B multicast)
 WGMMA_READS = True              # prior: wgmma's shared-memory operand reads count against 128 B/clk
 SIM_K, SIM_TILES, SIM_SEED = 4096, 24, 0
-KC_GI = 256                     # grad_input (wgmma, modelled): fp32 K-chunk accumulator width
 
 
 def bars(m: int, k: int, n: int, s: float, cap_: float):
@@ -230,19 +229,36 @@ def gi_time(dev: Device, m: int, k: int, n: int, s: float, tile: int = 128) -> d
 
 # prefer_dense_backward (tw_bwd_launch.cuh): the sparse kernels' sustained rates on the bench shapes (gi_time and
 # gv_time at M = 16384: grad_input v1 154-205 TFLOP/s on an H100, grad_values v2 239-298), per architecture
-DENSE_RULE_RATES = {"H100 SXM": dict(dense=800e12, grad_input=195e12, grad_values=280e12, hbm=0.9 * 3.35e12, launch=4e-6),
+# and grad_input on wgmma (sm90_gi_time at 75% on the LLM shapes: 231-248) where it runs
+DENSE_RULE_RATES = {"H100 SXM": dict(dense=800e12, grad_input=195e12, grad_values=280e12, hbm=0.9 * 3.35e12, launch=4e-6,
+                                     grad_input_sm90=235e12),
                     "A100 SXM": dict(dense=270e12, grad_input=122e12, grad_values=185e12, hbm=0.9 * 2.0e12, launch=5e-6)}
 
 
-def prefer_dense_backward(dev: Device, op: str, m: int, k: int, n: int, s: float) -> bool:
+def prefer_dense_backward(dev: Device, op: str, m: int, k: int, n: int, s: float, sm90: bool = False) -> bool:
     """The built rule (prefer_dense_backward), mirrored: the dense fallback where it beats the sparse kernel's
-    sustained rate by 10%."""
+    sustained rate by 10% (sm90: grad_input's sparse kernel is the wgmma one)."""
     r = DENSE_RULE_RATES[dev.name]
     flops = 2.0 * m * n * k
     nv = (1.0 - s) * n * k
-    sparse = flops * (1.0 - s) / r[op] + 2 * r["launch"]
+    rate = r["grad_input_sm90"] if op == "grad_input" and sm90 and "grad_input_sm90" in r else r[op]
+    sparse = flops * (1.0 - s) / rate + 2 * r["launch"]
     dense = flops / r["dense"] + 2.0 * (n * k + nv) / r["hbm"] + 2 * r["launch"]
     return dense < 0.9 * sparse
+
+
+def gi_sm90_pays(s: float) -> bool:
+    """The built rule (gi_sm90_pays in tw_bwd_launch.cuh): grad_input on wgmma where a tile keeps >= 20% of K."""
+    return 5 * (1.0 - s) >= 1.0 - 1e-9
+
+
+def gi_plan(dev: Device, m: int, k: int, n: int, s: float) -> str:
+    """grad_input's built dispatch on a layout the sm90 kernel applies to (1-D TW, tile 128): dense where the
+    fallback wins (prefer_dense_backward against the kernel that would run), else sm90 where it pays, else v1."""
+    sm90 = dev.sm90 and gi_sm90_pays(s)
+    if prefer_dense_backward(dev, "grad_input", m, k, n, s, sm90=sm90):
+        return "dense"
+    return "sm90" if sm90 else "v1"
 
 
 def dense_grad_time(dev: Device, m: int, k: int, n: int, s: float) -> float:
@@ -604,23 +620,63 @@ def gv_plan(dev: Device, m: int, entries: int, cluster: int) -> str:
     return "sm90u" if dev.sm90 and m >= 256 and entries * cluster * gv_max_splits(m) >= dev.sms else "v2"
 
 
-def sm90_gi_time(dev: Device, m: int, k: int, n: int, s: float) -> dict:
-    """grad_input on wgmma (modelled, not built): gX[:, R_t] += gy[:, tile t] V_t. Per tile the reduction is only
-    over its 128 outputs (8 k16 steps), then the fp32 product is scattered into a K-chunk accumulator in shared
-    memory (read-modify-write, 8 B per element per tile): 64 clk per unit, as much as the tensor time. L2: gy
-    once per K-chunk of KC_GI features (1/(KC_GI d) B/FLOP), V once per 128-row block."""
+GI90_BM, GI90_NP, GI90_KC_MAX = 128, 64, 240   # grad_input sm90 (tw_gi_sm90_kernels.cuh): rows, positions/item, chunk
+GI90_SCATTER_CLK = 300                         # issue clocks of one item's read-modify-write (8 warps x ~150 instr / 4)
+
+
+def gi90_chunk(k: int) -> int:
+    """plan_grad_input_sm90's chunk: as few chunks of at most 240 features (the fp32 accumulator's most,
+    128 x 248 x 4 B) as K needs, of even widths (a multiple of 8)."""
+    chunks = max(1, -(-k // GI90_KC_MAX))
+    return max(8, -(-(-(-k // chunks)) // 8) * 8)
+
+
+@functools.lru_cache(maxsize=None)
+def gi90_items(kc: int, d: float, unit: int) -> tuple:
+    """A tile's kept features in one chunk of kc: c = unit x Binomial(kc / unit, d) (aligned runs of `unit` kept
+    at random, as tile_mask keeps them). Returns (E[items of 64 positions], E[c], P(c > 0))."""
+    runs = max(1, kc // unit)
+    e_items = e_c = p_any = 0.0
+    for j in range(runs + 1):
+        pj = math.comb(runs, j) * d ** j * (1.0 - d) ** (runs - j)
+        c = unit * j
+        e_items += pj * math.ceil(c / GI90_NP)
+        e_c += pj * c
+        p_any += pj if c > 0 else 0.0
+    return e_items, e_c, p_any
+
+
+def sm90_gi_time(dev: Device, m: int, k: int, n: int, s: float, unit: int = 1) -> dict:
+    """grad_input on wgmma (built: csrc/cuda/tw_gi_sm90_kernels.cuh). CTA = (chunk of kc <= 240 features, 128 rows):
+    for every slice (128 outputs) with kept features in the chunk, gy [128 rows x 128 outputs] by TMA (32 KB),
+    then per item of 64 kept positions V_t [128 outputs x 64] by TMA (16 KB) and 2 consumers x 8 wgmma
+    m64n64k16 (32 clk each), then each consumer adds its 64 x 64 fp32 product into its rows of the chunk's
+    accumulator in shared memory (8 B per kept element). Shared memory per item: wgmma reads 2 x 8 x (2 + 2) KB,
+    V's TMA write 16 KB; per (slice, chunk): the read-modify-write 128 x c x 8 B and gy's 32 KB. L2: gy once
+    per chunk, V once per 128-row block. An item computes all 64 columns: kept / (64 ceil(kept / 64)) of it
+    is useful."""
     d = 1.0 - s
     eta = eta_pipe(dev)
     flops = 2.0 * m * n * k * d
-    smem = dict(rmw=64 * 128 * 4 * 2 / 8 / 128.0, a_write=8.0, a_read=16.0 if WGMMA_READS else 0.0,
-                b_write=16.0, b_read=32.0 if WGMMA_READS else 0.0)
-    smem_clk = sum(smem.values())
-    q_l2 = 1.0 / (KC_GI * d) + 1.0 / 128
-    hbm = (2.0 * (m * k + m * n + d * n * k) + index_bytes(k, n, s)) / (dev.eta_hbm * dev.hbm)
+    kc = gi90_chunk(k)
+    nkc = math.ceil(k / kc)
+    last = k - (nkc - 1) * kc   # the last chunk's width
+    full, tail = gi90_items(kc, round(d, 6), unit), gi90_items(max(unit, last // unit * unit), round(d, 6), unit)
+    e_items, e_c, p_any = ((nkc - 1) * full[i] / nkc + tail[i] / nkc for i in range(3))   # per (slice, chunk)
+    pairs = math.ceil(n / SLICE) * nkc * math.ceil(m / GI90_BM)   # (slice, chunk, M-block)
+    items = pairs * e_items
+    smem_item = dict(wgmma_reads=(2 * 8 * 4096.0) if WGMMA_READS else 0.0, v_write=16384.0)
+    smem_pair = dict(rmw=GI90_BM * e_c * 8.0, gy_write=32768.0 * p_any)
+    smem_bytes = items * sum(smem_item.values()) + pairs * sum(smem_pair.values())
     rate = dev.sms * dev.clk * eta
-    terms = dict(tensor=flops / UNIT_FLOP * UNIT_CLK / rate, smem=flops / UNIT_FLOP * smem_clk / rate,
-                 l2=flops * q_l2 / dev.l2, hbm=hbm, launch=dev.launch)
-    return _result(terms, q_l2=q_l2, smem_clk=smem)
+    l2_bytes = 2.0 * m * n * nkc * p_any + 2.0 * d * n * k * math.ceil(m / GI90_BM) + 2.0 * m * k
+    hbm = (2.0 * (m * k + m * n + d * n * k) + index_bytes(k, n, s)) / (dev.eta_hbm * dev.hbm)
+    terms = dict(tensor=items * 16 * 32 / rate, smem=smem_bytes / dev.smem_bpc / rate,
+                 issue=items * GI90_SCATTER_CLK / rate, l2=l2_bytes / dev.l2, hbm=hbm, launch=2 * dev.launch)
+    per_item = {key: round(v / 128.0, 1) for key, v in smem_item.items()}
+    per_item.update({key: round(v / 128.0 / max(e_items, 1e-9), 1) for key, v in smem_pair.items()})
+    return _result(terms, q_l2=l2_bytes / flops, smem_clk_item=per_item, kc=kc, items_per_pair=e_items,
+                   kept_per_pair=e_c, useful=e_c / max(GI90_NP * e_items, 1e-9))
 
 
 SM90_TERMS = ("tensor", "smem", "issue", "tma", "l2", "hbm", "launch", "tail")
@@ -687,14 +743,18 @@ def records():
                     g = gi_time(dev, m, k, n, s)
                     rec["gi_v1_speedup"], rec["gi_v1_bound"] = t_d / g["t"], g["bound"]
                     rec["grad_dense_speedup"] = t_d / dense_grad_time(dev, m, k, n, s)
-                    rec["gi_plan"] = "dense" if prefer_dense_backward(dev, "grad_input", m, k, n, s) else "v1"
+                    rec["gi_plan"] = gi_plan(dev, m, k, n, s)
                     rec["gv_plan_unit1"] = "dense" if prefer_dense_backward(dev, "grad_values", m, k, n, s) else "v2"
                     if dev.sm90:
                         for name, g in (("gv_sm90", sm90_gv_time(dev, m, k, n, s, unit=1)),
                                         ("gv_sm90u", sm90_gv_time(dev, m, k, n, s, unit=16)),
-                                        ("gi_sm90", sm90_gi_time(dev, m, k, n, s))):
+                                        ("gi_sm90", sm90_gi_time(dev, m, k, n, s, unit=1)),
+                                        ("gi_sm90_unit16", sm90_gi_time(dev, m, k, n, s, unit=16))):
                             rec[f"{name}_speedup"] = t_d / g["t"]
                             rec[f"{name}_bound"] = g["bound"]
+                            if name == "gi_sm90":
+                                rec["gi_sm90_useful"] = round(g["useful"], 3)
+                                rec["gi_sm90_smem_clk_item"] = g["smem_clk_item"]
                             if name == "gv_sm90u":
                                 rec["gv_sm90u_cluster"], rec["gv_sm90u_splits"] = g["cluster"], g["splits"]
                                 rec["gv_sm90u_waves"] = round(g["waves"], 3)
@@ -720,7 +780,7 @@ def markdown(recs) -> str:
                      f"{r['floor_speedup']:.2f}x | {r['speedup']:.2f}x | {r['bound']} | {_x(r['sm90_speedup'])} | {r['sm90_bound'] or '-'} | "
                      f"{_x(r['sm90u_speedup'])} | {r['sm90u_bound'] or '-'} | {_x(r['sm90_bar'])} | {meet} |")
     lines += ["", "grad_values (vs cuBLAS's dense weight gradient); gv sm90 unit 16 = the built sm90u kernel (cluster C, "
-              "M-ranges S, the plan's pick on a unit-16 layout); unit 1 and gi sm90 modelled, not built", "",
+              "M-ranges S, the plan's pick on a unit-16 layout); unit 1 modelled, not built", "",
               "| device | M | K | N | s | v1 / dense | v1 bound | v2 / dense | v2 bound | dense fallback | plan (unit 1) | "
               "gv sm90 unit 1 | gv sm90 unit 16 | C, S | plan (unit 16) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -735,16 +795,18 @@ def markdown(recs) -> str:
         lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
                      f"{r['gv_v1_speedup']:.2f}x | {r['gv_v1_bound']} | {r['gv_v2_speedup']:.2f}x | "
                      f"{r['gv_v2_bound']} | {r['grad_dense_speedup']:.2f}x | {r['gv_plan_unit1']} |" + extra)
-    lines += ["", "grad_input (vs cuBLAS's dense gX = gy W); gi sm90 modelled, not built", "",
-              "| device | M | K | N | s | v1 / dense | v1 bound | dense fallback | plan | gi sm90 (wgmma) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "grad_input (vs cuBLAS's dense gX = gy W); gi sm90 = the built wgmma kernel (unit 1 / unit 16 layouts); "
+              "plan: the built dispatch on a 1-D TW layout", "",
+              "| device | M | K | N | s | v1 / dense | v1 bound | dense fallback | gi sm90 (wgmma) | unit 16 | plan |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         if r["sparsity"] not in TABLE_SPARSITIES or "gi_v1_speedup" not in r:
             continue
         gi90 = f"{r['gi_sm90_speedup']:.2f}x ({r['gi_sm90_bound']})" if "gi_sm90_speedup" in r else "-"
+        gi90u = f"{r['gi_sm90_unit16_speedup']:.2f}x" if "gi_sm90_unit16_speedup" in r else "-"
         lines.append(f"| {r['device']} | {r['M']} | {r['K']} | {r['N']} | {r['sparsity']:.2f} | "
                      f"{r['gi_v1_speedup']:.2f}x | {r['gi_v1_bound']} | {r['grad_dense_speedup']:.2f}x | "
-                     f"{r['gi_plan']} | {gi90} |")
+                     f"{gi90} | {gi90u} | {r['gi_plan']} |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@
 #             beside each measured ratio (benchmarks/perf_model.py)
 # Optional stages (name them): suite (the whole Python suite), bench (benchmarks/bench_linear.py --device
 # cuda), gvab (grad_values v1 vs v2 vs sm90u vs the dense fallback vs cuBLAS's dense gW; grad_input v1 vs the
-# dense fallback vs cuBLAS's gX), ncu (one v2 and one sm90 forward launch: L2
+# dense fallback vs sm90 (wgmma) vs cuBLAS's gX), ncu (one v2 and one sm90 forward launch: L2
 # sectors, shared-memory wavefronts, bank conflicts, instructions, tensor-pipe activity, DRAM bytes).
 # OUT_DIR defaults to $OUT, else ./gpu_check_out. Per-stage timeouts in seconds: the T_* below (defaults
 # declared with := are the default stages' budgets, summed by tests/python/test_perf_model.py); BENCH_ARGS
@@ -465,7 +465,7 @@ def timed(fn):
     return a.elapsed_time(b)
 def kernel(key):  # the operator reads the variables on every call
     os.environ["TILESPARSE_CUDA_GRAD_VALUES_KERNEL"] = {"v1": "v1", "sm90u": "sm90", "gv_dense": "dense"}.get(key, "v2")
-    os.environ["TILESPARSE_CUDA_GRAD_INPUT_KERNEL"] = "dense" if key == "gi_dense" else "sparse"
+    os.environ["TILESPARSE_CUDA_GRAD_INPUT_KERNEL"] = {"gi_dense": "dense", "gi_sm90": "sm90"}.get(key, "v1")
 torch.manual_seed(0)
 m, tile = 16384, 128
 gv_op = torch.ops.tilesparse.tw_linear_grad_values
@@ -487,13 +487,17 @@ for k, n in ((768, 3072), (3072, 768), (4096, 14336)):
         gi = lambda: gi_op(gy, values, lay.cols, lay.row_offsets, lay.rows, k, tile)
         # the backward's dense fallback (prefer_dense_backward) beside each sparse kernel, and cuBLAS's gX
         fns = {"dense": lambda: gy.t() @ x, "v1": sparse, "v2": sparse, "sm90u": sparse16, "gv_dense": sparse,
-               "gi_cublas": lambda: gy @ wdense, "gi_v1": gi, "gi_dense": gi}
+               "gi_cublas": lambda: gy @ wdense, "gi_v1": gi, "gi_sm90": gi, "gi_dense": gi}
         ref = lay.pack(gy.float().t() @ x.float())
         ref16 = lay16.pack(gy.float().t() @ x.float())
         errs = {}
         for key in ("v1", "v2", "sm90u"):
             kernel(key)
             errs[key] = ((sparse16 if key == "sm90u" else sparse)().float() - (ref16 if key == "sm90u" else ref)).abs().max().item()
+        gi_ref = gy.float() @ lay.unpack(values).float()
+        for key in ("gi_v1", "gi_sm90"):
+            kernel(key)
+            errs[key] = (gi().float() - gi_ref).abs().max().item() / gi_ref.abs().max().item()
         ts = {key: [] for key in fns}
         for rep in range(18):
             for key, fn in fns.items():
@@ -512,10 +516,13 @@ for k, n in ((768, 3072), (3072, 768), (4096, 14336)):
                               gv_dense_speedup=med["dense"] / med["gv_dense"], gv_dense_pred=p.get("grad_dense_speedup"),
                               gv_plan_unit1=p.get("gv_plan_unit1"), gi_v1_speedup=med["gi_cublas"] / med["gi_v1"],
                               gi_dense_speedup=med["gi_cublas"] / med["gi_dense"], gi_v1_pred=p.get("gi_v1_speedup"),
-                              gi_plan=p.get("gi_plan"))))
+                              gi_sm90_speedup=med["gi_cublas"] / med["gi_sm90"], gi_sm90_pred=p.get("gi_sm90_speedup"),
+                              gi_sm90_pred_bound=p.get("gi_sm90_bound"), gi_v1_rel_err=errs["gi_v1"],
+                              gi_sm90_rel_err=errs["gi_sm90"], gi_plan=p.get("gi_plan"))))
 EOF
   run gvab "${T_GVAB:-120}" "$OUTDIR/gvab.log" "$PY" "$GVAB_PY" "$ROOT"
   status gvab_result "$(grep -c '"M"' "$OUTDIR/gvab.log") records (gvab.log); v1, v2, sm90u / dense at 75%: $(grep '"sparsity": 0.75' "$OUTDIR/gvab.log" | sed -E 's/.*"v1_speedup": ([0-9.]+), "v2_speedup": ([0-9.]+), "sm90u_speedup": ([0-9.]+).*/\1 \2 \3/' | awk '{printf "%.2f %.2f %.2f; ", $1, $2, $3}')"
+  status gvab_gi_result "grad_input v1, sm90 / cuBLAS at 75%: $(grep '"sparsity": 0.75' "$OUTDIR/gvab.log" | sed -E 's/.*"gi_v1_speedup": ([0-9.]+).*"gi_sm90_speedup": ([0-9.]+).*/\1 \2/' | awk '{printf "%.2f %.2f; ", $1, $2}')"
   rm -f "$GVAB_PY"
 fi
 

@@ -2,7 +2,7 @@
 // prefer_dense_backward in tw_bwd_launch.cuh): the layout's V as a dense
 // [N, K] weight and back, through the registered tw_unpack / tw_pack ops, and
 // the A/B override
-//   TILESPARSE_CUDA_GRAD_INPUT_KERNEL=auto|sparse|dense   (read on every call)
+//   TILESPARSE_CUDA_GRAD_INPUT_KERNEL=auto|sparse|sm90|v1|dense   (read on every call)
 //   TILESPARSE_CUDA_GRAD_VALUES_KERNEL=...|dense
 // that scripts/gpu_check.sh uses to time both paths on the same call.
 #pragma once
@@ -27,11 +27,12 @@ inline DenseChoice dense_choice_from_env(const char* var) {
 }
 
 // Whether this call takes the dense path: fp16/bf16 only (the rule's rates are the tensor cores').
+// sm90: the sparse side is grad_input on wgmma (it applies to this call).
 inline bool use_dense_backward(BackwardOp op, DenseChoice choice, at::ScalarType dtype, int cc_major, int64_t m,
-                               int64_t n, int64_t k, int64_t nv) {
+                               int64_t n, int64_t k, int64_t nv, bool sm90 = false) {
   if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
   if (choice != DenseChoice::kAuto) return choice == DenseChoice::kDense;
-  return prefer_dense_backward(op, cc_major, m, n, k, nv);
+  return prefer_dense_backward(op, cc_major, m, n, k, nv, sm90);
 }
 
 inline at::Tensor dense_weight_from_values(const at::Tensor& values, const at::Tensor& cols,

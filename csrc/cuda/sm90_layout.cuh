@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "tw_fwd_sm90_kernels.cuh"
@@ -72,6 +73,30 @@ inline bool sm90_slice_cols_runs(const int32_t* cols, int64_t num_cols, int64_t 
     const int64_t end = std::min<int64_t>(num_cols, j0 + sm90_fwd::kSliceN);
     for (int64_t j = j0 + 1; j < end; ++j)
       if (cols[j] != cols[j0] + (j - j0)) return false;
+  }
+  return true;
+}
+
+// The tensor maps of the values, one per tile (host array maps[num_tiles]):
+// V_t is [g_t rows, kr_t positions] with row stride kpad_t elements. The
+// map's dim0 is the kept count, not the slot count: padding slots (not
+// weights; any value, NaN included) then arrive as TMA's zero fill, since
+// B goes from TMA straight to wgmma with no pass through registers to mask
+// them. Tiles without work get a zeroed map (never loaded). false: the
+// driver refused one.
+inline bool sm90_encode_tile_maps(CUtensorMap* maps, const void* values, int64_t nv, const int32_t* row_offsets,
+                                  const int32_t* kept, int64_t num_tiles, int64_t tile, int64_t num_cols) {
+  for (int64_t t = 0; t < num_tiles; ++t) {
+    CUtensorMap& m = maps[t];
+    std::memset(static_cast<void*>(&m), 0, sizeof(CUtensorMap));
+    const int64_t kt = row_offsets[t + 1] - row_offsets[t], g = std::min<int64_t>(tile, num_cols - t * tile);
+    const int64_t voff = tile * static_cast<int64_t>(row_offsets[t]);
+    if (kt == 0 || g <= 0 || kept[t] == 0 || voff + g * kt > nv) continue;
+    const void* base = static_cast<const uint16_t*>(values) + voff;
+    if (!sm90::encode_tensor_map_2d(&m, base, static_cast<uint64_t>(kept[t]), static_cast<uint64_t>(g),
+                                    static_cast<uint64_t>(kt) * 2, sm90_fwd::kStageK, sm90_fwd::kBoxRowsB,
+                                    sm90::Swizzle::k128B))
+      return false;
   }
   return true;
 }

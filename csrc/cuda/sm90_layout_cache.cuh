@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -17,6 +18,15 @@
 #include "sm90_layout.cuh"
 
 namespace tilesparse::cuda {
+
+// The sm_90a kernel bodies exist only when the build targets 9.0a (setup.py
+// defines TILESPARSE_HAS_SM90A then); without them they are traps, so no
+// plan may pick them, even on a Hopper device.
+#ifdef TILESPARSE_HAS_SM90A
+inline constexpr bool kSm90aBuilt = true;
+#else
+inline constexpr bool kSm90aBuilt = false;
+#endif
 
 // Host copies of the indices (one synchronising copy per layout, as its
 // validation), kept and slot counts, which designs apply, the slice table.
@@ -49,6 +59,24 @@ inline void ensure_sm90_gv_entries(const LayoutArgs& l, Sm90LayoutCache& c) {
   std::copy(entries.begin(), entries.end(), host.data_ptr<int32_t>());
   c.gv_entries = host.to(l.cols.device());
   c.gv_entries_count = static_cast<int64_t>(entries.size()) / 2;
+}
+
+// The per-tile tensor maps of `values` (re-encoded when the values pointer
+// changes); false where the driver refuses one (the caller then plans without them).
+inline bool ensure_tile_maps(const LayoutArgs& l, Sm90LayoutCache& c, const void* values, int64_t nv) {
+  if (c.maps.defined() && c.maps_values == values && c.maps_nv == nv) return true;
+  const int64_t nt = l.row_offsets.numel() - 1;
+  std::vector<CUtensorMap> host(static_cast<size_t>(std::max<int64_t>(nt, 1)));
+  if (!sm90_encode_tile_maps(host.data(), values, nv, c.row_offsets.data(), c.kept.data(), nt, l.view.tile,
+                             l.cols.numel()))
+    return false;
+  at::Tensor bytes = at::empty({static_cast<int64_t>(host.size() * sizeof(CUtensorMap))},
+                               l.cols.options().device(at::kCPU).dtype(at::kByte));
+  std::memcpy(bytes.data_ptr(), host.data(), host.size() * sizeof(CUtensorMap));
+  c.maps = bytes.to(l.cols.device());  // the caching allocator's blocks are 512-byte aligned: maps need 64
+  c.maps_values = values;
+  c.maps_nv = nv;
+  return true;
 }
 
 // Clusters of `c` CTAs of `kernel` resident at once on the current device

@@ -307,6 +307,42 @@ __device__ __forceinline__ void wgmma_m64n128k16_ss_mn_f16(float (&d)[64], uint6
   TS_SM90_WGMMA_SS_MN("f16");
 }
 
+// The 32 fp32 accumulators of m64n64 as asm operands %0..%31.
+#define TS_SM90_WGMMA_D32_REGS                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "         \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define TS_SM90_WGMMA_D32_OPERANDS(d)                                                                   \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),            \
+      "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),            \
+      "+f"(d[30]), "+f"(d[31])
+// SS m64n64k16, A K-major, B MN-major: imm-trans-a = 0, imm-trans-b = 1.
+#define TS_SM90_WGMMA_SS_N64_TB(TYPE)                                                                     \
+  TS_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                \
+              "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " " TS_SM90_WGMMA_D32_REGS        \
+              ", %32, %33, p, 1, 1, 0, 1;\n}\n"                                                           \
+              : TS_SM90_WGMMA_D32_OPERANDS(d)                                                             \
+              : "l"(desc_a), "l"(desc_b), "r"(accumulate))
+
+// wgmma m64n64k16 SS with A (64 x 16) K-major and B (16 x 64) MN-major: its
+// 64 columns (N) contiguous along each K-row (the ISA's canonical MN-major
+// layout, as above). D: 32 per thread, the m64n128 layout cut at 64 columns:
+// d[4j + {0,1}] = (row, cols 8j + 2(lane%4) + {0,1}), d[4j + {2,3}] = row + 8.
+// grad_input reads gy (K = outputs, contiguous) against V_t (N = positions,
+// contiguous) this way.
+__device__ __forceinline__ void wgmma_m64n64k16_ss_tb_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                                           int accumulate) {
+  TS_SM90_WGMMA_SS_N64_TB("bf16");
+}
+__device__ __forceinline__ void wgmma_m64n64k16_ss_tb_f16(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                                          int accumulate) {
+  TS_SM90_WGMMA_SS_N64_TB("f16");
+}
+
+#undef TS_SM90_WGMMA_SS_N64_TB
+#undef TS_SM90_WGMMA_D32_OPERANDS
+#undef TS_SM90_WGMMA_D32_REGS
 #undef TS_SM90_WGMMA_SS_MN
 #undef TS_SM90_WGMMA_SS
 #undef TS_SM90_WGMMA_RS

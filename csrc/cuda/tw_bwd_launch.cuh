@@ -12,6 +12,7 @@
 #include "tw_bwd_input_kernels.cuh"
 #include "tw_bwd_values_kernels.cuh"
 #include "tw_device.cuh"
+#include "tw_gi_sm90_kernels.cuh"
 #include "tw_gv_sm90u_kernels.cuh"
 
 namespace tilesparse::cuda {
@@ -34,23 +35,32 @@ inline int64_t bwd_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // ---------------------------------------------------------------------------
 enum class BackwardOp : int { kGradInput = 0, kGradValues = 1 };
 
+// grad_input on wgmma's sustained rate on an H100 (perf_model.py sm90_gi_time at M = 16384, 75%, the LLM
+// shapes): shared-memory-bound, ~2.6x its tensor time.
+constexpr double kGiSm90Rate = 235e12;
+
 struct DenseFallbackRates {
   double dense, grad_input, grad_values;  // FLOP/s: cuBLAS bf16, grad_input v1, grad_values v2
   double hbm;                             // bytes/s a stream reaches
   double launch;                          // seconds per launch
+  double grad_input_sm90 = 0;             // grad_input on wgmma (tw_gi_sm90_kernels.cuh; sm_90a only)
 };
 inline DenseFallbackRates dense_fallback_rates(int cc_major) {
-  if (cc_major >= 9) return {800e12, 195e12, 280e12, 0.9 * 3.35e12, 4e-6};
+  if (cc_major >= 9) return {800e12, 195e12, 280e12, 0.9 * 3.35e12, 4e-6, kGiSm90Rate};
   return {270e12, 122e12, 185e12, 0.9 * 2.0e12, 5e-6};
 }
 
-// nv: the packed values (kept outputs x slots); the kept fraction is nv / (n k).
-inline bool prefer_dense_backward(BackwardOp op, int cc_major, int64_t m, int64_t n, int64_t k, int64_t nv) {
+// nv: the packed values (kept outputs x slots); the kept fraction is nv / (n k). sm90: the sparse side is
+// grad_input on wgmma (where it applies), not v1.
+inline bool prefer_dense_backward(BackwardOp op, int cc_major, int64_t m, int64_t n, int64_t k, int64_t nv,
+                                  bool sm90 = false) {
   if (m <= 0 || n <= 0 || k <= 0 || nv <= 0) return false;
   const DenseFallbackRates r = dense_fallback_rates(cc_major);
   const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-  const double sparse = flops * (static_cast<double>(nv) / (static_cast<double>(n) * static_cast<double>(k))) /
-                            (op == BackwardOp::kGradInput ? r.grad_input : r.grad_values) +
+  const double rate = op == BackwardOp::kGradValues ? r.grad_values
+                      : sm90 && r.grad_input_sm90 > 0 ? r.grad_input_sm90
+                                                      : r.grad_input;
+  const double sparse = flops * (static_cast<double>(nv) / (static_cast<double>(n) * static_cast<double>(k))) / rate +
                         2 * r.launch;
   const double dense = flops / r.dense + 2.0 * (static_cast<double>(n) * static_cast<double>(k) + nv) / r.hbm +
                        2 * r.launch;
@@ -62,8 +72,10 @@ inline bool prefer_dense_backward(BackwardOp op, int cc_major, int64_t m, int64_
 // ---------------------------------------------------------------------------
 constexpr int kGiBM = 128, kGiNB = 64, kGiBK = 32, kGiStages = 3, kGiWarpsM = 4, kGiWarpsN = 2;
 
-enum class GradInputKernel : int { kSimt = 0, kMma = 1 };
-inline const char* grad_input_kernel_name(GradInputKernel k) { return k == GradInputKernel::kMma ? "mma" : "simt"; }
+enum class GradInputKernel : int { kSimt = 0, kMma = 1, kSm90 = 2 };
+inline const char* grad_input_kernel_name(GradInputKernel k) {
+  return k == GradInputKernel::kSm90 ? "sm90" : k == GradInputKernel::kMma ? "mma" : "simt";
+}
 
 struct GradInputPlan {
   GradInputKernel kernel;
@@ -98,6 +110,81 @@ inline GradInputPlan plan_grad_input(int64_t k, int64_t num_rows, int64_t num_ti
   p.nkc = static_cast<int>(bwd_ceil_div(k, p.kc));
   p.bounds_count = num_tiles * (p.nkc + 1);
   return p;
+}
+
+// grad_input on sm_90a (tw_gi_sm90_kernels.cuh): chunks of at most 240 features (the accumulator's most:
+// 128 x 248 fp32), every (chunk, 128-row block) a CTA. Where it applies (the operator checks): fp16/bf16, compute capability 9, every
+// slice's outputs one run of columns (gy's TMA box), tile % 128 == 0, slots % 8 == 0 (the tile maps), gy
+// 16-byte aligned with rows of whole 16-byte units. Returns kc = 0 where shared memory is too small.
+inline bool gi_sm90_applies(bool half, int64_t m, int64_t k, int64_t tile, bool slots_aligned, bool cols_runs,
+                            bool gy_vec, const DeviceCaps& caps) {
+  return half && caps.cc_major == 9 && m > 0 && k > 0 && tile % sm90_gi::kSliceOutputs == 0 && slots_aligned &&
+         cols_runs && gy_vec && gi_sm90_smem_bytes(sm90_gi::kMaxChunk) <= caps.smem_optin;
+}
+
+// Where it applies, whether it beats v1 (perf_model.py sm90_gi_time against gi_time): its chunk is fixed at
+// 240 features, so below ~48 kept features of a tile per chunk (a kept density of 0.2: 80% sparsity) its
+// 64-position items are mostly padding and gy's 32 KB per (slice, chunk) dominates, while v1 widens its
+// chunk with the sparsity (0.8 x 64 / d features). Density: slots / (tiles x K), as plan_grad_input's.
+inline bool gi_sm90_pays(int64_t k, int64_t num_rows, int64_t num_tiles) {
+  return num_tiles > 0 && k > 0 && 5 * num_rows >= num_tiles * k;
+}
+
+inline GradInputPlan plan_grad_input_sm90(int64_t k, int64_t num_tiles, const DeviceCaps& caps) {
+  GradInputPlan p{};
+  p.kernel = GradInputKernel::kSm90;
+  // as few chunks of at most 240 as K needs, of even widths (a narrow last chunk would cost a whole walk of gy)
+  const int64_t chunks = std::max<int64_t>(1, bwd_ceil_div(k, sm90_gi::kMaxChunk));
+  const int kc = static_cast<int>(std::max<int64_t>(8, bwd_ceil_div(bwd_ceil_div(k, chunks), 8) * 8));
+  if (gi_sm90_smem_bytes(kc) > caps.smem_optin) return p;
+  p.kc = kc;
+  p.smem = gi_sm90_smem_bytes(kc);
+  p.nkc = static_cast<int>(bwd_ceil_div(k, p.kc));
+  p.bounds_count = num_tiles * (p.nkc + 1);
+  return p;
+}
+
+// sm90's parameters: gy's tensor map of this call (box {64 outputs, 128 rows}, 128B swizzle) and the
+// layout's per-tile maps of V (the forward's: sm90_encode_tile_maps).
+template <typename T>
+GiSm90Params<T> gi_sm90_params(const T* gy, int64_t ldg, const CUtensorMap* tile_maps, const DevLayout& layout,
+                               int64_t m, int64_t n, int64_t k, int64_t nv, T* gx, int64_t ldx) {
+  GiSm90Params<T> p{};
+  if (!sm90::encode_tensor_map_2d(&p.gy_map, gy, static_cast<uint64_t>(n), static_cast<uint64_t>(m),
+                                  static_cast<uint64_t>(ldg) * 2, sm90_gi::kHalfOutputs, sm90_gi::kBM,
+                                  sm90::Swizzle::k128B))
+    throw std::runtime_error("tilesparse: cuTensorMapEncodeTiled refused gy's tensor map of grad_input (sm90)");
+  p.tile_maps = tile_maps;
+  p.layout = layout;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.nv = nv;
+  p.gx = gx;
+  p.ldx = ldx;
+  p.gx_vec = reinterpret_cast<uintptr_t>(gx) % 16 == 0 && ldx % 8 == 0;
+  return p;
+}
+
+// sm90: the chunk bounds, then the grid (chunks x 128-row blocks) in pieces of 65535 blocks along y.
+template <typename T, typename Launch>
+void run_grad_input_sm90(const GradInputPlan& plan, GiSm90Params<T> p, int32_t* bounds, Launch&& launch) {
+  const int64_t count = p.layout.num_tiles * (plan.nkc + 1);
+  if (count > 0)
+    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(bwd_ceil_div(count, 256))), dim3(256), 0, p.layout, p.k,
+           static_cast<int32_t>(plan.kc), static_cast<int32_t>(plan.nkc), bounds);
+  p.bounds = bounds;
+  p.kc = plan.kc;
+  p.nkc = plan.nkc;
+  const int64_t mblocks = bwd_ceil_div(p.m, sm90_gi::kBM);
+  for (int64_t mb = 0; mb < mblocks; mb += kMaxGridY) {
+    p.mblock_offset = mb;
+    // a cluster launch of one CTA, as the other sm90 kernels (the emulation then runs it under its seeded
+    // schedules, late TMA delivery included)
+    launch.cluster(tw_gi_sm90_kernel<T>,
+                   dim3(static_cast<unsigned>(p.nkc), static_cast<unsigned>(std::min(mblocks - mb, kMaxGridY))),
+                   dim3(sm90_gi::kThreads), 1, plan.smem, p);
+  }
 }
 
 template <typename T, typename Acc, typename Launch>

@@ -1,20 +1,32 @@
 // CUDA kernel of tw_linear_grad_input: gX[:, rows_t] += grad_out[:, cols_t] @ V_t
 // over all tiles. Deterministic: one block per (K-chunk, M-block) adds the
 // tiles' contributions to its chunk in fp32 (fp64) shared memory, tiles in
-// ascending order, and writes the chunk once (tw_bwd_input_kernels.cuh).
-// Where that kernel would be slower than cuBLAS (prefer_dense_backward: fp16 /
-// bf16 at low sparsity, e.g. 50% on an H100), V is unpacked to the dense
-// weight and gX = gy W is one GEMM (dense_fallback.cuh).
+// ascending order, and writes the chunk once: on sm_90a by wgmma with both
+// operands by TMA (tw_gi_sm90_kernels.cuh) where the layout allows it (fp16
+// / bf16, every slice's outputs one run of columns, tile % 128 == 0, slots %
+// 8 == 0), else by mma.sync (v1, tw_bwd_input_kernels.cuh). Where the sparse
+// kernel would be slower than cuBLAS (prefer_dense_backward: fp16 / bf16 at
+// low sparsity, e.g. 50% on an H100), V is unpacked to the dense weight and
+// gX = gy W is one GEMM (dense_fallback.cuh).
+//
+// TILESPARSE_CUDA_GRAD_INPUT_KERNEL=auto|sparse|sm90|v1|dense (read on every
+// call): sparse = the sparse kernel the plan picks (sm90 where it applies
+// and pays, gi_sm90_pays, else v1); sm90 = sm90 wherever it applies; v1 =
+// mma.sync even on Hopper; for A/B timing (scripts/gpu_check.sh).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <mutex>
 #include <type_traits>
 
 #include "checks_cuda.cuh"
 #include "dense_fallback.cuh"
+#include "sm90_layout_cache.cuh"
 #include "tw_bwd_launch.cuh"
 
 namespace tilesparse::cuda {
@@ -54,6 +66,47 @@ void run(GradInputParams<T, Acc> p, const LayoutArgs& l, cudaStream_t stream) {
   run_grad_input(plan, p, bounds.data_ptr<int32_t>(), CudaLaunch{stream});
 }
 
+bool forced_v1() {
+  const char* e = std::getenv("TILESPARSE_CUDA_GRAD_INPUT_KERNEL");
+  if (e == nullptr || *e == '\0') return false;
+  for (const char* ok : {"auto", "sparse", "sm90", "v1", "dense"})
+    if (std::strcmp(e, ok) == 0) return std::strcmp(e, "v1") == 0;
+  TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_GRAD_INPUT_KERNEL must be auto, sparse, sm90, v1 or dense, got '", e, "'");
+}
+
+// The sm_90a kernel where it applies, with the layout's cached host side (tile maps of these values);
+// nullptr otherwise. Holds the cache's lock in `lock` for the call.
+Sm90LayoutCache* sm90_cache(const LayoutArgs& l, const LayoutInfo& info, bool half, const void* gy, int64_t ldg,
+                            const void* values, int64_t nv, int64_t m, int64_t k, std::unique_lock<std::mutex>& lock) {
+  const DeviceCaps caps = device_caps();
+  if (!kSm90aBuilt || !half || caps.cc_major != 9 || !info.known || forced_v1()) return nullptr;
+  const char* e = std::getenv("TILESPARSE_CUDA_GRAD_INPUT_KERNEL");
+  const bool forced = e != nullptr && std::strcmp(e, "sm90") == 0;  // where it applies, even where v1 is faster
+  if (!forced && !gi_sm90_pays(k, l.rows.numel(), l.view.num_tiles)) return nullptr;
+  Sm90LayoutCache* c = info.sm90.get();
+  if (c == nullptr) return nullptr;
+  lock = std::unique_lock<std::mutex>(c->mutex);
+  if (!c->built) build_sm90_layout(l, *c);
+  if (!gi_sm90_applies(half, m, k, l.view.tile, c->slots_aligned, c->cols_runs, vec16_ok(gy, ldg), caps) ||
+      !ensure_tile_maps(l, *c, values, nv)) {
+    lock.unlock();
+    return nullptr;
+  }
+  return c;
+}
+
+template <typename T>
+void run_sm90(const at::Tensor& gy2, int64_t ldg, const at::Tensor& v, const LayoutArgs& l, const Sm90LayoutCache& c,
+              int64_t m, int64_t n, int64_t k, at::Tensor& gx, cudaStream_t stream) {
+  const GradInputPlan plan = plan_grad_input_sm90(k, l.view.num_tiles, device_caps());
+  TORCH_CHECK(plan.kc > 0, "tw_linear_grad_input: the sm_90a kernel does not fit the device's shared memory");
+  const GiSm90Params<T> p = gi_sm90_params<T>(
+      reinterpret_cast<const T*>(gy2.data_ptr()), ldg, reinterpret_cast<const CUtensorMap*>(c.maps.data_ptr()),
+      dev_layout(l), m, n, k, v.numel(), reinterpret_cast<T*>(gx.data_ptr()), k);
+  at::Tensor bounds = at::empty({std::max<int64_t>(plan.bounds_count, 1)}, l.cols.options());
+  run_grad_input_sm90(plan, p, bounds.data_ptr<int32_t>(), CudaLaunch{stream});
+}
+
 at::Tensor tw_linear_grad_input_cuda(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& cols,
                                      const at::Tensor& row_offsets, const at::Tensor& rows, int64_t in_features,
                                      int64_t tile) {
@@ -76,18 +129,29 @@ at::Tensor tw_linear_grad_input_cuda(const at::Tensor& grad_out, const at::Tenso
     gx.zero_();
   } else if (keeps_everything(info, N, K)) {  // the layout is the dense weight: cuBLAS
     at::mm_out(gx, grad_out.reshape({M, N}), values.contiguous().view({N, K}));
-  } else if (M > 0 && K > 0 &&
-             use_dense_backward(BackwardOp::kGradInput, dense_choice_from_env("TILESPARSE_CUDA_GRAD_INPUT_KERNEL"),
-                                grad_out.scalar_type(), device_caps().cc_major, M, N, K, values.numel())) {
-    // the sparse kernel would be slower than cuBLAS here (prefer_dense_backward): gX = gy W, W unpacked
-    const at::Tensor w = dense_weight_from_values(values.contiguous(), cols, row_offsets, rows, tile, N, K);
-    at::mm_out(gx, grad_out.reshape({M, N}), w);
   } else if (M > 0 && K > 0) {
     int64_t ldg = N;
     const at::Tensor gy2 = rows_view(grad_out, M, N, &ldg);
     const at::Tensor v = values.contiguous();
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    switch (grad_out.scalar_type()) {
+    const at::ScalarType dtype = grad_out.scalar_type();
+    const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+    std::unique_lock<std::mutex> lock;
+    const Sm90LayoutCache* sm90 = sm90_cache(l, info, half, gy2.data_ptr(), ldg, v.data_ptr(), v.numel(), M, K, lock);
+    if (use_dense_backward(BackwardOp::kGradInput, dense_choice_from_env("TILESPARSE_CUDA_GRAD_INPUT_KERNEL"), dtype,
+                           device_caps().cc_major, M, N, K, values.numel(), sm90 != nullptr)) {
+      // the sparse kernel would be slower than cuBLAS here (prefer_dense_backward): gX = gy W, W unpacked
+      if (lock.owns_lock()) lock.unlock();
+      const at::Tensor w = dense_weight_from_values(v, cols, row_offsets, rows, tile, N, K);
+      at::mm_out(gx, grad_out.reshape({M, N}), w);
+      return out;
+    }
+    if (sm90 != nullptr) {
+      if (dtype == at::kHalf) run_sm90<__half>(gy2, ldg, v, l, *sm90, M, N, K, gx, stream);
+      else run_sm90<__nv_bfloat16>(gy2, ldg, v, l, *sm90, M, N, K, gx, stream);
+      return out;
+    }
+    switch (dtype) {
       case at::kHalf:
         run(make_params<__half, float>(gy2, ldg, v, l, M, N, K, gx), l, stream);
         break;

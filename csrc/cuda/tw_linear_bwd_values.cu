@@ -28,12 +28,6 @@
 namespace tilesparse::cuda {
 namespace {
 
-#ifdef TILESPARSE_HAS_SM90A  // the sm_90a kernel bodies are built (setup.py): else they are traps
-constexpr bool kSm90aBuilt = true;
-#else
-constexpr bool kSm90aBuilt = false;
-#endif
-
 template <typename T, typename Acc>
 GradValuesParams<T, Acc> make_params(const at::Tensor& gy, int64_t ldg, const at::Tensor& x, int64_t ldx,
                                      const LayoutArgs& l, int64_t m, int64_t n, int64_t k, int64_t nv,

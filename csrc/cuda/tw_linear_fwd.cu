@@ -26,15 +26,6 @@
 namespace tilesparse::cuda {
 namespace {
 
-// The sm_90a kernel bodies exist only when the build targets 9.0a (setup.py
-// defines TILESPARSE_HAS_SM90A then); without them they are traps, so the
-// plan must not pick them even on a Hopper device.
-#ifdef TILESPARSE_HAS_SM90A
-constexpr bool kSm90aBuilt = true;
-#else
-constexpr bool kSm90aBuilt = false;
-#endif
-
 // TILESPARSE_CUDA_FWD_KERNEL=auto|sm90|sm90a|v2|v1 (read on every call): run
 // that kernel family where it applies (sm90 -> v2 -> v1 fall back in that
 // order; sm90: design U on unit-16 layouts, else design A; sm90a: design A
@@ -63,24 +54,6 @@ void set_sm90_clusters(DeviceCaps& caps) {
   set_resident_clusters(caps, "tw_fwd_sm90", [] {
     return std::array<int, 3>{query_sm90_clusters<1>(), query_sm90_clusters<2>(), query_sm90_clusters<4>()};
   });
-}
-
-// The per-tile tensor maps of `values` (re-encoded when the values pointer
-// changes); false where the driver refuses one (the caller falls back to v2).
-bool ensure_tile_maps(const LayoutArgs& l, Sm90LayoutCache& c, const void* values, int64_t nv) {
-  if (c.maps.defined() && c.maps_values == values && c.maps_nv == nv) return true;
-  const int64_t nt = l.row_offsets.numel() - 1;
-  std::vector<CUtensorMap> host(static_cast<size_t>(std::max<int64_t>(nt, 1)));
-  if (!sm90_encode_tile_maps(host.data(), values, nv, c.row_offsets.data(), c.kept.data(), nt, l.view.tile,
-                             l.cols.numel()))
-    return false;
-  at::Tensor bytes = at::empty({static_cast<int64_t>(host.size() * sizeof(CUtensorMap))},
-                               l.cols.options().device(at::kCPU).dtype(at::kByte));
-  std::memcpy(bytes.data_ptr(), host.data(), host.size() * sizeof(CUtensorMap));
-  c.maps = bytes.to(l.cols.device());  // the caching allocator's blocks are 512-byte aligned: maps need 64
-  c.maps_values = values;
-  c.maps_nv = nv;
-  return true;
 }
 
 template <typename T>

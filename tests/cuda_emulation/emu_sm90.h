@@ -104,7 +104,7 @@ void wgmma_commit_group();
 void wgmma_wait_group(int n);
 enum class WgmmaType { f16, bf16 };
 void wgmma_m64n128k16(float* d, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int accumulate, WgmmaType type,
-                      const char* op, bool mn_a = false, bool mn_b = false);
+                      const char* op, bool mn_a = false, bool mn_b = false, int n = 128);
 bool encode_tensor_map_2d(CUtensorMap* map, const void* base, uint64_t dim0, uint64_t dim1, uint64_t row_stride_bytes,
                           uint32_t box0, uint32_t box1, int swizzle);
 }  // namespace detail
@@ -229,6 +229,15 @@ inline void wgmma_m64n128k16_ss_mn_bf16(float (&d)[64], uint64_t desc_a, uint64_
 inline void wgmma_m64n128k16_ss_mn_f16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
   emu::detail::wgmma_m64n128k16(d, nullptr, desc_a, desc_b, accumulate, emu::detail::WgmmaType::f16,
                                 "wgmma_m64n128k16_ss_mn_f16", true, true);
+}
+
+inline void wgmma_m64n64k16_ss_tb_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  emu::detail::wgmma_m64n128k16(d, nullptr, desc_a, desc_b, accumulate, emu::detail::WgmmaType::bf16,
+                                "wgmma_m64n64k16_ss_tb_bf16", false, true, 64);
+}
+inline void wgmma_m64n64k16_ss_tb_f16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  emu::detail::wgmma_m64n128k16(d, nullptr, desc_a, desc_b, accumulate, emu::detail::WgmmaType::f16,
+                                "wgmma_m64n64k16_ss_tb_f16", false, true, 64);
 }
 
 // Host: cuTensorMapEncodeTiled's checks (see emu_sm90_runtime.cpp); false

@@ -46,6 +46,7 @@ struct Wgmma {
   WgmmaType type;
   bool rs;  // A from registers
   bool mn_a, mn_b;  // imm-trans-a / imm-trans-b: the operand is MN-major (transposed)
+  int n;            // the shape's N: 128 or 64 (D: n / 2 registers per thread)
   uint64_t desc_a, desc_b;
   int accumulate;
   float* d[128];
@@ -253,10 +254,10 @@ void complete_wgmma(int cta, const Wgmma& w, const char* op) {
   } else {
     read_operand(cta, w.desc_a, 64, w.mn_a, w.type, A, op);
   }
-  read_operand(cta, w.desc_b, 128, w.mn_b, w.type, B, op);
+  read_operand(cta, w.desc_b, w.n, w.mn_b, w.type, B, op);
   for (int t = 0; t < 128; ++t) {
     const int warp = t / 32, lane = t % 32, g4 = lane / 4, t4 = lane % 4;
-    for (int j = 0; j < 16; ++j)
+    for (int j = 0; j < w.n / 8; ++j)
       for (int e = 0; e < 4; ++e) {  // d[4j + e] = (16 warp + g + 8 (e >> 1), 8 j + 2 t + (e & 1))
         const int row = 16 * warp + g4 + 8 * (e >> 1), col = 8 * j + 2 * t4 + (e & 1);
         float& out = w.d[t][4 * j + e];
@@ -548,8 +549,9 @@ void wgmma_wait_group(int n) {
 }
 
 void wgmma_m64n128k16(float* d, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, int accumulate, WgmmaType type,
-                      const char* op, bool mn_a, bool mn_b) {
+                      const char* op, bool mn_a, bool mn_b, int n) {
   const ThreadPos t = current_thread(op);
+  if (n != 128 && n != 64) fail(std::string(op) + ": only N = 64 and 128 are emulated");
   if (a != nullptr && mn_a) fail(std::string(op) + ": imm-trans-a with A from registers (the ISA has no such form)");
   WarpgroupMma& m = warpgroup_mma(t);
   Wgmma& s = m.staging;
@@ -563,10 +565,11 @@ void wgmma_m64n128k16(float* d, const uint32_t* a, uint64_t desc_a, uint64_t des
     s.rs = rs;
     s.mn_a = mn_a;
     s.mn_b = mn_b;
+    s.n = n;
     s.desc_a = desc_a;
     s.desc_b = desc_b;
     s.accumulate = accumulate != 0;
-  } else if (s.type != type || s.rs != rs || s.mn_a != mn_a || s.mn_b != mn_b || s.desc_b != desc_b ||
+  } else if (s.type != type || s.rs != rs || s.mn_a != mn_a || s.mn_b != mn_b || s.n != n || s.desc_b != desc_b ||
              (!rs && s.desc_a != desc_a) ||
              s.accumulate != (accumulate != 0)) {
     fail(std::string(op) + ": the threads of the warpgroup give different descriptors or scale-d");

@@ -667,6 +667,105 @@ TEST_CASE("sm90 emu: wgmma SS with both operands MN-major (transposed), every sw
   });
 }
 
+namespace {
+// m64n64k16 with A (64 x 16) K-major and B (16 x 64) MN-major (imm-trans-b only): grad_input's form
+// (tw_gi_sm90_kernels.cuh), gy's rows against V_t's rows of positions. D is 32 per thread.
+__global__ void wgmma_ss_tb_kernel(SsLayout l, const uint16_t* a, const uint16_t* b, float* out) {
+  unsigned char* smem = dynamic_smem();
+  const int t = threadIdx.x;
+  for (int idx = t; idx < 64 * 16; idx += 128) {
+    std::memcpy(smem + kmajor_addr(l.sw, l.start_a, l.lbo_a, l.sbo_a, idx / 16, idx % 16), &a[idx], 2);
+    std::memcpy(smem + mnmajor_addr(l.sw, l.start_b, l.lbo_b, l.sbo_b, idx / 16, idx % 16), &b[idx], 2);
+  }
+  fence_proxy_async_shared();
+  __syncthreads();
+  float d[32];
+  wgmma_fence();
+  wgmma_m64n64k16_ss_tb_f16(d, make_smem_desc(l.start_a, l.sw, l.lbo_a, l.sbo_a),
+                            make_smem_desc(l.start_b, l.sw, l.lbo_b, l.sbo_b), 0);
+  wgmma_commit_group();
+  wgmma_wait_group<0>();
+  for (int i = 0; i < 32; ++i) out[t * 32 + i] = d[i];
+}
+
+// The same from TMA boxes, as the kernel loads them: G [64 rows x 64 outputs] row-major by one box {64, 64}
+// (128B swizzle, K-major: A is rows x outputs 16 k4 .. + 15) and V [32 outputs x 64 positions] by one box
+// {64, 32} (128B swizzle, MN-major: B is outputs 16 k4 .. x positions); D = G[:, k-step] V[k-step, :].
+__global__ void wgmma_ss_tb_tma_kernel(const CUtensorMap* gmap, const CUtensorMap* vmap, int k4, float* out) {
+  unsigned char* smem = dynamic_smem();
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 12288);
+  const int t = threadIdx.x;
+  if (t == 0) {
+    mbarrier_init(bar, 1);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (t == 0) {
+    mbarrier_arrive_expect_tx(bar, 8192 + 4096);
+    tma_load_2d(smem, gmap, bar, 0, 0);
+    tma_load_2d(smem + 8192, vmap, bar, 0, 0);
+  }
+  while (!mbarrier_try_wait_parity(bar, 0)) {
+  }
+  float d[32];
+  wgmma_fence();
+  wgmma_m64n64k16_ss_tb_f16(d, make_smem_desc(smem_addr(smem) + 32 * k4, Swizzle::k128B, 16, 1024),
+                            make_smem_desc(smem_addr(smem + 8192) + 2048 * k4, Swizzle::k128B, 8192, 1024), 0);
+  wgmma_commit_group();
+  wgmma_wait_group<0>();
+  for (int i = 0; i < 32; ++i) out[t * 32 + i] = d[i];
+}
+
+// out (128 threads x 32 accumulators of an m64n64 D) equals sum_k ab(i, n, k) exactly.
+template <typename Ab>
+void require_d64_exact(const std::vector<float>& out, Ab&& ab) {
+  for (int t = 0; t < 128; ++t)
+    for (int j = 0; j < 8; ++j)
+      for (int e = 0; e < 4; ++e) {
+        const int i = d_row(t, e), n = d_col(t, j, e);
+        double ref = 0;
+        for (int k = 0; k < 16; ++k) ref += ab(i, n, k);
+        REQUIRE(out[t * 32 + 4 * j + e] == static_cast<float>(ref));
+      }
+}
+}  // namespace
+
+TEST_CASE("sm90 emu: wgmma m64n64k16 SS, A K-major and B MN-major (imm-trans-b), every swizzle; from TMA boxes",
+          "[sm90][emu]") {
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int> u(-3, 3);
+  std::vector<uint16_t> a(64 * 16), b(64 * 16);  // a[i * 16 + k], b[n * 16 + k]
+  for (auto& v : a) v = f16_bits(static_cast<float>(u(rng)));
+  for (auto& v : b) v = f16_bits(static_cast<float>(u(rng)));
+  const SsLayout layouts[] = {
+      {Swizzle::kNone, 0, 1024, 128, 16384, 2048, 128},
+      {Swizzle::k128B, 32, 16, 1024, 16384, 8192, 1024},  // B: 64 positions = one 128-byte span (LBO unused)
+      {Swizzle::k64B, 32, 16, 1024, 16384, 4096, 512},
+      {Swizzle::k32B, 0, 16, 512, 16384, 2048, 256},
+  };
+  std::vector<float> out(128 * 32);
+  for (const SsLayout& l : layouts) {
+    INFO("swizzle " << static_cast<int>(l.sw));
+    emu::launch_cluster(wgmma_ss_tb_kernel, dim3(1), dim3(128), 1, 32768 + 1024, l, a.data(), b.data(), out.data());
+    require_d64_exact(out, [&](int i, int n, int k) {
+      return static_cast<double>(__half2float(__ushort_as_half(a[i * 16 + k]))) * __half2float(__ushort_as_half(b[n * 16 + k]));
+    });
+  }
+  // the kernel's form: TMA boxes of a row-major G [rows, outputs] and V [outputs, positions], each k16 step
+  Tensor2d g(64, 64, 64), v(64, 32, 64);  // (dim0, dim1, row stride): G 64 outputs x 64 rows, V 64 positions x 32
+  for (auto& x : g.data) x = f16_bits(static_cast<float>(u(rng)));
+  for (auto& x : v.data) x = f16_bits(static_cast<float>(u(rng)));
+  const CUtensorMap gmap = g.map(64, 64, Swizzle::k128B), vmap = v.map(64, 32, Swizzle::k128B);
+  for (int k4 = 0; k4 < 2; ++k4) {
+    INFO("k step " << k4);
+    emu::launch_cluster(wgmma_ss_tb_tma_kernel, dim3(1), dim3(128), 1, 12288 + 64, &gmap, &vmap, k4, out.data());
+    require_d64_exact(out, [&](int i, int n, int k) {
+      return static_cast<double>(__half2float(__ushort_as_half(g.at(16 * k4 + k, i)))) *
+             __half2float(__ushort_as_half(v.at(n, 16 * k4 + k)));
+    });
+  }
+}
+
 TEST_CASE("sm90 emu: fence.proxy.async: generic writes reach wgmma only after the fence", "[sm90][emu]") {
   std::vector<uint16_t> a(64 * 16, f16_bits(1.0f)), b(128 * 16, f16_bits(1.0f));
   const SsLayout l{Swizzle::kNone, 0, 1024, 128, 16384, 2048, 128};

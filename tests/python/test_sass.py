@@ -78,7 +78,8 @@ def test_sm90a_kernels_keep_their_wgmmas_asynchronous():
     kern = sr.report(so, tool)
     names = {sr._demangled(f) for f in kern}
     # every sm_90a kernel family is in the binary, with wgmma (a stubbed body would have none)
-    assert {"tw_fwd_sm90_kernel", "tw_fwd_sm90u_kernel", "tw_fwd_sm90u_small_kernel", "tw_gv_sm90u_kernel"} <= names
+    assert {"tw_fwd_sm90_kernel", "tw_fwd_sm90u_kernel", "tw_fwd_sm90u_small_kernel", "tw_gv_sm90u_kernel",
+            "tw_gi_sm90_kernel"} <= names
     serialized = {f: r["serialized"] for f, r in kern.items() if r["serialized"]}
     assert not serialized, f"ptxas serialized the wgmmas (C7518) of {serialized}"
     for f, r in kern.items():
