@@ -131,9 +131,9 @@ void run_both(const GiCase& c) {
 // name, {n, k, tile, row_density, col_density, unit, pad, seed, drop, dense, sparse, tew}, m, ldg_extra, ldx_extra,
 //       min_items
 
-TEST_CASE("sm90 gi: unit 16 at 75% / M tail (300 rows: a partial 128-row block) / K tail (400 = 240 + 160)",
+TEST_CASE("sm90 gi: unit 16 at 75% / M tail (300 rows: a partial 128-row block) / K tail (420 = 216 + 204)",
           "[cuda-emulation][grad_input][sm90][sm90gi]") {
-  run_both({"sm90 gi unit 16", {256, 400, 128, 0.25, 1.0, 16, 8, 301}, 300});
+  run_both({"sm90 gi unit 16", {256, 420, 128, 0.25, 1.0, 16, 8, 301}, 300});
 }
 
 TEST_CASE("sm90 gi: unit 1 (scattered features) / strided gy and gX", "[cuda-emulation][grad_input][sm90][sm90gi]") {

@@ -2,6 +2,7 @@
 weights of one process training on the whole batch."""
 import os
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -62,8 +63,6 @@ CASES = [("ddp", False, True), ("ddp", False, False), ("ddp", True, False), ("fs
 
 
 def worker(rank, init_file, out_dir):
-    import warnings
-
     # tw_linear returns a view of its fresh output; FSDP2 warns about in-place ops on views (none here)
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -91,14 +90,39 @@ def worker(rank, init_file, out_dir):
             torch.save(state, os.path.join(out_dir, f"case{i}_rank1.pt"))
         dist.barrier()
     dist.destroy_process_group()
+    open(os.path.join(out_dir, f"done{rank}"), "w").close()  # every case saved, the group torn down
+
+
+def run_workers(d):
+    """Runs the 2 workers; returns None when both finished every case, else what went wrong. A worker that
+    dies after its done marker (a gloo thread still joinable at interpreter exit: "terminate called without
+    an active exception", SIGABRT) has delivered its results, which are what the tests check."""
+    try:
+        mp.spawn(worker, args=(os.path.join(d, "init"), d), nprocs=WORLD, join=True)
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
+        if all(os.path.exists(os.path.join(d, f"done{r}")) for r in range(WORLD)):
+            warnings.warn(f"a worker exited abnormally after finishing every case: {e}")
+            return None
+        return e
+    return None
 
 
 @pytest.fixture(scope="module")
 def distributed_results():
-    with tempfile.TemporaryDirectory() as d:
-        mp.spawn(worker, args=(os.path.join(d, "init"), d), nprocs=WORLD, join=True)
-        yield {i: (torch.load(os.path.join(d, f"case{i}.pt")), torch.load(os.path.join(d, f"case{i}_rank1.pt")))
-               for i in range(len(CASES))}
+    # One retry in a fresh directory where a worker died before finishing (seen once in CI under load, rank 0
+    # aborting in gloo); the computation is deterministic, so a real failure fails twice, with both reasons.
+    failures = []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory() as d:
+            err = run_workers(d)
+            if err is None:
+                if failures:
+                    warnings.warn(f"the first distributed run failed, the retry passed: {failures[0]}")
+                yield {i: (torch.load(os.path.join(d, f"case{i}.pt")), torch.load(os.path.join(d, f"case{i}_rank1.pt")))
+                       for i in range(len(CASES))}
+                return
+            failures.append(f"{type(err).__name__}: {err}")
+    pytest.fail("the distributed workers failed twice:\n" + "\n".join(failures))
 
 
 @pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{k}-{'final' if f else 'masked'}{'-pruner' if p else ''}"
