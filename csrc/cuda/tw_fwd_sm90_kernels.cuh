@@ -222,7 +222,8 @@ __device__ __forceinline__ void sm90_store_partials(const float (&acc)[HALVES][6
         const int64_t row = row0 + 64 * h + 16 * wi + g8 + 8 * hr;
         if (row >= m) continue;
         float* dst = ws + (static_cast<int64_t>(split) * m + row) * wcols + sl.tslot * sm90_fwd::kSliceN + n0;
-        *reinterpret_cast<float2*>(dst) = make_float2(acc[h][4 * j + 2 * hr], acc[h][4 * j + 2 * hr + 1]);
+        // read by the slice group's last CTA after this thread's fence and the CTA's arrival
+        st_global_for_peers(reinterpret_cast<float2*>(dst), make_float2(acc[h][4 * j + 2 * hr], acc[h][4 * j + 2 * hr + 1]));
       }
   }
 }

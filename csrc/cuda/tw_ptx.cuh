@@ -1,5 +1,6 @@
-// PTX wrappers of the tile-wise kernels (sm_80+): cp.async, ldmatrix, and
-// mma.sync m16n8k16 / m16n8k8 with fp32 accumulation. Kept apart so that a host
+// PTX wrappers of the tile-wise kernels (sm_80+): cp.async, ldmatrix,
+// mma.sync m16n8k16 / m16n8k8 with fp32 accumulation, and the global store
+// that other CTAs read after a fence. Kept apart so that a host
 // emulation can run the kernels' own source with replacements of these few
 // warp-level primitives (see tw_device.cuh).
 #pragma once
@@ -85,5 +86,12 @@ __device__ __forceinline__ void mma_m16n8k8_bf16(float (&d)[4], const uint32_t (
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(b));
 }
+
+// A store that threads of other CTAs read after this thread's __threadfence
+// and an arrival on a counter (the sm90 forward's split-K partials): a plain
+// st.global. The host emulation holds such stores back until the storing
+// thread's next __threadfence (or the launch's end), so that a missing fence
+// fails a case there instead of passing on sequentially consistent memory.
+__device__ __forceinline__ void st_global_for_peers(float2* dst, float2 v) { *dst = v; }
 
 }  // namespace tilesparse::cuda

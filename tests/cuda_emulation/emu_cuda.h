@@ -4,9 +4,9 @@
 // TILESPARSE_PTX_EMULATION (so tw_device.cuh skips the CUDA headers and
 // tw_ptx.cuh) and supplies what the kernels use -- the CUDA keywords, the
 // vector and 16-bit float types, threadIdx & co., barriers, shuffles, atomics
-// and the PTX wrappers of tw_ptx.cuh (cp.async, ldmatrix, mma.sync) -- so that
-// the kernels' own source compiles as host C++ and runs through
-// emu::launch().
+// and the PTX wrappers of tw_ptx.cuh (cp.async, ldmatrix, mma.sync,
+// st_global_for_peers) -- so that the kernels' own source compiles as host
+// C++ and runs through emu::launch().
 //
 // Execution model (emu_runtime.cpp):
 //  - Blocks run one at a time, on the calling thread. The threads of a block
@@ -45,6 +45,11 @@
 //    rounded to fp32 once (the PTX ISA leaves the order and rounding of the
 //    internal sums to the implementation; real tensor cores round differently
 //    by a few fp32 ulps).
+//  - Global memory is sequentially consistent for plain accesses, except the
+//    stores other CTAs read after a fence (st_global_for_peers: the split-K
+//    partials): those are held back until the storing thread's next
+//    __threadfence, or the launch's end, the latest the memory model allows,
+//    so that a CTA that reads them without the writer's fence sees stale data.
 //  - Any failure (an emulation check, or an exception thrown by a kernel)
 //    stops the block and is rethrown by emu::launch as emu::Error.
 //  - The sm_90a instructions and emu::launch_cluster (clusters of blocks
@@ -236,6 +241,7 @@ struct Stats {
   uint64_t ldmatrix = 0;         // ldmatrix instructions (per warp)
   uint64_t mma = 0;              // mma.sync instructions (per warp)
   uint64_t shfl = 0;             // shuffles (per warp)
+  uint64_t held_stores = 0;      // st_global_for_peers (per thread): held back until the thread's fence
   // sm_90a (emu_sm90.h)
   uint64_t clusters = 0;          // clusters run (a block of emu::launch counts as one)
   uint64_t cluster_barriers = 0;  // barrier.cluster phases completed
@@ -280,6 +286,10 @@ void cp_async_wait(int n);
 void ldmatrix(uint32_t* r, int num, bool trans, const void* p, const char* op);
 enum class MmaType { f16, bf16 };
 void mma_m16n8(float* d, const uint32_t* a, const uint32_t* b, int k, MmaType type, const char* op);
+// st_global_for_peers: the store is held back (invisible to every other thread) until the storing thread's next
+// __threadfence or the launch's end, the latest visibility the memory model allows without a fence.
+void held_store(void* dst, const void* src, size_t bytes);
+void threadfence();
 }  // namespace detail
 
 // Runs kernel<<<grid, block, dynamic_smem_bytes>>>(args...): every block in
@@ -322,7 +332,8 @@ inline int __all_sync(unsigned mask, int predicate) {
 }
 inline unsigned __activemask() { return emu::detail::activemask(); }
 inline void __threadfence_block() {}
-inline void __threadfence() {}
+// Makes this thread's held-back global stores (st_global_for_peers) visible.
+inline void __threadfence() { emu::detail::threadfence(); }
 
 template <typename T>
 inline T __ldg(const T* p) {
@@ -440,6 +451,8 @@ inline void mma_m16n8k8_f16(float (&d)[4], const uint32_t (&a)[2], uint32_t b) {
 inline void mma_m16n8k8_bf16(float (&d)[4], const uint32_t (&a)[2], uint32_t b) {
   emu::detail::mma_m16n8(d, a, &b, 8, emu::detail::MmaType::bf16, "mma_m16n8k8_bf16");
 }
+
+inline void st_global_for_peers(float2* dst, float2 v) { emu::detail::held_store(dst, &v, sizeof v); }
 
 }  // namespace tilesparse::cuda
 

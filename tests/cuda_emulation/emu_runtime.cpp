@@ -236,6 +236,13 @@ struct Cta {  // one block of the running cluster
 
 using Buffer = std::unique_ptr<unsigned char, void (*)(unsigned char*)>;
 
+struct HeldStore {  // st_global_for_peers, not yet visible
+  uint64_t writer;  // block (linear) x threads per block + thread
+  void* dst;
+  unsigned char bytes[16];
+  size_t n;
+};
+
 struct Launch {
   dim3 grid, block;
   int nthreads = 0;    // per block
@@ -268,6 +275,7 @@ struct Launch {
   // cluster): at random points, or as late as possible (only when no fiber
   // can run), so that a read of a box nobody waited for sees the 0xFF fill.
   bool late_delivery = false;
+  std::vector<HeldStore> held;  // in issue order
 };
 
 std::mutex g_launch_mutex;  // static __shared__ storage and the fiber pool are process-wide
@@ -778,6 +786,8 @@ void run_grid(const char* api, dim3 grid, dim3 block, unsigned cluster_x, bool c
     l.late_delivery = cluster_launch && l.rng() % 2 == 0;
     run_cluster(l, firsts[i]);
   }
+  for (const HeldStore& h : l.held) std::memcpy(h.dst, h.bytes, h.n);  // the launch's end: all visible
+  l.held.clear();
   tl_launch = nullptr;
   blockIdx = uint3{0, 0, 0};
   if (l.error) std::rethrow_exception(l.error);
@@ -809,6 +819,34 @@ int syncthreads_count(int predicate) {
 }
 
 void syncthreads() { (void)syncthreads_count(0); }
+
+// ---- global stores that other CTAs read after a fence -----------------------
+namespace {
+uint64_t writer_id(const Launch& l) {
+  const Fiber& f = *l.cur;
+  return l.ctas[static_cast<size_t>(f.cta)].linear * static_cast<uint64_t>(l.nthreads) + static_cast<uint64_t>(f.linear);
+}
+}  // namespace
+
+void held_store(void* dst, const void* src, size_t bytes) {
+  Launch& l = need("st_global_for_peers");
+  if (bytes > sizeof(HeldStore::bytes)) fail("st_global_for_peers: at most 16 bytes per store");
+  HeldStore h{writer_id(l), dst, {}, bytes};
+  std::memcpy(h.bytes, src, bytes);
+  l.held.push_back(h);
+  ++g_stats.held_stores;
+}
+
+void threadfence() {
+  Launch& l = need("__threadfence");
+  const uint64_t me = writer_id(l);
+  size_t kept = 0;
+  for (size_t i = 0; i < l.held.size(); ++i) {
+    if (l.held[i].writer == me) std::memcpy(l.held[i].dst, l.held[i].bytes, l.held[i].n);
+    else l.held[kept++] = l.held[i];
+  }
+  l.held.resize(kept);
+}
 
 unsigned ballot(const char* op, unsigned mask, int predicate) {
   Launch& l = need(op);

@@ -715,6 +715,39 @@ TEST_CASE("a missing __syncthreads shows as stale shared memory", "[emu][sync]")
   CHECK(wrong() > 0);
 }
 
+namespace {
+// Block 0 publishes a value for block 1 (which runs after it: blocks run in order under emu::launch):
+// st_global_for_peers, with or without this thread's __threadfence before the flag.
+__global__ void publish_kernel(float2* data, int* flag, float2* seen, int fence) {
+  if (threadIdx.x != 0) return;
+  if (blockIdx.x == 0) {
+    tilesparse::cuda::st_global_for_peers(data, make_float2(1.5f, 2.5f));
+    if (fence) __threadfence();
+    atomicAdd(flag, 1);
+  } else if (atomicAdd(flag, 0) == 1) {
+    __threadfence();
+    *seen = *data;
+  }
+}
+}  // namespace
+
+TEST_CASE("st_global_for_peers: held back until the storer's __threadfence, visible at the launch's end",
+          "[emu][fence]") {
+  for (int fence : {1, 0}) {
+    INFO("fence " << fence);
+    float2 data = make_float2(0.f, 0.f), seen = make_float2(-1.f, -1.f);
+    int flag = 0;
+    emu::reset_stats();
+    emu::launch(publish_kernel, dim3(2), dim3(32), 0, &data, &flag, &seen, fence);
+    CHECK(emu::stats().held_stores == 1);
+    // the peer saw the value only where the storer fenced before its arrival
+    CHECK(seen.x == (fence ? 1.5f : 0.f));
+    CHECK(seen.y == (fence ? 2.5f : 0.f));
+    CHECK(data.x == 1.5f);  // and at the launch's end it is there either way
+    CHECK(data.y == 2.5f);
+  }
+}
+
 TEST_CASE("atomics of layout_kernels.cuh: validate_offsets_kernel flags and sums", "[emu][atomics]") {
   // 3 tiles of 4 columns over n = 12, k = 10; row counts 3, 0, 5 (+3 padding
   // slots repeating 9 in the last tile: 8 slots, 5 kept).
