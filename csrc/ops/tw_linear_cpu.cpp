@@ -120,6 +120,8 @@ CpuKernel selected_kernel() {
 }
 
 // The kernel a tensor of `dtype` runs on (fused kernels are float32 only).
+bool is_16bit(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
+
 CpuKernel kernel_for(at::ScalarType dtype) {
   const CpuKernel k = selected_kernel();  // validates the variable for every dtype
   return dtype == at::kFloat ? k : CpuKernel::kGeneric;
@@ -350,6 +352,13 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
                     ") as the layout keeps output features (", cols.numel(), ")");
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
   check_values(values, grad_out, l);
+  if (is_16bit(grad_out.scalar_type())) {
+    // a feature's gradient is a sum over the tiles that keep it: in fp32, rounded once (as torch's 16-bit
+    // matmul), through the fp32 kernels; summed in 16 bits it would be rounded once per tile
+    return tw_linear_grad_input_cpu(grad_out.to(at::kFloat), values.to(at::kFloat), cols, row_offsets, rows,
+                                    in_features, tile)
+        .to(grad_out.scalar_type());
+  }
   const CpuKernel kernel = kernel_for(grad_out.scalar_type());
   const int64_t M = leading_rows(grad_out);
   const at::Tensor gy = grad_out.reshape({M, N}).contiguous();
@@ -384,6 +393,12 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
   const LayoutArgs l = layout_args(cols, row_offsets, rows, tile, N, K, grad_out.device(), true);
   TORCH_CHECK_VALUE(num_values == core::num_values(l.view), "num_values must be ", core::num_values(l.view),
                     " for this layout, got ", num_values);
+  if (is_16bit(grad_out.scalar_type())) {
+    // a sum over M, split over M-blocks and workers: in fp32, rounded once, through the fp32 kernels
+    return tw_linear_grad_values_cpu(grad_out.to(at::kFloat), x.to(at::kFloat), cols, row_offsets, rows, tile,
+                                     num_values)
+        .to(grad_out.scalar_type());
+  }
   const CpuKernel kernel = kernel_for(grad_out.scalar_type());
   const int64_t M = leading_rows(grad_out);
   const at::Tensor gy = grad_out.reshape({M, N}).contiguous();

@@ -268,6 +268,30 @@ def test_backward_operators_directly(device, case, lead):
     torch.testing.assert_close(gv.cpu(), _packed(dense, layout))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_16bit_backward_operators_round_once(device, dtype):
+    """In 16 bits the backward sums (grad_input over the tiles that keep a feature, grad_values over M) are
+    as accurate as torch's own 16-bit matmul against float64 (within 2x of its error): accumulated in fp32
+    and rounded once, not once per tile or per M-block."""
+    n, k, m, tile = 1024, 96, 3000, 64   # 16 tiles a feature sums over; M in several blocks
+    mask = random_tw_mask(n, k, tile, 0.5, seed=7)
+    layout = TileLayout.from_mask(mask, tile).to(device)
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(n, k, generator=g, dtype=torch.float64) * mask).to(dtype)
+    gy = torch.randn(m, n, generator=g, dtype=torch.float64).to(dtype).to(device)
+    x = torch.randn(m, k, generator=g, dtype=torch.float64).to(dtype).to(device)
+    values = layout.pack(w.to(device))
+    wd = w.double().to(device)
+    gx = _ops.tw_linear_grad_input(gy, values, layout.cols, layout.row_offsets, layout.rows, k, tile)
+    ref, low = gy.double() @ wd, gy @ w.to(device)
+    assert (gx.double() - ref).abs().max() <= 2 * (low.double() - ref).abs().max()
+    gv = _ops.tw_linear_grad_values(gy, x, layout.cols, layout.row_offsets, layout.rows, tile, layout.num_values)
+    ref_v = layout.pack((gy.double().t() @ x.double()))
+    low_v = layout.pack(gy.t() @ x)
+    assert (gv.double() - ref_v).abs().max() <= 2 * (low_v.double() - ref_v).abs().max()
+
+
 @pytest.mark.parametrize("needs", ["x", "values", "bias", "x+bias"])
 def test_backward_only_requested_grads(needs):
     """Only the inputs that require grad get one, and each is still correct."""
