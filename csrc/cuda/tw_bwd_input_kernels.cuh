@@ -219,18 +219,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1) tw_grad_input_mma_ke
   const int cpr = (kw + 7) / 8;
   for (int ci = tid; ci < rows_valid * cpr; ci += THREADS) {
     const int r = ci / cpr, cc = (ci % cpr) * 8;
-    const float* arow = accs + r * ldacc + cc;
-    uint16_t* grow = gx + (m0 + r) * p.ldx + k0 + cc;
-    if (p.gx_vec && cc + 8 <= kw) {
-      uint4 v;
-      v.x = H::from_float(arow[0]) | (static_cast<uint32_t>(H::from_float(arow[1])) << 16);
-      v.y = H::from_float(arow[2]) | (static_cast<uint32_t>(H::from_float(arow[3])) << 16);
-      v.z = H::from_float(arow[4]) | (static_cast<uint32_t>(H::from_float(arow[5])) << 16);
-      v.w = H::from_float(arow[6]) | (static_cast<uint32_t>(H::from_float(arow[7])) << 16);
-      *reinterpret_cast<uint4*>(grow) = v;
-    } else {
-      for (int e = 0; e < 8 && cc + e < kw; ++e) grow[e] = H::from_float(arow[e]);
-    }
+    store_half8<T>(gx + (m0 + r) * p.ldx + k0 + cc, accs + r * ldacc + cc, kw - cc, p.gx_vec);
   }
 }
 

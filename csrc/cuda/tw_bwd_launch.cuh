@@ -169,10 +169,7 @@ GiSm90Params<T> gi_sm90_params(const T* gy, int64_t ldg, const CUtensorMap* tile
 // sm90: the chunk bounds, then the grid (chunks x 128-row blocks) in pieces of 65535 blocks along y.
 template <typename T, typename Launch>
 void run_grad_input_sm90(const GradInputPlan& plan, GiSm90Params<T> p, int32_t* bounds, Launch&& launch) {
-  const int64_t count = p.layout.num_tiles * (plan.nkc + 1);
-  if (count > 0)
-    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(bwd_ceil_div(count, 256))), dim3(256), 0, p.layout, p.k,
-           static_cast<int32_t>(plan.kc), static_cast<int32_t>(plan.nkc), bounds);
+  launch_chunk_bounds(launch, p.layout, p.k, plan.kc, plan.nkc, bounds);
   p.bounds = bounds;
   p.kc = plan.kc;
   p.nkc = plan.nkc;
@@ -189,10 +186,7 @@ void run_grad_input_sm90(const GradInputPlan& plan, GiSm90Params<T> p, int32_t* 
 
 template <typename T, typename Acc, typename Launch>
 void run_grad_input(const GradInputPlan& plan, GradInputParams<T, Acc> p, int32_t* bounds, Launch&& launch) {
-  const int64_t count = p.layout.num_tiles * (plan.nkc + 1);
-  if (count > 0)
-    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(bwd_ceil_div(count, 256))), dim3(256), 0, p.layout, p.k,
-           static_cast<int32_t>(plan.kc), static_cast<int32_t>(plan.nkc), bounds);
+  launch_chunk_bounds(launch, p.layout, p.k, plan.kc, plan.nkc, bounds);
   p.bounds = bounds;
   p.kc = plan.kc;
   p.nkc = plan.nkc;
@@ -440,8 +434,7 @@ void run_grad_values(const GradValuesPlan& plan, GradValuesParams<T, Acc> p, int
   } else if (plan.kernel == GradValuesKernel::kSm90U) {
     run_grad_values_sm90u<T>(plan, p, p.ws, launch);
   } else if (plan.kernel == GradValuesKernel::kV2) {
-    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(bwd_ceil_div(plan.bounds_count, 256))), dim3(256), 0,
-           p.layout, p.k, static_cast<int32_t>(plan.kc), static_cast<int32_t>(plan.nchunks), bounds);
+    launch_chunk_bounds(launch, p.layout, p.k, plan.kc, plan.nchunks, bounds);
     p.bounds = bounds;
     p.kc = plan.kc;
     p.nchunks = plan.nchunks;

@@ -110,6 +110,15 @@ static __global__ void chunk_bounds_kernel(DevLayout l, int64_t k, int32_t kc, i
   bounds[i] = static_cast<int32_t>(a);
 }
 
+// Launches chunk_bounds_kernel over the layout's tiles: bounds [num_tiles, nkc + 1] for chunks of kc.
+template <typename Launch>
+void launch_chunk_bounds(Launch&& launch, const DevLayout& l, int64_t k, int kc, int nkc, int32_t* bounds) {
+  const int64_t count = l.num_tiles * (nkc + 1);
+  if (count > 0)
+    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>((count + 255) / 256)), dim3(256), 0, l, k,
+           static_cast<int32_t>(kc), static_cast<int32_t>(nkc), bounds);
+}
+
 // ---------------------------------------------------------------------------
 // 16-bit float traits (storage is raw uint16_t in shared memory); mma is the
 // tensor-core m16n8k16 product of tw_ptx.cuh.
@@ -138,6 +147,23 @@ struct Half16<__nv_bfloat16> {
     mma_m16n8k16_bf16(d, a, b);
   }
 };
+
+// Up to 8 consecutive fp32 values (n of them) to fp16/bf16 at dst, one 16-byte store where vec (dst 16-byte
+// aligned) and n == 8: the write-out of the grad_input chunk accumulators.
+template <typename T>
+__device__ __forceinline__ void store_half8(uint16_t* dst, const float* src, int n, bool vec) {
+  using H = Half16<T>;
+  if (vec && n >= 8) {
+    uint4 v;
+    v.x = H::from_float(src[0]) | (static_cast<uint32_t>(H::from_float(src[1])) << 16);
+    v.y = H::from_float(src[2]) | (static_cast<uint32_t>(H::from_float(src[3])) << 16);
+    v.z = H::from_float(src[4]) | (static_cast<uint32_t>(H::from_float(src[5])) << 16);
+    v.w = H::from_float(src[6]) | (static_cast<uint32_t>(H::from_float(src[7])) << 16);
+    *reinterpret_cast<uint4*>(dst) = v;
+  } else {
+    for (int e = 0; e < 8 && e < n; ++e) dst[e] = H::from_float(src[e]);
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Fragments of mma.m16n8k16 (row.col) from shared memory.

@@ -359,11 +359,7 @@ void run_fwd_sm90u(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace&
 template <typename T, typename Launch>
 void run_fwd_sm90(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, Launch&& launch) {
   const DevLayout& l = a.layout;
-  if (plan.splits > 1 && !w.bounds_ready) {
-    const int64_t count = l.num_tiles * (plan.nchunks + 1);
-    launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(fwd_ceil_div(count, 256))), dim3(256), 0, l, a.k,
-           static_cast<int32_t>(sm90_fwd::kChunkK), static_cast<int32_t>(plan.nchunks), w.bounds);
-  }
+  if (plan.splits > 1 && !w.bounds_ready) launch_chunk_bounds(launch, l, a.k, sm90_fwd::kChunkK, plan.nchunks, w.bounds);
   FwdSm90Params<T> p;
   // x as dims {k, m}: each CTA of a cluster loads bm / cluster rows of a chunk (and multicasts them)
   if (!sm90::encode_tensor_map_2d(&p.x_map, a.x, static_cast<uint64_t>(a.k), static_cast<uint64_t>(a.m),
@@ -460,10 +456,7 @@ void run_fwd(const FwdPlan& plan, const FwdArgs<T>& a, const FwdWorkspace& w, La
       go(tw_fwd_mma_kernel<T, kFwdV1BM, 128, kFwdV1BK, 2, 4, kFwdV1Stages>, 128, 256,
          fwd_mma_smem_bytes<kFwdV1BM, 128, kFwdV1BK, kFwdV1Stages>());
   } else {
-    const int64_t count = l.num_tiles * (plan.nchunks + 1);
-    if (!w.bounds_ready)
-      launch(chunk_bounds_kernel, dim3(static_cast<unsigned>(fwd_ceil_div(count, 256))), dim3(256), 0, l, a.k,
-           static_cast<int32_t>(kV2KC), static_cast<int32_t>(plan.nchunks), w.bounds);
+    if (!w.bounds_ready) launch_chunk_bounds(launch, l, a.k, kV2KC, plan.nchunks, w.bounds);
     FwdV2Params<T> p{a.x, a.ldx, a.m, a.k, a.values, a.nv, a.bias, a.y, a.ldy, a.n, l, w.bounds, plan.nchunks,
                      plan.chunks_per_split, l.num_tiles * (l.tile / kV2Slice), plan.splits > 1 ? w.ws : nullptr, 0,
                      a.v_vec8};

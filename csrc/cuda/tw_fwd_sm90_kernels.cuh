@@ -98,6 +98,14 @@ struct SharedLayout {
 };
 }  // namespace sm90_fwd
 
+// The block's dynamic shared memory from its first swizzle-atom (1024-byte) boundary: TMA's and wgmma's
+// 128B-swizzle patterns follow the address bits. The kernels reserve kSwizzleAtom bytes of slack for it.
+__device__ __forceinline__ unsigned char* swizzle_aligned_smem() {
+  unsigned char* raw = dynamic_smem();
+  const uint32_t a = smem_addr(raw);
+  return raw + ((sm90_fwd::kSwizzleAtom - a % sm90_fwd::kSwizzleAtom) % sm90_fwd::kSwizzleAtom);
+}
+
 // Keeps the compiler from moving reads or writes of wgmma's registers across
 // the wgmma fence / wait around them (CUTLASS's warpgroup_fence_operand): the
 // asm statements order the instructions, not the register values.
@@ -291,9 +299,7 @@ __global__ void __launch_bounds__(sm90_fwd::kThreads, 1) tw_fwd_sm90_kernel(cons
   constexpr uint32_t kXBytes = x_chunk_bytes<BM>();
 
   // ---- shared memory: 1024-aligned base (TMA swizzle atoms, wgmma descriptors)
-  unsigned char* raw = dynamic_smem();
-  const uint32_t raw_addr = smem_addr(raw);
-  unsigned char* smem = raw + ((kSwizzleAtom - raw_addr % kSwizzleAtom) % kSwizzleAtom);
+  unsigned char* smem = swizzle_aligned_smem();
   unsigned char* xs = smem + L::kX;
   unsigned char* bs = smem + L::kB;
   uint64_t* x_full = reinterpret_cast<uint64_t*>(smem + L::kXFull);

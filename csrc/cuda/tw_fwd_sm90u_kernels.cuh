@@ -123,9 +123,7 @@ __global__ void __launch_bounds__(sm90u_fwd::kThreads, 1) tw_fwd_sm90u_kernel(co
   static_assert(C == 1 || C == 2 || C == 4, "tw_fwd_sm90u_kernel: clusters of 1, 2 or 4 CTAs");
   constexpr int kBoxes = kSliceN / kBoxRowsB;  // 4 boxes per B stage, 4 / C per rank
 
-  unsigned char* raw = dynamic_smem();
-  const uint32_t raw_addr = smem_addr(raw);
-  unsigned char* smem = raw + ((sm90_fwd::kSwizzleAtom - raw_addr % sm90_fwd::kSwizzleAtom) % sm90_fwd::kSwizzleAtom);
+  unsigned char* smem = swizzle_aligned_smem();
   unsigned char* as = smem + L::kA;
   unsigned char* bs = smem + L::kB;
   uint64_t* a_full = reinterpret_cast<uint64_t*>(smem + L::kAFull);
@@ -283,9 +281,7 @@ __global__ void __launch_bounds__(sm90u_fwd::kThreads, 1)
   using L = SmallLayout;
   constexpr int kBoxes = kSliceN / kBoxRowsB;
 
-  unsigned char* raw = dynamic_smem();
-  const uint32_t raw_addr = smem_addr(raw);
-  unsigned char* smem = raw + ((sm90_fwd::kSwizzleAtom - raw_addr % sm90_fwd::kSwizzleAtom) % sm90_fwd::kSwizzleAtom);
+  unsigned char* smem = swizzle_aligned_smem();
   unsigned char* as = smem + L::kA;
   unsigned char* bs = smem + L::kB;
   uint64_t* a_full = reinterpret_cast<uint64_t*>(smem + L::kAFull);    // [cw * kStagesA + s]

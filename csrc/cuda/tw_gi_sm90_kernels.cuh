@@ -110,9 +110,7 @@ __global__ void __launch_bounds__(sm90_gi::kThreads, 1) tw_gi_sm90_kernel(const 
   using namespace sm90;
   using L = SharedLayout;
 
-  unsigned char* raw = dynamic_smem();
-  const uint32_t raw_addr = smem_addr(raw);
-  unsigned char* smem = raw + ((sm90_fwd::kSwizzleAtom - raw_addr % sm90_fwd::kSwizzleAtom) % sm90_fwd::kSwizzleAtom);
+  unsigned char* smem = swizzle_aligned_smem();
   unsigned char* gys = smem + L::kGy;
   unsigned char* vs = smem + L::kV;
   uint64_t* gy_full = reinterpret_cast<uint64_t*>(smem + L::kGyFull);
@@ -259,24 +257,12 @@ __global__ void __launch_bounds__(sm90_gi::kThreads, 1) tw_gi_sm90_kernel(const 
       }
     }
     // ---- epilogue: this warp's 16 rows of the chunk, fp32 -> T (16-byte stores where aligned)
-    using H = Half16<T>;
     uint16_t* gx = reinterpret_cast<uint16_t*>(p.gx);
     const int cpr = (kw + 7) / 8;
     for (int ci = lane; ci < 16 * cpr; ci += 32) {
       const int r = ci / cpr, cc = (ci % cpr) * 8;
       if (m0 + r0 + r >= p.m) break;  // rows in order: the rest are past m too
-      const float* arow = accs + (r0 + r) * ldacc + cc;
-      uint16_t* grow = gx + (m0 + r0 + r) * p.ldx + k0 + cc;
-      if (p.gx_vec && cc + 8 <= kw) {
-        uint4 v;
-        v.x = H::from_float(arow[0]) | (static_cast<uint32_t>(H::from_float(arow[1])) << 16);
-        v.y = H::from_float(arow[2]) | (static_cast<uint32_t>(H::from_float(arow[3])) << 16);
-        v.z = H::from_float(arow[4]) | (static_cast<uint32_t>(H::from_float(arow[5])) << 16);
-        v.w = H::from_float(arow[6]) | (static_cast<uint32_t>(H::from_float(arow[7])) << 16);
-        *reinterpret_cast<uint4*>(grow) = v;
-      } else {
-        for (int e = 0; e < 8 && cc + e < kw; ++e) grow[e] = H::from_float(arow[e]);
-      }
+      store_half8<T>(gx + (m0 + r0 + r) * p.ldx + k0 + cc, accs + (r0 + r) * ldacc + cc, kw - cc, p.gx_vec);
     }
   }
 #elif defined(__CUDA_ARCH__)

@@ -104,9 +104,7 @@ __global__ void __launch_bounds__(sm90u_gv::kThreads, 1) tw_gv_sm90u_kernel(cons
   using L = SharedLayout;
   static_assert(C == 1 || C == 2 || C == 4, "tw_gv_sm90u_kernel: clusters of 1, 2 or 4 CTAs");
 
-  unsigned char* raw = dynamic_smem();
-  const uint32_t raw_addr = smem_addr(raw);
-  unsigned char* smem = raw + ((sm90_fwd::kSwizzleAtom - raw_addr % sm90_fwd::kSwizzleAtom) % sm90_fwd::kSwizzleAtom);
+  unsigned char* smem = swizzle_aligned_smem();
   unsigned char* stages = smem + L::kStage;
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kFull);
   uint64_t* empty = reinterpret_cast<uint64_t*>(smem + L::kEmpty);

@@ -66,11 +66,16 @@ void run(GradInputParams<T, Acc> p, const LayoutArgs& l, cudaStream_t stream) {
   run_grad_input(plan, p, bounds.data_ptr<int32_t>(), CudaLaunch{stream});
 }
 
-bool forced_v1() {
+// The sparse kernel TILESPARSE_CUDA_GRAD_INPUT_KERNEL names: sm90 (wherever it applies), v1, or none (the
+// plan's choice: auto, sparse, dense).
+enum class GiForce { kNone, kSm90, kV1 };
+GiForce forced_grad_input_kernel() {
   const char* e = std::getenv("TILESPARSE_CUDA_GRAD_INPUT_KERNEL");
-  if (e == nullptr || *e == '\0') return false;
-  for (const char* ok : {"auto", "sparse", "sm90", "v1", "dense"})
-    if (std::strcmp(e, ok) == 0) return std::strcmp(e, "v1") == 0;
+  if (e == nullptr || *e == '\0') return GiForce::kNone;
+  if (std::strcmp(e, "sm90") == 0) return GiForce::kSm90;
+  if (std::strcmp(e, "v1") == 0) return GiForce::kV1;
+  for (const char* ok : {"auto", "sparse", "dense"})
+    if (std::strcmp(e, ok) == 0) return GiForce::kNone;
   TORCH_CHECK_VALUE(false, "TILESPARSE_CUDA_GRAD_INPUT_KERNEL must be auto, sparse, sm90, v1 or dense, got '", e, "'");
 }
 
@@ -79,10 +84,11 @@ bool forced_v1() {
 Sm90LayoutCache* sm90_cache(const LayoutArgs& l, const LayoutInfo& info, bool half, const void* gy, int64_t ldg,
                             const void* values, int64_t nv, int64_t m, int64_t k, std::unique_lock<std::mutex>& lock) {
   const DeviceCaps caps = device_caps();
-  if (!kSm90aBuilt || !half || caps.cc_major != 9 || !info.known || forced_v1()) return nullptr;
-  const char* e = std::getenv("TILESPARSE_CUDA_GRAD_INPUT_KERNEL");
-  const bool forced = e != nullptr && std::strcmp(e, "sm90") == 0;  // where it applies, even where v1 is faster
-  if (!forced && !gi_sm90_pays(k, l.rows.numel(), l.view.num_tiles)) return nullptr;
+  if (!kSm90aBuilt || !half || caps.cc_major != 9 || !info.known) return nullptr;
+  const GiForce force = forced_grad_input_kernel();
+  if (force == GiForce::kV1) return nullptr;
+  // forced sm90 runs where it applies, even where v1 is faster
+  if (force != GiForce::kSm90 && !gi_sm90_pays(k, l.view.num_rows, l.view.num_tiles)) return nullptr;
   Sm90LayoutCache* c = info.sm90.get();
   if (c == nullptr) return nullptr;
   lock = std::unique_lock<std::mutex>(c->mutex);
