@@ -31,6 +31,22 @@ def test_load_task_keeps_frequent_categories_and_drops_duplicates(tmp_path):
     assert len(texts) == 30 and sorted(set(labels)) == [0, 1, 2] and len(set(texts)) == 30
 
 
+def test_transfer_set_is_the_left_out_categories_without_task_text(tmp_path):
+    d = _fortune_dir(tmp_path)
+    texts, _, names, counts = task.load_task(min_entries=5, per_class=10, directory=str(d))
+    extra = task.load_transfer(names, counts, texts, directory=str(d))
+    # "rare" is left out; "dupes" is left out too, but its one entry is also a cats entry: never transferred
+    assert extra == ["only one entry in this rare category file"]
+    assert task.interleave([1, 2, 3], ["a"]) == [1, "a", 2, 3]
+
+
+def test_task_loss_is_zero_on_an_unlabelled_batch():
+    logits = torch.randn(4, 3, requires_grad=True)
+    assert float(task._task_loss({"logits": logits}, {"input_ids": None})) == 0.0
+    labelled = task._task_loss({"logits": logits}, {"labels": torch.tensor([0, 1, 2, 0])})
+    assert float(labelled) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0]))))
+
+
 def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     monkeypatch.setenv("TILESPARSE_FORTUNE_DIR", str(_fortune_dir(tmp_path)))
     cfg = task.TaskConfig(min_entries=5, per_class=12, batch_size=8, dense_epochs=2, steps=2, calib_batches=1,
@@ -44,6 +60,7 @@ def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
         assert set(r) == {"pattern", "sparsity", "tile", "unit", "accuracy", "accuracy_std", "macro_f1"}
         assert 0.0 <= r["accuracy"] <= 1.0 and r["accuracy_std"] >= 0.0
     assert det["recipes"]["chosen"] in ("oneshot", "gradual") and len(det["dense_curve"]) == 2
+    assert det["transfer"] == 1  # the "rare" entry
     runs = det["runs"]  # the comparison (2 recipes, seed 0) plus the rows of the chosen recipe
     assert {(r["recipe"], r["seed"]) for r in runs if r["pattern"] == "tw"} >= {("oneshot", 0), ("gradual", 0)}
     for r in runs:
@@ -56,6 +73,7 @@ def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     lines = report.task_section(res, str(tmp_path), "study_")
     assert os.path.getsize(tmp_path / "study_task_accuracy.png") > 1000
     assert any("Recipes under the same budget" in x for x in lines)
+    assert any("unlabelled transfer set (the 1 entries" in x for x in lines)
     crit = {c for c, _, _ in report.task_acceptance(res)}
     assert crit == set()  # no 75% / 50% rows at tile 128 here
 

@@ -313,7 +313,11 @@ def task_section(results: Dict, out_dir: str, prefix: str) -> List[str]:
         f"Pruned: from the dense fine-tuned model, `tilesparse.distill(student, teacher, loader, s, steps="
         f"{c.get('steps')}, ...)` with the fine-tuned dense model as teacher: cross-entropy plus "
         "`EncoderDistillLoss` (embedding cosine + per-layer hidden-state nMSE + logit KL), lr "
-        f"{c.get('lr')}, batch {c.get('prune_batch_size')}; oneshot calibration on "
+        f"{c.get('lr')}, batch {c.get('prune_batch_size')}"
+        + (f", every second batch from an unlabelled transfer set (the {det['transfer']} entries of the left-out "
+           "categories, no entry of the task's text; distillation terms only, no cross-entropy)"
+           if c.get("transfer") and det.get("transfer") else "")
+        + "; oneshot calibration on "
         f"{c.get('calib_batches', 0) * c.get('prune_batch_size', 0)} training "
         f"sentences. The same {c.get('steps')} steps for every pattern; mean ± std over the seeds "
         f"{list(c.get('seeds', []))} (batch order). Recipe used for every row: **{rec.get('chosen')}** (measured below).")
@@ -341,11 +345,13 @@ def task_limits(results: Dict) -> List[str]:
         return []
     se = 100 * (da * (1 - da) / n_test) ** 0.5
     seen = c.get("steps", 0) * c.get("prune_batch_size", 0)
+    if c.get("transfer") and det.get("transfer"):
+        seen //= 2  # every second batch is a transfer batch: half the steps see labelled text
     epochs = seen / max(1, det.get("train") or 1)
     out = [f"Resolution: {n_test} held-out entries, so one accuracy carries a binomial standard error of "
            f"{se:.2f} points (the ± above is the spread over fine-tune batch orders only, on the same test set); "
-           f"a 0.5-point bar is below it. Budget: each pruned model sees {seen} sentences ({epochs:.2f} epochs of "
-           f"the training set), the dense model {c.get('dense_epochs')} epochs."]
+           f"a 0.5-point bar is below it. Budget: each pruned model sees {seen} labelled sentences ({epochs:.2f} epochs "
+           f"of the training set), the dense model {c.get('dense_epochs')} epochs."]
     ones = {tuple(e["key"]): e for e in det.get("oneshot", [])}
     for s, bar in ((0.75, 1.0), (0.5, 0.5)):
         r = _task_row(results, "tw", s)
