@@ -19,39 +19,13 @@ import json
 import sys
 import time
 
-import torch.nn.functional as F
-
 from tilesparse.distill import distill, hf_forward
 from tilesparse.losses import EncoderDistillLoss
 from tilesparse.oneshot import oneshot
 from tilesparse.study import task as T
 from tilesparse.study.__main__ import full_task_config
-from tilesparse.study.data import load_fortunes, split_texts
+from tilesparse.study.data import split_texts
 from tilesparse.study.minilm import load_minilm, make_batches
-
-
-def transfer_batches(tok, names, counts, task_texts, batch_size, max_length):
-    """Unlabelled batches of the left-out categories' entries (none of the task's text)."""
-    left = sorted(n for n in counts if n not in names)
-    texts = sorted(set(load_fortunes(files=left)) - set(task_texts))
-    return [{"input_ids": ids, "attention_mask": m} for _, ids, m in make_batches(tok, texts, batch_size, max_length)]
-
-
-def interleave(a, b):
-    out = []
-    for i in range(max(len(a), len(b))):
-        if i < len(a):
-            out.append(a[i])
-        if i < len(b):
-            out.append(b[i])
-    return out
-
-
-def task_loss(out, batch):
-    """Cross-entropy where the batch has labels (a transfer batch has none: 0)."""
-    if "labels" not in batch:
-        return out["logits"].sum() * 0.0
-    return F.cross_entropy(out["logits"], batch["labels"])
 
 
 def main() -> None:
@@ -63,7 +37,9 @@ def main() -> None:
     train = T._batches(tok, tr, [lab[t] for t in tr], cfg.batch_size, cfg.max_length)
     small = T._batches(tok, tr, [lab[t] for t in tr], cfg.prune_batch_size, cfg.max_length)
     test = T._batches(tok, te, [lab[t] for t in te], 64, cfg.max_length)
-    extra = transfer_batches(tok, names, counts, texts, cfg.prune_batch_size, cfg.max_length)
+    extra = [{"input_ids": ids, "attention_mask": m}
+             for _, ids, m in make_batches(tok, T.load_transfer(names, counts, texts), cfg.prune_batch_size,
+                                           cfg.max_length)]
     print("transfer set", sum(b["input_ids"].shape[0] for b in extra), "entries", flush=True)
     C = len(names)
     t0 = time.perf_counter()
@@ -86,12 +62,12 @@ def main() -> None:
         elif variant == "nolabel":
             weight = 0.0
         elif variant == "transfer":
-            loader = interleave(loader, T._shuffled(extra, 200))
+            loader = T.interleave(loader, T._shuffled(extra, 200))
         elif variant != "base":
             raise SystemExit(f"unknown variant {variant!r}")
         res = distill(student, dense, loader, 0.75, steps=cfg.steps, pattern=pattern, tile=128, unit=1,
                       start_sparsity=0.75, calib=T._shuffled(small, 7)[:cfg.calib_batches], filter_fn=T.task_filter,
-                      loss_fn=loss_fn, task_loss_fn=task_loss, task_weight=weight, params=T._trainable(student),
+                      loss_fn=loss_fn, task_loss_fn=T._task_loss, task_weight=weight, params=T._trainable(student),
                       lr=cfg.lr, prune_start=False, progress=False)
         ev = T.evaluate(res.model, test, C)
         print(json.dumps(dict(pattern=pattern, variant=variant, **ev, seconds=round(time.perf_counter() - t))),
