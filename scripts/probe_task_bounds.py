@@ -17,22 +17,16 @@ from tilesparse.oneshot import oneshot
 from tilesparse.study import task as T
 from tilesparse.study.__main__ import full_task_config
 from tilesparse.study.minilm import load_minilm
-from tilesparse.study.data import split_texts
 
 
 def main() -> None:
     cfg = full_task_config()
     tok, enc = load_minilm()
-    texts, labels, names, _ = T.load_task(cfg.min_entries, cfg.per_class)
-    lab = dict(zip(texts, labels))
-    tr, te = split_texts(texts, 0.2, salt="task")
-    train = T._batches(tok, tr, [lab[t] for t in tr], cfg.batch_size, cfg.max_length)
-    small = T._batches(tok, tr, [lab[t] for t in tr], cfg.prune_batch_size, cfg.max_length)
-    test = T._batches(tok, te, [lab[t] for t in te], 64, cfg.max_length)
-    C = len(names)
+    d = T.task_data(cfg, tok)
+    small, test, C = d.small, d.test, d.classes
     t0 = time.perf_counter()
     dense = T.SentenceClassifier(copy.deepcopy(enc), C)
-    T.finetune_dense(dense, train, test, C, cfg, False)
+    T.finetune_dense(dense, d.train, test, C, cfg, False)
     print("dense", T.evaluate(dense, test, C), round(time.perf_counter() - t0), flush=True)
     variants = sys.argv[1:] or ["0.95", "0.85", "uniform"]
     for v in variants:

@@ -24,27 +24,19 @@ from tilesparse.losses import EncoderDistillLoss
 from tilesparse.oneshot import oneshot
 from tilesparse.study import task as T
 from tilesparse.study.__main__ import full_task_config
-from tilesparse.study.data import split_texts
-from tilesparse.study.minilm import load_minilm, make_batches
+from tilesparse.study.minilm import load_minilm
 
 
 def main() -> None:
     cfg = full_task_config()
     tok, enc = load_minilm()
-    texts, labels, names, counts = T.load_task(cfg.min_entries, cfg.per_class)
-    lab = dict(zip(texts, labels))
-    tr, te = split_texts(texts, 0.2, salt="task")
-    train = T._batches(tok, tr, [lab[t] for t in tr], cfg.batch_size, cfg.max_length)
-    small = T._batches(tok, tr, [lab[t] for t in tr], cfg.prune_batch_size, cfg.max_length)
-    test = T._batches(tok, te, [lab[t] for t in te], 64, cfg.max_length)
-    extra = [{"input_ids": ids, "attention_mask": m}
-             for _, ids, m in make_batches(tok, T.load_transfer(names, counts, texts), cfg.prune_batch_size,
-                                           cfg.max_length)]
-    print("transfer set", sum(b["input_ids"].shape[0] for b in extra), "entries", flush=True)
-    C = len(names)
+    d = T.task_data(cfg, tok)
+    small, test, C = d.small, d.test, d.classes
+    extra = d.transfer
+    print("transfer set", len(d.transfer_texts), "entries", flush=True)
     t0 = time.perf_counter()
     dense = T.SentenceClassifier(copy.deepcopy(enc), C)
-    T.finetune_dense(dense, train, test, C, cfg, False)
+    T.finetune_dense(dense, d.train, test, C, cfg, False)
     print("dense", T.evaluate(dense, test, C), round(time.perf_counter() - t0), flush=True)
     pruned = {}
     for spec in sys.argv[1:] or ["tw:base", "tw:logits", "tw:nolabel", "tw:transfer"]:

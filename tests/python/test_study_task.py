@@ -40,6 +40,22 @@ def test_transfer_set_is_the_left_out_categories_without_task_text(tmp_path):
     assert task.interleave([1, 2, 3], ["a"]) == [1, "a", 2, 3]
 
 
+def test_task_data_splits_disjointly_and_batches_every_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILESPARSE_FORTUNE_DIR", str(_fortune_dir(tmp_path)))
+    cfg = task.TaskConfig(min_entries=5, per_class=10, batch_size=8, prune_batch_size=4)
+    d = task.task_data(cfg, ToyTokenizer())
+    assert d.classes == 3 and not set(d.train_texts) & set(d.test_texts)
+    assert sorted(d.train_texts + d.test_texts) == sorted(d.texts)
+    for batches, n, size in ((d.train, len(d.train_texts), 8), (d.small, len(d.train_texts), 4),
+                             (d.test, len(d.test_texts), 64)):
+        assert sum(b["labels"].numel() for b in batches) == n and max(b["labels"].numel() for b in batches) <= size
+    labels = sorted(d.labels[t] for t in d.train_texts)
+    assert sorted(torch.cat([b["labels"] for b in d.small]).tolist()) == labels
+    assert d.transfer_texts == ["only one entry in this rare category file"]
+    assert len(d.transfer) == 1 and "labels" not in d.transfer[0]
+    assert task.task_data(task.TaskConfig(min_entries=5, per_class=10, transfer=False), ToyTokenizer()).transfer == []
+
+
 def test_task_loss_is_zero_on_an_unlabelled_batch():
     logits = torch.randn(4, 3, requires_grad=True)
     assert float(task._task_loss({"logits": logits}, {"input_ids": None})) == 0.0

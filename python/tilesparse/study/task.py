@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..losses import mean_pool
 
-__all__ = ["TaskConfig", "load_task", "load_transfer", "SentenceClassifier", "run_task"]
+__all__ = ["TaskConfig", "TaskData", "task_data", "load_task", "load_transfer", "SentenceClassifier", "run_task"]
 
 Case = Tuple[str, float, int, int]
 
@@ -151,6 +151,46 @@ def _batches(tokenizer, texts, labels, batch_size, max_length) -> List[Dict[str,
             for idx, ids, m in make_batches(tokenizer, texts, batch_size, max_length)]
 
 
+@dataclass
+class TaskData:
+    """The task's text and batches, as :func:`task_data` builds them for the study and its probes."""
+    names: List[str]              # the kept categories (class c is names[c])
+    counts: Dict[str, int]        # unique entries of every category, kept or left out
+    texts: List[str]              # every task entry (training and held out)
+    labels: Dict[str, int]        # entry -> class
+    train_texts: List[str]
+    test_texts: List[str]
+    train: List[Dict[str, Tensor]]     # labelled batches of batch_size (dense fine-tune)
+    small: List[Dict[str, Tensor]]     # labelled batches of prune_batch_size (calibration, pruned fine-tunes)
+    test: List[Dict[str, Tensor]]      # held-out batches of 64
+    transfer_texts: List[str]          # the unlabelled transfer set ([] unless cfg.transfer)
+    transfer: List[Dict[str, Tensor]]  # its batches of prune_batch_size (no labels)
+
+    @property
+    def classes(self) -> int:
+        return len(self.names)
+
+
+def task_data(cfg: TaskConfig, tokenizer) -> TaskData:
+    """Load the task (:func:`load_task`), split it by a hash of the entry
+    (20% held out) and tokenize it into the batches every run uses."""
+    from .data import split_texts
+    from .minilm import make_batches
+
+    texts, labels, names, counts = load_task(cfg.min_entries, cfg.per_class)
+    lab = dict(zip(texts, labels))
+    tr, te = split_texts(texts, 0.2, salt="task")
+    extra = load_transfer(names, counts, texts) if cfg.transfer else []
+    return TaskData(
+        names=list(names), counts=dict(counts), texts=list(texts), labels=lab, train_texts=tr, test_texts=te,
+        train=_batches(tokenizer, tr, [lab[t] for t in tr], cfg.batch_size, cfg.max_length),
+        small=_batches(tokenizer, tr, [lab[t] for t in tr], cfg.prune_batch_size, cfg.max_length),
+        test=_batches(tokenizer, te, [lab[t] for t in te], 64, cfg.max_length),
+        transfer_texts=extra,
+        transfer=[{"input_ids": ids, "attention_mask": m}
+                  for _, ids, m in make_batches(tokenizer, extra, cfg.prune_batch_size, cfg.max_length)])
+
+
 def _shuffled(batches: Sequence, seed: int) -> List:
     g = torch.Generator().manual_seed(seed)
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
@@ -267,21 +307,14 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
     (categories and counts, the dense curve, the recipe comparison, per-seed
     values, speedups, times)."""
     from ..distill import hf_forward
-    from .data import split_texts
-    from .minilm import load_minilm, make_batches, model_speed
+    from .minilm import load_minilm, model_speed
 
     t0 = time.perf_counter()
     if encoder is None:
         tokenizer, encoder = load_minilm()
-    texts, labels, names, counts = load_task(cfg.min_entries, cfg.per_class)
-    lab = dict(zip(texts, labels))
-    tr, te = split_texts(texts, 0.2, salt="task")
-    train = _batches(tokenizer, tr, [lab[t] for t in tr], cfg.batch_size, cfg.max_length)
-    small = _batches(tokenizer, tr, [lab[t] for t in tr], cfg.prune_batch_size, cfg.max_length)
-    test = _batches(tokenizer, te, [lab[t] for t in te], 64, cfg.max_length)
-    extra = load_transfer(names, counts, texts) if cfg.transfer else []
-    transfer = [{"input_ids": ids, "attention_mask": m}
-                for _, ids, m in make_batches(tokenizer, extra, cfg.prune_batch_size, cfg.max_length)]
+    d = task_data(cfg, tokenizer)
+    names, counts, texts, tr, te, lab = d.names, d.counts, d.texts, d.train_texts, d.test_texts, d.labels
+    train, small, test, transfer, extra = d.train, d.small, d.test, d.transfer, d.transfer_texts
     C = len(names)
     per_class_train = [sum(lab[t] == c for t in tr) for c in range(C)]
     dense = SentenceClassifier(copy.deepcopy(encoder), C)
