@@ -8,9 +8,11 @@ then :func:`tilesparse.distill` for the full config's 300 steps, seed 0, one var
 * ``transfer``: ``base``, every second batch drawn from an unlabelled transfer set (the fortune categories the
   task leaves out: no entry of the task's training or test text), where only the distillation terms count.
 
+``pattern:variant@N`` runs N optimizer steps instead of the config's (the loader cycles: a budget curve).
+
 Prints one JSON line per (pattern, variant).
 
-    PYTHONPATH=python python3 scripts/probe_task_recipe.py [tw:base tw:logits ew:transfer ...]
+    PYTHONPATH=python python3 scripts/probe_task_recipe.py [tw:base tw:logits ew:transfer tw:transfer@1200 ...]
 
 ~3 minutes for the dense model, ~1 per oneshot and ~2 per variant on 2 cores.
 """
@@ -40,7 +42,9 @@ def main() -> None:
     print("dense", T.evaluate(dense, test, C), round(time.perf_counter() - t0), flush=True)
     pruned = {}
     for spec in sys.argv[1:] or ["tw:base", "tw:logits", "tw:nolabel", "tw:transfer"]:
+        spec, _, steps = spec.partition("@")
         pattern, variant = spec.split(":")
+        steps = int(steps or cfg.steps)
         t = time.perf_counter()
         if pattern not in pruned:
             pruned[pattern] = oneshot(copy.deepcopy(dense), T._shuffled(small, 7)[:cfg.calib_batches], 0.75,
@@ -57,12 +61,12 @@ def main() -> None:
             loader = T.interleave(loader, T._shuffled(extra, 200))
         elif variant != "base":
             raise SystemExit(f"unknown variant {variant!r}")
-        res = distill(student, dense, loader, 0.75, steps=cfg.steps, pattern=pattern, tile=128, unit=1,
+        res = distill(student, dense, loader, 0.75, steps=steps, pattern=pattern, tile=128, unit=1,
                       start_sparsity=0.75, calib=T._shuffled(small, 7)[:cfg.calib_batches], filter_fn=T.task_filter,
                       loss_fn=loss_fn, task_loss_fn=T._task_loss, task_weight=weight, params=T._trainable(student),
                       lr=cfg.lr, prune_start=False, progress=False)
         ev = T.evaluate(res.model, test, C)
-        print(json.dumps(dict(pattern=pattern, variant=variant, **ev, seconds=round(time.perf_counter() - t))),
+        print(json.dumps(dict(pattern=pattern, variant=variant, steps=steps, **ev, seconds=round(time.perf_counter() - t))),
               flush=True)
 
 

@@ -244,3 +244,26 @@ def test_write_report_and_cli_from_json(tmp_path):
     out = tmp_path / "again"
     assert main(["--from-json", str(j), "--out", str(out)]) == 0
     assert (out / "study.md").exists()
+
+
+def test_minilm_study_distills_on_more_text_than_it_calibrates_on(tmp_path, monkeypatch):
+    d = tmp_path / "fortunes"
+    d.mkdir()
+    (d / "all").write_text("\n%\n".join(f"{t} and entry number {i} of the file" for i, t in enumerate(TEXTS)) + "\n%\n")
+    monkeypatch.setenv("TILESPARSE_FORTUNE_DIR", str(d))
+    from tilesparse.study.data import fortune_split
+
+    n_all = len(fortune_split()[0])
+    cfg = minilm.MiniLMConfig(cases=(), max_length=12, batch_size=4, n_train=8, n_eval=4, n_distill=20, steps=1,
+                              layer_drop=(), magnitude=False, speed=False)
+    study = minilm.MiniLMStudy(cfg, ToyTokenizer(), tiny_bert(), progress=False)
+    assert n_all >= 20 and study.n_train == 8 and study.n_distill == 20
+    assert sum(b[0].numel() for b in study.calib) == 8 and study.distill_batches[:2] == study.train
+    assert len(study.targets) == len(study.distill_batches) == 2 + 3
+    # the distillation sentences: the 8 training ones first, then the next 12 of the same hash order
+    ids = lambda batches: sorted(tuple(row[keep.bool()].tolist()) for _, x, mask in batches
+                                 for row, keep in zip(x, mask))
+    more = ids(minilm.make_batches(ToyTokenizer(), fortune_split(20, 0)[0], 4, 12))
+    assert ids(study.distill_batches) == more
+    with pytest.raises(ValueError, match="n_distill=20"):
+        minilm.MiniLMStudy(cfg, ToyTokenizer(), tiny_bert(), texts=(TEXTS[:8], TEXTS[8:12]), progress=False)

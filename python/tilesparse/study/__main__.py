@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None,
                     help="MiniLM cases pattern:sparsity[:tile[:unit]], comma-separated (default: the full list)")
     ap.add_argument("--train", type=int, default=None, help="MiniLM training sentences (default 2048)")
+    ap.add_argument("--distill-text", type=int, default=None,
+                    help="MiniLM distillation sentences: the training ones plus more unique ones up to this many")
     ap.add_argument("--calib-every", type=int, default=None,
                     help="MiniLM calibration: every n-th training batch (default 1: all of them)")
     ap.add_argument("--no-layer-drop", action="store_true", help="skip the layer-dropped dense MiniLM")
@@ -126,6 +128,8 @@ def main(argv=None) -> int:
         mcfg = replace(mcfg, n_train=args.train)
     if args.calib_every is not None:
         mcfg = replace(mcfg, calib_every=args.calib_every)
+    if args.distill_text is not None:
+        mcfg = replace(mcfg, n_distill=args.distill_text)
     if args.no_layer_drop:
         mcfg = replace(mcfg, layer_drop=())
     t0 = time.perf_counter()

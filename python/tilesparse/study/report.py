@@ -546,7 +546,7 @@ def interpretation(results: Dict) -> List[str]:
         n_cal = c['n_train'] // c['calib_every']
         line = (f"Bars not reached ({len(missed)}: " + "; ".join(missed) + "), as measured. This run's budget: "
                 f"{n_cal} calibration sentences and {c['steps']} distillation steps of {c['batch_size']} sentences "
-                f"(the study must finish in 60 minutes on this 2-core CPU; this run took "
+                f"over {max(c['n_train'], c.get('n_distill', 0))} unique ones (the study must finish in 60 minutes on this 2-core CPU; this run took "
                 f"{_minutes(results.get('meta', {}).get('seconds', m.get('seconds', 0.0)))})")
         if at_bound:
             line += f"; the allocation put {', '.join(at_bound)} at the upper bound {c['bounds'][1]:.2f}"
@@ -661,7 +661,10 @@ def write_report(results: Dict, out_dir: str, md_name: str = "study.md", prefix:
                      f"{100 * c['delta']:.0f}%; VW 1x16; BW 32x32).")
         lines.append(f"3. **oneshot + fine-tuned**: {c['steps']} AdamW steps (batch {c['batch_size']}, lr {c['lr']:g}, "
                      "warm-up + cosine) of distillation to the dense model: `1 - cos` of the sentence embeddings "
-                     "plus the normalised MSE of every encoder layer's hidden states; pruned weights stay zero.")
+                     "plus the normalised MSE of every encoder layer's hidden states; pruned weights stay zero; "
+                     + (f"on {c['n_distill']} unique training sentences (the {c['n_train']} above and "
+                        f"{c['n_distill'] - c['n_train']} more of the training side, none held out)."
+                        if c.get("n_distill", 0) > c["n_train"] else f"on the {c['n_train']} training sentences."))
         if c.get("layer_drop"):
             lines.append(f"4. **dense, layers dropped** (what a user would pick instead): the encoder layers "
                          f"{list(c['layer_drop'])} kept, distilled with the same budget (each kept layer matched to "
