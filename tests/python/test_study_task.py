@@ -67,7 +67,8 @@ def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     monkeypatch.setenv("TILESPARSE_FORTUNE_DIR", str(_fortune_dir(tmp_path)))
     cfg = task.TaskConfig(min_entries=5, per_class=12, batch_size=8, dense_epochs=2, steps=2, calib_batches=1,
                           seeds=(0,), cases=(("tw", 0.5, 16, 1), ("ew", 0.5, 16, 1)),
-                          compare=(("tw", 0.5, 16, 1),), updates=1, grid_step=0.25)
+                          compare=(("tw", 0.5, 16, 1),), updates=1, grid_step=0.25, budget_steps=(4,),
+                          budget_cases=(("tw", 0.5, 16, 1),))
     t, det = task.run_task(cfg, ToyTokenizer(), tiny_bert(), progress=False)
     assert set(t) == {"name", "classes", "dense", "rows"} and t["classes"] == 3
     assert set(t["dense"]) == {"accuracy", "macro_f1"}
@@ -85,7 +86,11 @@ def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     assert tuple(gradual["updates"][0][:2]) == (0, task.start_sparsity(("tw", 0.5, 16, 1), "gradual", cfg)) != (0, 0.5)
     assert gradual["updates"][0][2] == pytest.approx(1 / 3, abs=0.05) and gradual["updates"][-1][1] == 0.5
     assert "speed" in det["rows"][0] and "speed" not in det["rows"][1]
+    assert [(b["pattern"], b["steps"], b["recipe"]) for b in det["budget"]] == [("tw", 4, det["recipes"]["chosen"])]
+    assert all(r["steps"] == 2 for r in runs) and len(det["budget"][0]["loss"]) == 2
     res = {"task": t, "task_details": det}
+    budget = report.budget_lines(res)
+    assert len(budget) == 1 and budget[0].startswith("Budget curve (TW 50%, seed 0") and "4 steps reach" in budget[0]
     lines = report.task_section(res, str(tmp_path), "study_")
     assert os.path.getsize(tmp_path / "study_task_accuracy.png") > 1000
     assert any("Recipes under the same budget" in x for x in lines)

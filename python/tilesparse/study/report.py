@@ -373,7 +373,32 @@ def task_limits(results: Dict) -> List[str]:
                     f"at 75% (the fine-tune's term), and {left - ew_left:+.2f} are the tile pattern's own cost "
                     "beyond element-wise pruning.")
         out.append(msg)
+    out += budget_lines(results)
     return [" ".join(out)]
+
+
+def budget_lines(results: Dict) -> List[str]:
+    """The budget curve: the chosen recipe at more steps against the row's own
+    run at the config's steps (same seed, same case)."""
+    t, det = results.get("task"), results.get("task_details", {})
+    c, da = det.get("config", {}), t["dense"]["accuracy"]
+    chosen = det.get("recipes", {}).get("chosen")
+    out = []
+    for b in det.get("budget", []):
+        key = lambda r: (r["pattern"], r["sparsity"], r["tile"], r["unit"], r["recipe"], r["seed"])
+        base = [r for r in det.get("runs", []) if key(r) == key(b) and r.get("steps", c.get("steps")) == c.get("steps")
+                and r["recipe"] == chosen]
+        if not base:
+            continue
+        r0 = base[0]
+        gained = 100 * (b["accuracy"] - r0["accuracy"])
+        out.append(f"Budget curve ({b['pattern'].upper()} {b['sparsity']:.0%}, seed "
+                   f"{b['seed']}, same recipe and data): {b['steps']} steps reach {100 * b['accuracy']:.2f}% "
+                   f"({100 * (b['accuracy'] - da):+.2f} vs dense) against {100 * r0['accuracy']:.2f}% at "
+                   f"{c.get('steps')} ({100 * (r0['accuracy'] - da):+.2f}): {gained:+.2f} points from "
+                   f"{b['steps'] / max(1, c.get('steps', 1)):.0f}x the steps, so the fine-tune's budget is "
+                   + ("a limiting term" if gained > 0.5 else "not what limits it") + f" ({b['seconds']:.0f} s).")
+    return out
 
 
 def puzzle_section(results: Dict) -> List[str]:

@@ -22,7 +22,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -60,6 +60,8 @@ class TaskConfig:
                                   # (distillation terms only). Measured, seed 0, 300 steps (dense 70.26% in that
                                   # run): TW 75% 67.86 -> 68.63%, EW 75% 69.93 -> 70.92%
                                   # (`scripts/probe_task_recipe.py tw:base tw:transfer ew:base ew:transfer`)
+    budget_steps: Tuple[int, ...] = ()  # the budget curve: the chosen recipe at these step counts too (seed 0)
+    budget_cases: Tuple[Case, ...] = (("tw", 0.75, 128, 1),)
     speed: bool = True
 
 
@@ -348,17 +350,17 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
                                                           "seconds": time.perf_counter() - t})
         return oneshots[key][0]
 
-    def run(case, recipe, seed):
+    def run(case, recipe, seed, steps=cfg.steps, record="runs"):
         t = time.perf_counter()
-        res = prune_finetune(dense, small, case, recipe, seed, cfg, progress,
+        res = prune_finetune(dense, small, case, recipe, seed, replace(cfg, steps=steps), progress,
                              pruned(case, start_sparsity(case, recipe, cfg)), transfer)
         ev = evaluate(res.model, test, C)
         run = {"pattern": case[0], "sparsity": case[1], "tile": case[2], "unit": case[3], "recipe": recipe,
-               "seed": seed, **ev, "achieved": res.updates[-1][2], "updates": res.updates,
+               "seed": seed, "steps": steps, **ev, "achieved": res.updates[-1][2], "updates": res.updates,
                "loss": [res.losses[0], res.losses[-1]], "update_seconds": res.update_seconds,
                "seconds": time.perf_counter() - t}
-        details["runs"].append(run)
-        print(f"task: {case[0]} {case[1]:.1%} {recipe} seed {seed}: accuracy {ev['accuracy']:.4f} "
+        details.setdefault(record, []).append(run)
+        print(f"task: {case[0]} {case[1]:.1%} {recipe} seed {seed} {steps} steps: accuracy {ev['accuracy']:.4f} "
               f"({run['seconds']:.0f} s)", flush=True)
         if on_update is not None:
             on_update(task, details)
@@ -399,6 +401,13 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
                   for b in test[: max(1, len(test) // 4)]]
             extra["speed"] = model_speed(dense.encoder, model0.encoder, sb)
         details.setdefault("rows", []).append(extra)
+        if on_update is not None:
+            on_update(task, details)
+    # the budget curve: does the same recipe with more steps close the gap? (seed 0; the row's own run is the
+    # config's step count)
+    for case in cfg.budget_cases if cfg.budget_steps else ():
+        for steps in cfg.budget_steps:
+            run(tuple(case), recipe, cfg.seeds[0], steps, "budget")
         if on_update is not None:
             on_update(task, details)
     details["seconds"] = time.perf_counter() - t0
