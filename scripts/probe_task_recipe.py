@@ -34,7 +34,6 @@ def main() -> None:
     tok, enc = load_minilm()
     d = T.task_data(cfg, tok)
     small, test, C = d.small, d.test, d.classes
-    extra = d.transfer
     print("transfer set", len(d.transfer_texts), "entries", flush=True)
     t0 = time.perf_counter()
     dense = T.SentenceClassifier(copy.deepcopy(enc), C)
@@ -58,7 +57,7 @@ def main() -> None:
         elif variant == "nolabel":
             weight = 0.0
         elif variant == "transfer":
-            loader = T.interleave(loader, T._shuffled(extra, 200))
+            loader = T.interleave(loader, T._shuffled(d.transfer, 200))
         elif variant != "base":
             raise SystemExit(f"unknown variant {variant!r}")
         res = distill(student, dense, loader, 0.75, steps=steps, pattern=pattern, tile=128, unit=1,

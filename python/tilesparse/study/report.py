@@ -382,12 +382,10 @@ def budget_lines(results: Dict) -> List[str]:
     run at the config's steps (same seed, same case)."""
     t, det = results.get("task"), results.get("task_details", {})
     c, da = det.get("config", {}), t["dense"]["accuracy"]
-    chosen = det.get("recipes", {}).get("chosen")
+    key = lambda r: (r["pattern"], r["sparsity"], r["tile"], r["unit"], r["recipe"], r["seed"])
     out = []
-    for b in det.get("budget", []):
-        key = lambda r: (r["pattern"], r["sparsity"], r["tile"], r["unit"], r["recipe"], r["seed"])
-        base = [r for r in det.get("runs", []) if key(r) == key(b) and r.get("steps", c.get("steps")) == c.get("steps")
-                and r["recipe"] == chosen]
+    for b in det.get("budget", []):  # every run in "runs" is at the config's steps
+        base = [r for r in det.get("runs", []) if key(r) == key(b)]
         if not base:
             continue
         r0 = base[0]
@@ -571,7 +569,8 @@ def interpretation(results: Dict) -> List[str]:
         n_cal = c['n_train'] // c['calib_every']
         line = (f"Bars not reached ({len(missed)}: " + "; ".join(missed) + "), as measured. This run's budget: "
                 f"{n_cal} calibration sentences and {c['steps']} distillation steps of {c['batch_size']} sentences "
-                f"over {max(c['n_train'], c.get('n_distill', 0))} unique ones (the study must finish in 60 minutes on this 2-core CPU; this run took "
+                f"over {max(c['n_train'], c.get('n_distill', 0))} unique ones (the study must finish in 60 minutes "
+                "on this 2-core CPU; this run took "
                 f"{_minutes(results.get('meta', {}).get('seconds', m.get('seconds', 0.0)))})")
         if at_bound:
             line += f"; the allocation put {', '.join(at_bound)} at the upper bound {c['bounds'][1]:.2f}"

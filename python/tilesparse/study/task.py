@@ -315,19 +315,19 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
     if encoder is None:
         tokenizer, encoder = load_minilm()
     d = task_data(cfg, tokenizer)
-    names, counts, texts, tr, te, lab = d.names, d.counts, d.texts, d.train_texts, d.test_texts, d.labels
-    train, small, test, transfer, extra = d.train, d.small, d.test, d.transfer, d.transfer_texts
+    names, counts, tr, te, lab = d.names, d.counts, d.train_texts, d.test_texts, d.labels
+    small, test = d.small, d.test
     C = len(names)
     per_class_train = [sum(lab[t] == c for t in tr) for c in range(C)]
     dense = SentenceClassifier(copy.deepcopy(encoder), C)
-    curve = finetune_dense(dense, train, test, C, cfg, progress)
+    curve = finetune_dense(dense, d.train, test, C, cfg, progress)
     dense_ev = evaluate(dense, test, C)
     print(f"task: {C} classes, dense accuracy {dense_ev['accuracy']:.4f} after {cfg.dense_epochs} epochs "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     details = {"config": asdict(cfg), "categories": names, "entries": {n: counts[n] for n in names},
                "left_out": {n: v for n, v in counts.items() if n not in names}, "train": len(tr), "test": len(te),
                "train_per_class": dict(zip(names, per_class_train)), "dense_curve": curve,
-               "transfer": len(extra),
+               "transfer": len(d.transfer_texts),
                "dense_seconds": time.perf_counter() - t0, "runs": [], "recipes": {}}
     task = {"name": f"fortune categories ({C} classes, all-MiniLM-L6-v2 + linear head)", "classes": C,
             "dense": {"accuracy": dense_ev["accuracy"], "macro_f1": dense_ev["macro_f1"]}, "rows": []}
@@ -353,7 +353,7 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
     def run(case, recipe, seed, steps=cfg.steps, record="runs"):
         t = time.perf_counter()
         res = prune_finetune(dense, small, case, recipe, seed, replace(cfg, steps=steps), progress,
-                             pruned(case, start_sparsity(case, recipe, cfg)), transfer)
+                             pruned(case, start_sparsity(case, recipe, cfg)), d.transfer)
         ev = evaluate(res.model, test, C)
         run = {"pattern": case[0], "sparsity": case[1], "tile": case[2], "unit": case[3], "recipe": recipe,
                "seed": seed, "steps": steps, **ev, "achieved": res.updates[-1][2], "updates": res.updates,
@@ -405,10 +405,8 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
             on_update(task, details)
     # the budget curve: does the same recipe with more steps close the gap? (seed 0; the row's own run is the
     # config's step count)
-    for case in cfg.budget_cases if cfg.budget_steps else ():
+    for case in cfg.budget_cases:
         for steps in cfg.budget_steps:
-            run(tuple(case), recipe, cfg.seeds[0], steps, "budget")
-        if on_update is not None:
-            on_update(task, details)
+            run(tuple(case), recipe, cfg.seeds[0], steps, "budget")  # run() reports it to on_update
     details["seconds"] = time.perf_counter() - t0
     return task, details
