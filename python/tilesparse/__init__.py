@@ -46,5 +46,6 @@ __all__ += ["oneshot"]
 from . import losses  # noqa: E402
 from .distill import DistillResult, distill  # noqa: E402
 from .losses import EncoderDistillLoss  # noqa: E402
+from .teacher_cache import TeacherCache  # noqa: E402
 
-__all__ += ["losses", "distill", "DistillResult", "EncoderDistillLoss"]
+__all__ += ["losses", "distill", "DistillResult", "EncoderDistillLoss", "TeacherCache"]

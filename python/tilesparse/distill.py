@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +31,9 @@ from .losses import EncoderDistillLoss
 from .nn import SPARSE_MODULES
 from .patterns import PATTERNS
 from .schedule import Cubic
+from .teacher_cache import TeacherCache
 
-__all__ = ["distill", "DistillResult", "hf_forward"]
+__all__ = ["distill", "DistillResult", "hf_forward", "TeacherCache"]
 
 ForwardFn = Callable[[nn.Module, Any], Any]
 
@@ -89,6 +90,14 @@ def _positive_int(name: str, v) -> int:
     return v
 
 
+def _fused_adamw(params: Sequence[nn.Parameter]) -> bool:
+    """AdamW's fused kernel where it exists (one pass per tensor instead of
+    ~10 elementwise ops: 3x faster on CPU for an encoder's weights)."""
+    kinds = {p.device.type for p in params}
+    return len(kinds) == 1 and kinds <= {"cpu", "cuda"} and all(
+        p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) for p in params)
+
+
 def _callable(name: str, v) -> None:
     if v is not None and not callable(v):
         raise TypeError(f"{name} must be callable, got {type(v).__name__}")
@@ -103,7 +112,7 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
             task_loss_fn: Optional[Callable[[Any, Any], Tensor]] = None, task_weight: float = 1.0,
             params: Optional[Iterable[nn.Parameter]] = None, lr: float = 1e-4, weight_decay: float = 0.0,
             warmup: float = 0.1, prune_start: bool = True, oneshot_kwargs: Optional[dict] = None,
-            progress: Optional[bool] = None) -> DistillResult:
+            teacher_cache: Union[bool, TeacherCache] = False, progress: Optional[bool] = None) -> DistillResult:
     """Prunes ``student`` to ``sparsity`` while distilling it to ``teacher``.
 
     ::
@@ -147,6 +156,10 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
             pruned to ``start_sparsity``, e.g. one oneshot reused for several seeds).
         oneshot_kwargs: further arguments of :func:`tilesparse.oneshot`
             (``selection``, ``damp``, ``delta``, ...).
+        teacher_cache: ``True``: the teacher's outputs computed once per
+            distinct batch within this call (a loader shorter than ``steps``);
+            a :class:`~tilesparse.TeacherCache` of this teacher: shared across
+            calls (several students from one teacher over the same batches).
         progress: tqdm bar (None: only on a terminal).
 
     Returns a :class:`DistillResult`. Pruned weights stay exactly zero
@@ -188,8 +201,17 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
         raise TypeError(f"prune_start must be a bool, got {type(prune_start).__name__}")
     if oneshot_kwargs is not None and not isinstance(oneshot_kwargs, dict):
         raise TypeError(f"oneshot_kwargs must be a dict, got {type(oneshot_kwargs).__name__}")
+    if isinstance(teacher_cache, TeacherCache):
+        if teacher_cache.teacher is not teacher:
+            raise ValueError("teacher_cache holds the outputs of another module: build it from this teacher")
+        if teacher_cache.forward_fn is not (forward_fn or hf_forward):
+            raise ValueError("teacher_cache runs another forward_fn than distill's: build it with the same function")
+    elif not isinstance(teacher_cache, bool):
+        raise TypeError(f"teacher_cache must be a bool or a tilesparse.TeacherCache, got {type(teacher_cache).__name__}")
 
     forward_fn = forward_fn or hf_forward
+    if teacher_cache is True:
+        teacher_cache = TeacherCache(teacher, forward_fn)
     loss_fn = loss_fn or EncoderDistillLoss()
     t_start = time.perf_counter()
     if calib is None:
@@ -240,7 +262,7 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
     trainable = [p for p in (student.parameters() if params is None else params) if p.requires_grad]
     if not trainable:
         raise ValueError("no parameter to train (params is empty or nothing requires grad)")
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, fused=_fused_adamw(trainable))
     warm = max(1, int(warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -262,8 +284,11 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
     try:
         for step in bar:
             batch = next(it)
-            with torch.no_grad():
-                t_out = forward_fn(teacher, batch)
+            if isinstance(teacher_cache, TeacherCache):
+                t_out = teacher_cache(batch)
+            else:
+                with torch.no_grad():
+                    t_out = forward_fn(teacher, batch)
             s_out = forward_fn(student, batch)
             loss = loss_fn(s_out, t_out, _attention_mask(batch))
             if task_loss_fn is not None and task_weight:
@@ -272,9 +297,9 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
             loss.backward()
             opt.step()
             sched.step()
-            for m in student.modules():
-                if isinstance(m, SPARSE_MODULES):
-                    m.apply_mask(opt)
+            # no re-masking per step: a pruned weight gets an exactly zero gradient (the forward packs the
+            # kept weights, or multiplies by the mask), so AdamW leaves it and its moments at exactly zero
+            # (decoupled decay of 0 is 0); the updates zero the newly pruned ones and their optimizer state
             res.losses.append(float(loss.detach()))
             target = ramp(step) if ramp is not None else None
             if target is not None and target > current + 1e-9:
@@ -287,5 +312,8 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
         bar.close()
         for m, t in modes:
             m.train(t)
+    for m in res.model.modules():  # the guarantee, whatever the loop did (a no-op by the argument above)
+        if isinstance(m, SPARSE_MODULES):
+            m.apply_mask()
     res.seconds = time.perf_counter() - t_start
     return res

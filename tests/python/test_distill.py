@@ -183,3 +183,103 @@ def test_encoder_distill_loss_terms():
     lo = torch.randn(4, 3)
     assert float(EncoderDistillLoss(embedding_weight=0, hidden_weight=0)({"logits": lo}, {"logits": lo})) == \
         pytest.approx(0.0, abs=1e-6)
+
+
+def _counting(teacher):
+    """A counter of the teacher's forward calls (register it after the students are copied from the teacher)."""
+    calls = []
+    teacher.register_forward_hook(lambda m, a, o: calls.append(1))
+    return calls
+
+
+def test_teacher_cache_runs_the_teacher_once_per_batch_and_distills_the_same():
+    kw = dict(steps=10, tile=TILE, start_sparsity=0.5, end_step=6, update_every=3, filter_fn=_encoder_filter,
+              lr=3e-3, oneshot_kwargs=FAST, progress=False)
+    teacher = _teacher()
+    loader = _loader(4)
+    students = [copy.deepcopy(teacher) for _ in range(4)]
+    calls = _counting(teacher)
+    plain = distill(students[0], teacher, loader, 0.75, **kw)
+    assert len(calls) == 10
+    calls.clear()
+    fresh = [{k: v.clone() for k, v in b.items()} for b in loader]  # equal batches, other tensors (a DataLoader)
+    cached = distill(students[1], teacher, fresh, 0.75, teacher_cache=True, **kw)
+    assert len(calls) == 4  # 10 steps over 4 distinct batches
+    assert cached.losses == pytest.approx(plain.losses, rel=1e-6)
+    # one cache across calls: the second student costs no teacher forward at all
+    cache = tilesparse.TeacherCache(teacher)
+    calls.clear()
+    distill(students[2], teacher, loader, 0.5, teacher_cache=cache, pattern="ew", **kw)
+    again = distill(students[3], teacher, loader, 0.75, teacher_cache=cache, **kw)
+    assert len(calls) == 4 and (cache.misses, cache.hits, len(cache)) == (4, 16, 4)
+    assert again.losses == pytest.approx(plain.losses, rel=1e-6)
+    with torch.no_grad():
+        hidden = teacher(**loader[0], output_hidden_states=True).hidden_states
+    assert cache.nbytes >= 4 * sum(t.numel() * 4 for t in hidden)  # the hidden states at least
+    # a bound of 0 stores nothing and still returns the teacher's outputs
+    small = tilesparse.TeacherCache(teacher, max_bytes=0)
+    out = small(loader[0])
+    with torch.no_grad():
+        assert len(small) == 0 and torch.equal(out.last_hidden_state, teacher(**loader[0]).last_hidden_state)
+
+
+def test_batch_key_is_the_content():
+    from tilesparse.teacher_cache import batch_key
+
+    b = _loader(1)[0]
+    same = {k: v.clone() for k, v in reversed(list(b.items()))}
+    assert batch_key(b) == batch_key(same)
+    changed = {k: v.clone() for k, v in b.items()}
+    changed["input_ids"][0, 0] += 1
+    assert batch_key(changed) != batch_key(b)
+    assert batch_key({**b, "input_ids": b["input_ids"].to(torch.int32)}) != batch_key(b)  # dtype
+    assert batch_key({**b, "input_ids": b["input_ids"].reshape(-1)}) != batch_key(b)  # shape
+    assert batch_key({"ids": b["input_ids"]}) != batch_key({"input_ids": b["input_ids"]})  # key
+    assert batch_key((b["input_ids"], 3)) != batch_key((b["input_ids"], 4))
+    assert batch_key(torch.tensor([True, False])) != batch_key(torch.tensor([False, True]))
+    assert batch_key(torch.zeros(0)) != batch_key(torch.zeros(0, 2))
+    with pytest.raises(TypeError, match=r"batch\['x'\] is a object"):
+        batch_key({"x": object()})
+
+
+def test_teacher_cache_arguments_are_checked():
+    teacher = _teacher()
+    with pytest.raises(TypeError, match="teacher"):
+        tilesparse.TeacherCache("bert")
+    with pytest.raises(TypeError, match="forward_fn"):
+        tilesparse.TeacherCache(teacher, forward_fn=3)
+    with pytest.raises(ValueError, match="max_bytes"):
+        tilesparse.TeacherCache(teacher, max_bytes=-1)
+    kw = dict(steps=2, tile=TILE, filter_fn=_encoder_filter, progress=False)
+    with pytest.raises(ValueError, match="another module"):
+        distill(copy.deepcopy(teacher), teacher, _loader(2), 0.5, teacher_cache=tilesparse.TeacherCache(_teacher()),
+                **kw)
+    with pytest.raises(ValueError, match="forward_fn"):
+        distill(copy.deepcopy(teacher), teacher, _loader(2), 0.5,
+                teacher_cache=tilesparse.TeacherCache(teacher, forward_fn=lambda m, b: m(**b)), **kw)
+    with pytest.raises(TypeError, match="teacher_cache"):
+        distill(copy.deepcopy(teacher), teacher, _loader(2), 0.5, teacher_cache="yes", **kw)
+
+
+@pytest.mark.parametrize("pattern", ["tw", "ew"])
+def test_pruned_weights_stay_zero_at_every_step_under_weight_decay(pattern):
+    """distill does not re-mask after each step (the gradient of a pruned weight
+    is exactly zero, so AdamW keeps it and its moments at zero): checked inside
+    the loop, at every step, with weight decay and the mask updates of a ramp."""
+    from tilesparse.nn import SPARSE_MODULES
+
+    teacher, loader = _teacher(), _loader(4)
+    student = copy.deepcopy(teacher)
+    seen = []
+
+    def task_loss(out, batch):  # runs each step, after the previous step's optimizer update
+        mods = [m for m in student.modules() if isinstance(m, SPARSE_MODULES)]
+        assert mods
+        seen.append(max(float(m.weight.detach().abs().masked_fill(m.keep_mask(), 0).max()) for m in mods))
+        return out.last_hidden_state.sum() * 0.0
+
+    res = distill(student, teacher, loader, 0.75, steps=12, pattern=pattern, tile=TILE, start_sparsity=0.25,
+                  end_step=8, update_every=2, filter_fn=_encoder_filter, task_loss_fn=task_loss, lr=1e-2,
+                  weight_decay=0.1, oneshot_kwargs=FAST, progress=False)
+    assert res.model is student and len(seen) == 12 and len(res.updates) == 5
+    assert seen == [0.0] * 12

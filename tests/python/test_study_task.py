@@ -66,13 +66,13 @@ def test_task_loss_is_zero_on_an_unlabelled_batch():
 def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     monkeypatch.setenv("TILESPARSE_FORTUNE_DIR", str(_fortune_dir(tmp_path)))
     cfg = task.TaskConfig(min_entries=5, per_class=12, batch_size=8, dense_epochs=2, steps=2, calib_batches=1,
-                          seeds=(0,), cases=(("tw", 0.5, 16, 1), ("ew", 0.5, 16, 1)),
+                          seeds=(0,), cases=(("tw", 0.5, 16, 1), ("ew", 0.5, 16, 1), ("tew", 0.5, 16, 1)),
                           compare=(("tw", 0.5, 16, 1),), updates=1, grid_step=0.25, budget_steps=(4,),
                           budget_cases=(("tw", 0.5, 16, 1),))
     t, det = task.run_task(cfg, ToyTokenizer(), tiny_bert(), progress=False)
     assert set(t) == {"name", "classes", "dense", "rows"} and t["classes"] == 3
     assert set(t["dense"]) == {"accuracy", "macro_f1"}
-    assert [(r["pattern"], r["sparsity"]) for r in t["rows"]] == [("tw", 0.5), ("ew", 0.5)]
+    assert [(r["pattern"], r["sparsity"]) for r in t["rows"]] == [("tw", 0.5), ("ew", 0.5), ("tew", 0.5)]
     for r in t["rows"]:
         assert set(r) == {"pattern", "sparsity", "tile", "unit", "accuracy", "accuracy_std", "macro_f1"}
         assert 0.0 <= r["accuracy"] <= 1.0 and r["accuracy_std"] >= 0.0
@@ -85,12 +85,17 @@ def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     gradual = [r for r in runs if r["recipe"] == "gradual"][0]  # start oneshot (shared by the seeds), then the ramp
     assert tuple(gradual["updates"][0][:2]) == (0, task.start_sparsity(("tw", 0.5, 16, 1), "gradual", cfg)) != (0, 0.5)
     assert gradual["updates"][0][2] == pytest.approx(1 / 3, abs=0.05) and gradual["updates"][-1][1] == 0.5
-    assert "speed" in det["rows"][0] and "speed" not in det["rows"][1]
+    assert "speed" in det["rows"][0] and "speed" not in det["rows"][1] and "speed" in det["rows"][2]
+    # one teacher cache for every run: each distinct batch's teacher forward once
+    tc = det["teacher_cache"]
+    assert tc["misses"] == tc["entries"] > 0 and tc["hits"] >= sum(r["steps"] for r in runs) + 4 - tc["entries"]
     assert [(b["pattern"], b["steps"], b["recipe"]) for b in det["budget"]] == [("tw", 4, det["recipes"]["chosen"])]
     assert all(r["steps"] == 2 for r in runs) and len(det["budget"][0]["loss"]) == 2
     res = {"task": t, "task_details": det}
     budget = report.budget_lines(res)
     assert len(budget) == 1 and budget[0].startswith("Budget curve (TW 50%, seed 0") and "4 steps reach" in budget[0]
+    tew = report.residue_lines(res)
+    assert len(tew) == 1 and tew[0].startswith("TEW 50% (TW + a 2% element-wise residue)")
     lines = report.task_section(res, str(tmp_path), "study_")
     assert os.path.getsize(tmp_path / "study_task_accuracy.png") > 1000
     assert any("Recipes under the same budget" in x for x in lines)

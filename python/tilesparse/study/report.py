@@ -373,8 +373,29 @@ def task_limits(results: Dict) -> List[str]:
                     f"at 75% (the fine-tune's term), and {left - ew_left:+.2f} are the tile pattern's own cost "
                     "beyond element-wise pruning.")
         out.append(msg)
+    out += residue_lines(results)
     out += budget_lines(results)
     return [" ".join(out)]
+
+
+def residue_lines(results: Dict) -> List[str]:
+    """TEW against TW at the same sparsity: how much of the tile pattern's
+    cost (TW against EW) the 2% element-wise residue wins back."""
+    rows = results.get("task", {}).get("rows", [])
+    out = []
+    for r in rows:
+        same = lambda p, tiled: next((x for x in rows if x["pattern"] == p and abs(x["sparsity"] - r["sparsity"]) < 1e-6
+                                      and (not tiled or (x["tile"], x["unit"]) == (r["tile"], r["unit"]))), None)
+        tw, ew = same("tw", True), same("ew", False)
+        if r["pattern"] != "tew" or not tw:
+            continue
+        won = 100 * (r["accuracy"] - tw["accuracy"])
+        msg = (f"TEW {r['sparsity']:.0%} (TW + a 2% element-wise residue): {100 * r['accuracy']:.2f}% against TW's "
+               f"{100 * tw['accuracy']:.2f}% ({won:+.2f} points")
+        if ew and ew["accuracy"] > tw["accuracy"]:
+            msg += f" of the {100 * (ew['accuracy'] - tw['accuracy']):.2f} between TW and EW"
+        out.append(msg + ").")
+    return out
 
 
 def budget_lines(results: Dict) -> List[str]:

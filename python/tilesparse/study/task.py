@@ -275,13 +275,15 @@ def start_sparsity(case: Case, recipe: str, cfg: TaskConfig) -> float:
 
 def prune_finetune(teacher: SentenceClassifier, train: Sequence[Dict], case: Case, recipe: str, seed: int,
                    cfg: TaskConfig, progress: Optional[bool], pruned: Optional[nn.Module] = None,
-                   transfer: Sequence[Dict] = ()):
+                   transfer: Sequence[Dict] = (), teacher_cache=False):
     """One pruned model with :func:`tilesparse.distill`; ``recipe`` ``"oneshot"``
     (oneshot to the target, then fine-tune) or ``"gradual"``. ``pruned``: the
     oneshot model of this case at :func:`start_sparsity` already computed (it
     does not depend on the seed: the same calibration batches for every seed).
     ``transfer``: unlabelled batches, every second one of the loader when given
-    (both orders depend on the seed); calibration stays on ``train``."""
+    (both orders depend on the seed); calibration stays on ``train``.
+    ``teacher_cache``: a :class:`tilesparse.TeacherCache` of ``teacher`` shared
+    by the runs (the teacher's outputs on a batch computed once)."""
     from ..distill import distill
     from ..losses import EncoderDistillLoss
 
@@ -298,7 +300,7 @@ def prune_finetune(teacher: SentenceClassifier, train: Sequence[Dict], case: Cas
                   calib=_shuffled(train, 7)[:cfg.calib_batches], filter_fn=task_filter,
                   loss_fn=EncoderDistillLoss(), task_loss_fn=_task_loss, params=_trainable(student), lr=cfg.lr,
                   prune_start=pruned is None,
-                  oneshot_kwargs={"grid_step": cfg.grid_step}, progress=progress)
+                  oneshot_kwargs={"grid_step": cfg.grid_step}, teacher_cache=teacher_cache, progress=progress)
     return res
 
 
@@ -309,6 +311,7 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
     (categories and counts, the dense curve, the recipe comparison, per-seed
     values, speedups, times)."""
     from ..distill import hf_forward
+    from ..teacher_cache import TeacherCache
     from .minilm import load_minilm, model_speed
 
     t0 = time.perf_counter()
@@ -332,6 +335,7 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
     task = {"name": f"fortune categories ({C} classes, all-MiniLM-L6-v2 + linear head)", "classes": C,
             "dense": {"accuracy": dense_ev["accuracy"], "macro_f1": dense_ev["macro_f1"]}, "rows": []}
 
+    cache = TeacherCache(dense)  # every run distills from this teacher over the same batches
     oneshots: Dict[Tuple[Case, float], Tuple[nn.Module, float]] = {}  # (case, sparsity) -> oneshot, shared by the seeds
 
     def pruned(case, s):
@@ -353,7 +357,7 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
     def run(case, recipe, seed, steps=cfg.steps, record="runs"):
         t = time.perf_counter()
         res = prune_finetune(dense, small, case, recipe, seed, replace(cfg, steps=steps), progress,
-                             pruned(case, start_sparsity(case, recipe, cfg)), d.transfer)
+                             pruned(case, start_sparsity(case, recipe, cfg)), d.transfer, cache)
         ev = evaluate(res.model, test, C)
         run = {"pattern": case[0], "sparsity": case[1], "tile": case[2], "unit": case[3], "recipe": recipe,
                "seed": seed, "steps": steps, **ev, "achieved": res.updates[-1][2], "updates": res.updates,
@@ -408,5 +412,7 @@ def run_task(cfg: TaskConfig = TaskConfig(), tokenizer=None, encoder: Optional[n
     for case in cfg.budget_cases:
         for steps in cfg.budget_steps:
             run(tuple(case), recipe, cfg.seeds[0], steps, "budget")  # run() reports it to on_update
+    details["teacher_cache"] = {"entries": len(cache), "hits": cache.hits, "misses": cache.misses,
+                                "bytes": cache.nbytes}
     details["seconds"] = time.perf_counter() - t0
     return task, details
