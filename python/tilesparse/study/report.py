@@ -666,7 +666,10 @@ def write_report(results: Dict, out_dir: str, md_name: str = "study.md", prefix:
                  f"torch {meta.get('torch', '?')} ({meta.get('torch_threads', '?')} threads)"
                  + (f", total run time {_minutes(meta['seconds'])}" if "seconds" in meta else "") + "."
                  + ("".join(f" The {p} part is kept from the run of {d} (`--merge`; its code is unchanged), its time "
-                            "included." for p, d in meta.get("kept", {}).items())))
+                            "included." for p, d in meta.get("kept", {}).items()))
+                 + (" The task part was stopped before its end (its rows are complete; its later runs and its "
+                    "time are not in the results, so the total above leaves it out)."
+                    if results.get("task_details") and "seconds" not in results["task_details"] else ""))
     lines.append("Every number below is measured by that command; nothing is tuned per pattern: all patterns go "
                  "through the same recipe (magnitude baseline; `tilesparse.oneshot`; distillation) with the same "
                  "budget.")
