@@ -195,10 +195,12 @@ def acceptance(results: Dict) -> List[Tuple[str, str, Optional[bool]]]:
     return out
 
 
-def _task_row(results: Dict, pattern: str, sparsity: float) -> Optional[Dict]:
+def _task_row(results: Dict, pattern: str, sparsity: float, tile: Optional[int] = 128,
+              unit: Optional[int] = 1) -> Optional[Dict]:
+    """The task row of ``pattern`` at ``sparsity``; ``tile``/``unit`` None: any."""
     t = results.get("task") or {}
     return next((r for r in t.get("rows", []) if r["pattern"] == pattern and abs(r["sparsity"] - sparsity) < 1e-6
-                 and r.get("tile", 128) == 128 and r.get("unit", 1) == 1), None)
+                 and tile in (None, r.get("tile", 128)) and unit in (None, r.get("unit", 1))), None)
 
 
 def task_acceptance(results: Dict) -> List[Tuple[str, str, Optional[bool]]]:
@@ -381,13 +383,13 @@ def task_limits(results: Dict) -> List[str]:
 def residue_lines(results: Dict) -> List[str]:
     """TEW against TW at the same sparsity: how much of the tile pattern's
     cost (TW against EW) the 2% element-wise residue wins back."""
-    rows = results.get("task", {}).get("rows", [])
     out = []
-    for r in rows:
-        same = lambda p, tiled: next((x for x in rows if x["pattern"] == p and abs(x["sparsity"] - r["sparsity"]) < 1e-6
-                                      and (not tiled or (x["tile"], x["unit"]) == (r["tile"], r["unit"]))), None)
-        tw, ew = same("tw", True), same("ew", False)
-        if r["pattern"] != "tew" or not tw:
+    for r in results.get("task", {}).get("rows", []):
+        if r["pattern"] != "tew":
+            continue
+        tw = _task_row(results, "tw", r["sparsity"], r["tile"], r["unit"])
+        ew = _task_row(results, "ew", r["sparsity"], None, None)
+        if not tw:
             continue
         won = 100 * (r["accuracy"] - tw["accuracy"])
         msg = (f"TEW {r['sparsity']:.0%} (TW + a 2% element-wise residue): {100 * r['accuracy']:.2f}% against TW's "
