@@ -1,6 +1,6 @@
 // The one place where every tilesparse operator's schema is declared.
 // Kernels register themselves per backend beside their implementation
-// (mask_ops_cpu.cpp, layout_ops_cpu.cpp, tw_linear_cpu.cpp, cuda/*.cu);
+// (mask_ops_cpu.cpp, layout_ops_cpu.cpp, tw_linear_cpu.cpp, csr_residue_cpu.cpp, cuda/*.cu);
 // fake kernels and autograd live in python/tilesparse/ops.py.
 #include <torch/library.h>
 
@@ -32,4 +32,11 @@ TORCH_LIBRARY(tilesparse, m) {
   m.def("tw_linear(Tensor x, Tensor values, Tensor cols, Tensor row_offsets, Tensor rows, Tensor? bias, int out_features, int tile) -> Tensor");
   m.def("tw_linear_grad_input(Tensor grad_out, Tensor values, Tensor cols, Tensor row_offsets, Tensor rows, int in_features, int tile) -> Tensor");
   m.def("tw_linear_grad_values(Tensor grad_out, Tensor x, Tensor cols, Tensor row_offsets, Tensor rows, int tile, int num_values) -> Tensor");
+
+  // ---- TEW residue: a small unstructured sparse R [out_features, in_features] --
+  // in CSR (row_ptr [out_features + 1], cols [nnz], int32), applied beside tw_linear.
+  // csr_linear: x @ R^T; grad_input: grad_out @ R; grad_values: the entries of grad_out^T @ x.
+  m.def("csr_linear(Tensor x, Tensor values, Tensor row_ptr, Tensor cols, int out_features) -> Tensor");
+  m.def("csr_linear_grad_input(Tensor grad_out, Tensor values, Tensor row_ptr, Tensor cols, int in_features) -> Tensor");
+  m.def("csr_linear_grad_values(Tensor grad_out, Tensor x, Tensor row_ptr, Tensor cols) -> Tensor");
 }

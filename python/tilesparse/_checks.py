@@ -46,6 +46,9 @@ def check_common(model, sparsity, tile, pattern, scope, col_sparsity, delta, k_a
     delta = check_float("delta", delta)
     if delta > 0 and pattern != "tew":
         raise ValueError(f"delta applies to pattern 'tew' only, got delta={delta} with pattern {pattern!r}")
+    if pattern == "tew" and delta <= 0:  # otherwise "tew" would silently be "tw"
+        raise ValueError("pattern 'tew' needs delta > 0, the fraction of weights restored as the unstructured "
+                         f"residue (about 0.01-0.05; oneshot uses 0.02), got delta={delta}")
     if pattern == "tew" and sparsity + delta >= 1.0:
         raise ValueError(f"sparsity + delta must be < 1, got {sparsity} + {delta}")
     if filter_fn is not None and not callable(filter_fn):

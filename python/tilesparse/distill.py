@@ -239,6 +239,8 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
             res.model = oneshot(res.model, calib, target, **kw)
         else:
             mag_kw = {k: os_kw[k] for k in ("unit",) if os_kw[k] != 1}
+            if pattern == "tew":  # the residue fraction oneshot would use
+                mag_kw["delta"] = os_kw.get("delta", 0.02)
             res.model = sparsify(res.model, target, tile, pattern, filter_fn, "layer", "magnitude",
                                  progress=False, **mag_kw)
         if opt is not None:

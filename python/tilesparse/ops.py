@@ -316,3 +316,143 @@ def _grad_values_backward(ctx, grad):
 
 torch.library.register_autograd("tilesparse::tw_linear_grad_values", _grad_values_backward,
                                 setup_context=_grad_values_setup)
+
+
+# ---------------------------------------------------------------------------
+# TEW residue: csr_linear (x @ R^T for a CSR R) and its backward operators
+# ---------------------------------------------------------------------------
+def _check_csr(row_ptr: Tensor, cols: Tensor, rows: int, nnz: int, device: torch.device) -> None:
+    for t, name in ((row_ptr, "row_ptr"), (cols, "cols")):
+        torch._check(t.dtype == torch.int32, lambda: f"{name} must have dtype torch.int32, got {t.dtype}")
+        torch._check(t.dim() == 1, lambda: f"{name} must be 1-D, got shape {tuple(t.shape)}")
+        torch._check(t.device == device, lambda: f"{name} must be on {device}, got {t.device}")
+    torch._check(row_ptr.numel() == rows + 1,
+                 lambda: f"row_ptr must have out_features + 1 = {rows + 1} entries, got {row_ptr.numel()}")
+    torch._check(cols.numel() == nnz, lambda: f"cols must have one entry per value ({nnz}), got {cols.numel()}")
+
+
+@torch.library.register_fake("tilesparse::csr_linear")
+def _(x, values, row_ptr, cols, out_features):
+    _check_linear(x, values)
+    _check_csr(row_ptr, cols, out_features, values.numel(), x.device)
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.register_fake("tilesparse::csr_linear_grad_input")
+def _(grad_out, values, row_ptr, cols, in_features):
+    _check_linear(grad_out, values, "grad_out")
+    _check_csr(row_ptr, cols, grad_out.shape[-1], values.numel(), grad_out.device)
+    return grad_out.new_empty((*grad_out.shape[:-1], in_features))
+
+
+@torch.library.register_fake("tilesparse::csr_linear_grad_values")
+def _(grad_out, x, row_ptr, cols):
+    torch._check(x.dtype == grad_out.dtype, lambda: f"x must have the dtype of grad_out ({grad_out.dtype}), got {x.dtype}")
+    torch._check(x.shape[:-1] == grad_out.shape[:-1], lambda: "grad_out and x must share their leading dimensions")
+    torch._check(x.device == grad_out.device, lambda: f"x must be on {grad_out.device}, got {x.device}")
+    _check_csr(row_ptr, cols, grad_out.shape[-1], cols.numel(), grad_out.device)
+    return grad_out.new_empty((cols.numel(),))
+
+
+# CUDA: the residue is small next to the tile GEMM and GPU memory bandwidth
+# is high, so a gather of the residue's input features and an index_add into
+# its outputs (O(M * nnz) memory) serves until a CUDA SpMM kernel exists.
+def _csr_entry_rows(row_ptr: Tensor, nnz: int) -> Tensor:
+    counts = (row_ptr[1:] - row_ptr[:-1]).long()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=row_ptr.device), counts, output_size=nnz)
+
+
+def _csr_linear_gather(x, values, row_ptr, cols, out_features):
+    x2 = x.reshape(-1, x.shape[-1])
+    y = x2.new_zeros((x2.shape[0], out_features))
+    y.index_add_(1, _csr_entry_rows(row_ptr, values.numel()), x2[:, cols.long()] * values)
+    return y.view(*x.shape[:-1], out_features)
+
+
+def _csr_grad_input_gather(grad_out, values, row_ptr, cols, in_features):
+    g2 = grad_out.reshape(-1, grad_out.shape[-1])
+    gx = g2.new_zeros((g2.shape[0], in_features))
+    gx.index_add_(1, cols.long(), g2[:, _csr_entry_rows(row_ptr, values.numel())] * values)
+    return gx.view(*grad_out.shape[:-1], in_features)
+
+
+def _csr_grad_values_gather(grad_out, x, row_ptr, cols):
+    g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
+    return (g2[:, _csr_entry_rows(row_ptr, cols.numel())] * x2[:, cols.long()]).sum(0)
+
+
+# (plain torch ops, also tested on the CPU against the C++ kernels)
+for _name, _fn in (("csr_linear", _csr_linear_gather), ("csr_linear_grad_input", _csr_grad_input_gather),
+                   ("csr_linear_grad_values", _csr_grad_values_gather)):
+    torch.library.register_kernel(f"tilesparse::{_name}", "cuda", _fn)
+
+
+def _csr_linear_setup(ctx, inputs, output):
+    x, values, row_ptr, cols, out_features = inputs
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, values if ctx.needs_input_grad[0] else None,
+                          row_ptr, cols)
+    ctx.in_features = x.shape[-1]
+
+
+def _csr_linear_backward(ctx, grad):
+    x, values, row_ptr, cols = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = grad_values = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _ops.csr_linear_grad_input(grad, values, row_ptr, cols, ctx.in_features)
+    if ctx.needs_input_grad[1]:
+        grad_values = _ops.csr_linear_grad_values(grad, x, row_ptr, cols)
+    return grad_x, grad_values, None, None, None
+
+
+torch.library.register_autograd("tilesparse::csr_linear", _csr_linear_backward, setup_context=_csr_linear_setup)
+
+
+# As for tw_linear, the backward operators are bilinear and differentiable, so
+# double backward is exact.
+def _csr_grad_input_setup(ctx, inputs, output):
+    grad_out, values, row_ptr, cols, in_features = inputs
+    ctx.save_for_backward(grad_out if ctx.needs_input_grad[1] else None,
+                          values if ctx.needs_input_grad[0] else None, row_ptr, cols)
+    ctx.out_features = grad_out.shape[-1]
+
+
+def _csr_grad_input_backward(ctx, grad):
+    # grad_x = grad_out @ R: adjoint wrt grad_out is grad @ R^T, wrt R's entries the entries of grad_out^T @ grad.
+    grad_out, values, row_ptr, cols = ctx.saved_tensors
+    grad = grad.contiguous()
+    g_out = g_values = None
+    if ctx.needs_input_grad[0]:
+        g_out = _ops.csr_linear(grad, values, row_ptr, cols, ctx.out_features)
+    if ctx.needs_input_grad[1]:
+        g_values = _ops.csr_linear_grad_values(grad_out.contiguous(), grad, row_ptr, cols)
+    return g_out, g_values, None, None, None
+
+
+torch.library.register_autograd("tilesparse::csr_linear_grad_input", _csr_grad_input_backward,
+                                setup_context=_csr_grad_input_setup)
+
+
+def _csr_grad_values_setup(ctx, inputs, output):
+    grad_out, x, row_ptr, cols = inputs
+    ctx.save_for_backward(grad_out if ctx.needs_input_grad[1] else None, x if ctx.needs_input_grad[0] else None,
+                          row_ptr, cols)
+    ctx.out_features = grad_out.shape[-1]
+    ctx.in_features = x.shape[-1]
+
+
+def _csr_grad_values_backward(ctx, grad):
+    # grad_values = entries of grad_out^T @ x: adjoint wrt grad_out is x @ G^T, wrt x is grad_out @ G (G: R's
+    # pattern holding grad).
+    grad_out, x, row_ptr, cols = ctx.saved_tensors
+    grad = grad.contiguous()
+    g_out = g_x = None
+    if ctx.needs_input_grad[0]:
+        g_out = _ops.csr_linear(x, grad, row_ptr, cols, ctx.out_features)
+    if ctx.needs_input_grad[1]:
+        g_x = _ops.csr_linear_grad_input(grad_out.contiguous(), grad, row_ptr, cols, ctx.in_features)
+    return g_out, g_x, None, None
+
+
+torch.library.register_autograd("tilesparse::csr_linear_grad_values", _csr_grad_values_backward,
+                                setup_context=_csr_grad_values_setup)

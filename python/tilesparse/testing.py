@@ -205,3 +205,30 @@ def layout_with_empty_tile(device="cpu") -> Tuple[TileLayout, torch.Tensor]:
         mask[c, [1, 4]] = True
     mask[13, [0, 2, 5]] = True
     return layout.to(device), mask.to(device)
+
+
+def random_csr(rows: int, cols: int, density: float, seed: int = 0, device="cpu", empty_rows: int = 2
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(row_ptr, cols, mask)`` of a random CSR pattern ``[rows, cols]`` (int32
+    indices; ``mask`` the dense bool pattern), with the first ``empty_rows``
+    rows empty and column order within a row shuffled (the operators must not
+    assume it sorted)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < density
+    mask[:empty_rows] = False
+    row_ptr = torch.zeros(rows + 1, dtype=torch.int32)
+    row_ptr[1:] = mask.sum(1).cumsum(0).to(torch.int32)
+    parts = [r.nonzero().flatten()[torch.randperm(int(r.sum()), generator=g)] for r in mask]
+    col_idx = (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)).to(torch.int32)
+    return row_ptr.to(device), col_idx.to(device), mask.to(device)
+
+
+def reference_csr_dense(row_ptr: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: Sequence[int]
+                        ) -> torch.Tensor:
+    """The dense float64 matrix of a CSR (a Python loop over rows; duplicates add)."""
+    out = torch.zeros(*shape, dtype=torch.float64)
+    rp, c, v = row_ptr.cpu().tolist(), cols.cpu().tolist(), values.detach().double().cpu()
+    for n in range(shape[0]):
+        for j in range(rp[n], rp[n + 1]):
+            out[n, c[j]] += v[j]
+    return out

@@ -61,6 +61,8 @@ def _samples(name, device):
         return [((random_tw_mask(21, 10, 8, 0.5, seed=1).to(device), 8), {}),
                 ((random_tw_mask(21, 10, 4, 0.5, col_density=0.6, seed=2).to(device), 4), {}),
                 ((torch.zeros(9, 10, dtype=torch.bool, device=device), 4), {})]
+    if name.startswith("csr_linear"):
+        return _csr_samples(name, device)
     out = []
     for kind in ("1d", "2d", "empty", "empty_tile"):
         layout = _layout(kind, device)
@@ -89,8 +91,32 @@ def _samples(name, device):
     return out
 
 
+def _csr_samples(name, device):
+    """The residue operators on a random CSR [13, 10] (empty rows included), an empty one, and leading shapes
+    (5,), (2, 3), (0,)."""
+    from tilesparse.testing import random_csr
+
+    out = []
+    for density in (0.2, 0.0):
+        row_ptr, cols, _ = random_csr(13, 10, density, seed=3, device=device)
+        nnz = cols.numel()
+        for lead in ((5,), (2, 3), (0,)):
+            if name == "csr_linear":
+                args = (_rand(*lead, 10, device=device, grad=True), _rand(nnz, device=device, grad=True), row_ptr,
+                        cols, 13)
+            elif name == "csr_linear_grad_input":
+                args = (_rand(*lead, 13, device=device, grad=True), _rand(nnz, device=device, grad=True), row_ptr,
+                        cols, 10)
+            else:
+                args = (_rand(*lead, 13, device=device, grad=True), _rand(*lead, 10, device=device, grad=True),
+                        row_ptr, cols)
+            out.append((args, {}))
+    return out
+
+
 OPS = ["tile_segment_scores", "tile_mask", "tile_mask_threshold", "layout_from_mask", "tw_pack", "tw_unpack",
-       "tw_linear", "tw_linear_grad_input", "tw_linear_grad_values"]
+       "tw_linear", "tw_linear_grad_input", "tw_linear_grad_values",
+       "csr_linear", "csr_linear_grad_input", "csr_linear_grad_values"]
 
 
 def test_every_schema_op_is_covered():

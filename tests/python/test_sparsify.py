@@ -287,3 +287,15 @@ def test_validation_messages():
     with pytest.raises(TypeError, match="model"):
         finalize(None)
     assert tilesparse.sparsify is sparsify
+
+
+def test_tew_needs_a_residue():
+    """pattern 'tew' with delta 0 (the default of sparsify and Pruner) would be plain TW: it is an error that
+    names delta, in sparsify and in Pruner; with delta > 0 the modules carry a residue."""
+    model = nn.Sequential(nn.Linear(32, 48))
+    with pytest.raises(ValueError, match="pattern 'tew' needs delta > 0"):
+        sparsify(copy.deepcopy(model), 0.5, tile=16, pattern="tew")
+    with pytest.raises(ValueError, match="pattern 'tew' needs delta > 0"):
+        tilesparse.Pruner(copy.deepcopy(model), 0.5, tile=16, pattern="tew")
+    out = sparsify(copy.deepcopy(model), 0.5, tile=16, pattern="tew", delta=0.05)
+    assert out[0].has_residue and out[0].residue_index.shape[1] == round(0.05 * 32 * 48)

@@ -46,6 +46,16 @@ def check_positive_int(name: str, value) -> int:
     return value
 
 
+def _sorted_index(index: Tensor) -> bool:
+    """Whether the columns of a ``[3, nnz]`` (group, row, col) index are in lexicographic order."""
+    if index.shape[1] < 2:
+        return True
+    a, b = index[:, :-1], index[:, 1:]
+    lt, eq = a < b, a == b
+    ok = lt[0] | (eq[0] & (lt[1] | (eq[1] & lt[2])))
+    return bool(ok.all())
+
+
 class TileSparseBase(nn.Module):
     """Base of the tile-sparse modules (not used directly)."""
 
@@ -320,18 +330,27 @@ class TileSparseBase(nn.Module):
         g, n, k = self.residue_index
         return self.gemm_view(self.weight)[g, n, k]
 
-    def _residue_add(self, y: Tensor, xs: Tensor) -> Tensor:
-        """``y += X @ R^T`` for the unstructured residue R (TEW), as a gather of
-        the residue's input features, a scale and an ``index_add`` into its
-        output features: ``O(M * nnz)`` work and memory."""
+    def _residue_csr(self) -> Tuple[Tensor, Tensor]:
+        """``(row_ptr, cols)`` (int32) of the residue as one CSR matrix
+        ``[groups * N_g, groups * K]`` (block-diagonal over the groups).
+        ``residue_index`` is sorted by (group, row, col), as ``nonzero`` gives
+        it (checked on load), so the row pointers are a ``searchsorted``:
+        O(nnz) per call, and nothing cached that a device move or load could
+        leave stale."""
         g, n, k = self.residue_index
+        rows = g * self._n_g + n
+        bounds = torch.arange(self.groups * self._n_g + 1, device=rows.device)
+        return (torch.searchsorted(rows, bounds, out_int32=True), (g * self._k + k).to(torch.int32))
+
+    def _residue_add(self, y: Tensor, xs: Tensor) -> Tensor:
+        """``y + X @ R^T`` for the unstructured residue R (TEW), with the
+        ``csr_linear`` operator: ``2 * M * nnz`` flops, no ``[M, nnz]``
+        intermediate."""
         rv = self._residue_values()
         if rv.dtype != xs.dtype:
             rv = rv.to(xs.dtype)
-        x3 = xs.reshape(-1, self.groups, self._k)
-        contrib = x3[:, g, k] * rv
-        y2 = y.reshape(-1, y.shape[-1]).index_add(1, g * self._n_g + n, contrib)
-        return y2.view(y.shape)
+        row_ptr, cols = self._residue_csr()
+        return y + _ops.csr_linear(xs, rv, row_ptr, cols, y.shape[-1])
 
     def dense_weight(self) -> Tensor:
         """The effective dense weight (zeros where pruned), in the dense
@@ -480,6 +499,9 @@ class TileSparseBase(nn.Module):
                     return
                 self._set_meta(meta)
                 self._nnz_residue = self.residue_index.shape[1] if self.has_residue else 0
+                if self.has_residue and not _sorted_index(self.residue_index):
+                    error_msgs.append(f"{prefix}residue_index: entries must be sorted by (group, row, col), "
+                                      "as a saved module writes them")
         else:
             want_res = has("residue_mask")
             if want_res and not self.has_residue:

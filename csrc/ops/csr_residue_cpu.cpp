@@ -1,0 +1,134 @@
+// CPU kernels of the TEW residue (csr_linear and its two backward operators):
+// argument checks, the feature-major transposes, then core/csr_residue.h
+// under at::parallel_for. float32/float64 run natively; float16/bfloat16 are
+// computed in float32 and rounded once at the end.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../core/csr_residue.h"
+#include "checks.h"
+
+namespace tilesparse {
+namespace {
+
+struct ParallelFor {
+  template <typename F>
+  void operator()(int64_t begin, int64_t end, F&& fn) const {
+    at::parallel_for(begin, end, /*grain_size=*/1, fn);
+  }
+};
+
+// row_ptr/cols checked (int32, 1-D, on `ref`'s device, sizes) and validated;
+// the view points into the returned contiguous tensors.
+struct CsrArgs {
+  at::Tensor row_ptr, cols;
+  core::CsrView view;
+};
+
+CsrArgs csr_args(const at::Tensor& row_ptr, const at::Tensor& cols, int64_t rows, int64_t num_cols, int64_t nnz,
+                 const at::Tensor& ref) {
+  TS_CHECK_DTYPE(row_ptr, at::kInt);
+  TS_CHECK_DTYPE(cols, at::kInt);
+  TS_CHECK_DIM(row_ptr, 1);
+  TS_CHECK_DIM(cols, 1);
+  TS_CHECK_SAME_DEVICE(row_ptr, ref);
+  TS_CHECK_SAME_DEVICE(cols, ref);
+  TORCH_CHECK_VALUE(rows >= 0 && num_cols >= 0, "out_features and in_features must be >= 0, got ", rows, " and ",
+                    num_cols);
+  TORCH_CHECK_VALUE(row_ptr.numel() == rows + 1, "row_ptr must have out_features + 1 = ", rows + 1,
+                    " entries, got ", row_ptr.numel());
+  TORCH_CHECK_VALUE(cols.numel() == nnz, "cols must have one entry per value (", nnz, "), got ", cols.numel());
+  CsrArgs a{row_ptr.contiguous(), cols.contiguous(), {}};
+  a.view = core::CsrView{a.row_ptr.data_ptr<int32_t>(), a.cols.data_ptr<int32_t>(), rows, num_cols, nnz};
+  const std::string err = core::validate_csr(a.view);
+  TORCH_CHECK_VALUE(err.empty(), "invalid CSR residue: ", err);
+  return a;
+}
+
+void check_values(const at::Tensor& values, const at::Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, name, " must have at least 1 dimension");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), name, " must be a floating-point tensor, got ",
+                   x.scalar_type());
+  TS_CHECK_DIM(values, 1);
+  TS_CHECK_SAME_DEVICE(values, x);
+  TORCH_CHECK_TYPE(values.scalar_type() == x.scalar_type(), "values must have the dtype of ", name, " (",
+                   x.scalar_type(), "), got ", values.scalar_type());
+}
+
+// The dtype the core runs in.
+at::ScalarType compute_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+// [..., F] -> feature-major [F, M] in the compute dtype.
+at::Tensor feature_major(const at::Tensor& a) {
+  const int64_t f = a.size(-1);
+  return a.reshape({-1, f}).to(compute_type(a.scalar_type())).t().contiguous();
+}
+
+// feature-major [F, M] -> [..., F] of `like`'s leading shape and dtype.
+at::Tensor sample_major(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
+  std::vector<int64_t> shape(like.sizes().begin(), like.sizes().end() - 1);
+  shape.push_back(t.size(0));
+  return t.t().to(dtype).contiguous().view(shape);
+}
+
+at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                          const at::Tensor& cols, int64_t out_features) {
+  check_values(values, x, "x");
+  const int64_t K = x.size(-1);
+  const CsrArgs r = csr_args(row_ptr, cols, out_features, K, values.numel(), x);
+  const at::Tensor xt = feature_major(x);
+  const at::Tensor v = values.to(compute_type(values.scalar_type())).contiguous();
+  const int64_t M = xt.size(1);
+  at::Tensor y = at::empty({M, out_features}, xt.options());
+  AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "csr_linear", [&] {
+    core::csr_forward(xt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, y.data_ptr<scalar_t>(),
+                      ParallelFor{});
+  });
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+  shape.push_back(out_features);
+  return y.to(x.scalar_type()).view(shape);
+}
+
+at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& row_ptr,
+                                     const at::Tensor& cols, int64_t in_features) {
+  check_values(values, grad_out, "grad_out");
+  const CsrArgs r = csr_args(row_ptr, cols, grad_out.size(-1), in_features, values.numel(), grad_out);
+  const at::Tensor gt = feature_major(grad_out);
+  const at::Tensor v = values.to(compute_type(values.scalar_type())).contiguous();
+  const int64_t M = gt.size(1);
+  at::Tensor gxt = at::empty({in_features, M}, gt.options());
+  AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_input", [&] {
+    core::csr_grad_input_t(gt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, gxt.data_ptr<scalar_t>(),
+                           ParallelFor{});
+  });
+  return sample_major(gxt, grad_out, grad_out.scalar_type());
+}
+
+at::Tensor csr_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& row_ptr,
+                                      const at::Tensor& cols) {
+  check_grad_values_inputs(grad_out, x);
+  const CsrArgs r = csr_args(row_ptr, cols, grad_out.size(-1), x.size(-1), cols.numel(), grad_out);
+  const at::Tensor gt = feature_major(grad_out);
+  const at::Tensor xt = feature_major(x);
+  const int64_t M = gt.size(1);
+  at::Tensor dv = at::empty({cols.numel()}, gt.options());
+  AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_values", [&] {
+    core::csr_grad_values_t(gt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(), M, r.view, dv.data_ptr<scalar_t>(),
+                            ParallelFor{});
+  });
+  return dv.to(grad_out.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tilesparse, CPU, m) {
+  m.impl("csr_linear", &csr_linear_cpu);
+  m.impl("csr_linear_grad_input", &csr_linear_grad_input_cpu);
+  m.impl("csr_linear_grad_values", &csr_linear_grad_values_cpu);
+}
+
+}  // namespace tilesparse
