@@ -64,15 +64,7 @@ at::ScalarType compute_type(at::ScalarType t) {
 
 // [..., F] -> feature-major [F, M] in the compute dtype.
 at::Tensor feature_major(const at::Tensor& a) {
-  const int64_t f = a.size(-1);
-  return a.reshape({-1, f}).to(compute_type(a.scalar_type())).t().contiguous();
-}
-
-// feature-major [F, M] -> [..., F] of `like`'s leading shape and dtype.
-at::Tensor sample_major(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
-  std::vector<int64_t> shape(like.sizes().begin(), like.sizes().end() - 1);
-  shape.push_back(t.size(0));
-  return t.t().to(dtype).contiguous().view(shape);
+  return a.reshape({leading_rows(a), a.size(-1)}).to(compute_type(a.scalar_type())).t().contiguous();
 }
 
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
@@ -88,9 +80,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
     core::csr_forward(xt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, y.data_ptr<scalar_t>(),
                       ParallelFor{});
   });
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
-  shape.push_back(out_features);
-  return y.to(x.scalar_type()).view(shape);
+  return y.to(x.scalar_type()).view(with_last(x.sizes(), out_features));
 }
 
 at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& row_ptr,
@@ -105,7 +95,7 @@ at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tenso
     core::csr_grad_input_t(gt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, gxt.data_ptr<scalar_t>(),
                            ParallelFor{});
   });
-  return sample_major(gxt, grad_out, grad_out.scalar_type());
+  return gxt.t().to(grad_out.scalar_type()).contiguous().view(with_last(grad_out.sizes(), in_features));
 }
 
 at::Tensor csr_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& row_ptr,

@@ -7,6 +7,7 @@ backward calls other registered ops, so it too compiles and runs on any device).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -93,11 +94,16 @@ def _check_index(t: Tensor, name: str) -> None:
     torch._check(t.dim() == 1, lambda: f"{name} must be 1-D, got shape {tuple(t.shape)}")
 
 
-def _check_layout(cols: Tensor, row_offsets: Tensor, rows: Tensor, tile: int, device: torch.device) -> None:
-    torch._check(tile > 0, lambda: f"tile must be positive, got {tile}")
-    for t, name in ((cols, "cols"), (row_offsets, "row_offsets"), (rows, "rows")):
+def _check_indices(device: torch.device, **named: Tensor) -> None:
+    """Every named index tensor is int32, 1-D and on ``device``."""
+    for name, t in named.items():
         _check_index(t, name)
         torch._check(t.device == device, lambda: f"{name} must be on {device}, got {t.device}")
+
+
+def _check_layout(cols: Tensor, row_offsets: Tensor, rows: Tensor, tile: int, device: torch.device) -> None:
+    torch._check(tile > 0, lambda: f"tile must be positive, got {tile}")
+    _check_indices(device, cols=cols, row_offsets=row_offsets, rows=rows)
 
 
 def _check_scores(scores: Tensor, tile: int) -> None:
@@ -194,11 +200,16 @@ def _(grad_out, values, cols, row_offsets, rows, in_features, tile):
     return grad_out.new_empty((*grad_out.shape[:-1], in_features))
 
 
-@torch.library.register_fake("tilesparse::tw_linear_grad_values")
-def _(grad_out, x, cols, row_offsets, rows, tile, num_values):
+def _check_grad_values(grad_out: Tensor, x: Tensor) -> None:
+    """The activations of a grad_values operator: same dtype, device and leading dimensions."""
     torch._check(x.dtype == grad_out.dtype, lambda: f"x must have the dtype of grad_out ({grad_out.dtype}), got {x.dtype}")
     torch._check(x.shape[:-1] == grad_out.shape[:-1], lambda: "grad_out and x must share their leading dimensions")
     torch._check(x.device == grad_out.device, lambda: f"x must be on {grad_out.device}, got {x.device}")
+
+
+@torch.library.register_fake("tilesparse::tw_linear_grad_values")
+def _(grad_out, x, cols, row_offsets, rows, tile, num_values):
+    _check_grad_values(grad_out, x)
     _check_layout(cols, row_offsets, rows, tile, grad_out.device)
     return grad_out.new_empty((num_values,))
 
@@ -322,10 +333,7 @@ torch.library.register_autograd("tilesparse::tw_linear_grad_values", _grad_value
 # TEW residue: csr_linear (x @ R^T for a CSR R) and its backward operators
 # ---------------------------------------------------------------------------
 def _check_csr(row_ptr: Tensor, cols: Tensor, rows: int, nnz: int, device: torch.device) -> None:
-    for t, name in ((row_ptr, "row_ptr"), (cols, "cols")):
-        torch._check(t.dtype == torch.int32, lambda: f"{name} must have dtype torch.int32, got {t.dtype}")
-        torch._check(t.dim() == 1, lambda: f"{name} must be 1-D, got shape {tuple(t.shape)}")
-        torch._check(t.device == device, lambda: f"{name} must be on {device}, got {t.device}")
+    _check_indices(device, row_ptr=row_ptr, cols=cols)
     torch._check(row_ptr.numel() == rows + 1,
                  lambda: f"row_ptr must have out_features + 1 = {rows + 1} entries, got {row_ptr.numel()}")
     torch._check(cols.numel() == nnz, lambda: f"cols must have one entry per value ({nnz}), got {cols.numel()}")
@@ -347,9 +355,7 @@ def _(grad_out, values, row_ptr, cols, in_features):
 
 @torch.library.register_fake("tilesparse::csr_linear_grad_values")
 def _(grad_out, x, row_ptr, cols):
-    torch._check(x.dtype == grad_out.dtype, lambda: f"x must have the dtype of grad_out ({grad_out.dtype}), got {x.dtype}")
-    torch._check(x.shape[:-1] == grad_out.shape[:-1], lambda: "grad_out and x must share their leading dimensions")
-    torch._check(x.device == grad_out.device, lambda: f"x must be on {grad_out.device}, got {x.device}")
+    _check_grad_values(grad_out, x)
     _check_csr(row_ptr, cols, grad_out.shape[-1], cols.numel(), grad_out.device)
     return grad_out.new_empty((cols.numel(),))
 
@@ -357,27 +363,32 @@ def _(grad_out, x, row_ptr, cols):
 # CUDA: the residue is small next to the tile GEMM and GPU memory bandwidth
 # is high, so a gather of the residue's input features and an index_add into
 # its outputs (O(M * nnz) memory) serves until a CUDA SpMM kernel exists.
+def _rows2d(t: Tensor) -> Tensor:
+    """``t`` as ``[M, last]`` (``reshape(-1, 0)`` cannot infer M when the last size is 0)."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
 def _csr_entry_rows(row_ptr: Tensor, nnz: int) -> Tensor:
     counts = (row_ptr[1:] - row_ptr[:-1]).long()
     return torch.repeat_interleave(torch.arange(counts.numel(), device=row_ptr.device), counts, output_size=nnz)
 
 
 def _csr_linear_gather(x, values, row_ptr, cols, out_features):
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = _rows2d(x)
     y = x2.new_zeros((x2.shape[0], out_features))
     y.index_add_(1, _csr_entry_rows(row_ptr, values.numel()), x2[:, cols.long()] * values)
     return y.view(*x.shape[:-1], out_features)
 
 
 def _csr_grad_input_gather(grad_out, values, row_ptr, cols, in_features):
-    g2 = grad_out.reshape(-1, grad_out.shape[-1])
+    g2 = _rows2d(grad_out)
     gx = g2.new_zeros((g2.shape[0], in_features))
     gx.index_add_(1, cols.long(), g2[:, _csr_entry_rows(row_ptr, values.numel())] * values)
     return gx.view(*grad_out.shape[:-1], in_features)
 
 
 def _csr_grad_values_gather(grad_out, x, row_ptr, cols):
-    g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
+    g2, x2 = _rows2d(grad_out), _rows2d(x)
     return (g2[:, _csr_entry_rows(row_ptr, cols.numel())] * x2[:, cols.long()]).sum(0)
 
 

@@ -1,7 +1,8 @@
 // Catch2 tests of the torch-free TEW residue kernels (csrc/core/csr_residue.h):
 // forward, grad_input and grad_values against a naive dense loop written here,
 // for row counts and sample counts that are not multiples of the 64-row and
-// 64-sample blocks, empty rows, no entries at all, shuffled column order, and
+// 64-sample blocks, no rows or no columns at all,
+// empty rows, no entries at all, shuffled column order, and
 // parallel loops split serially, into single iterations and over threads.
 // Also the CSR validation messages.
 #include <catch2/catch.hpp>
@@ -91,7 +92,8 @@ std::vector<std::pair<const char*, Par>> splits() {
 TEST_CASE("csr residue kernels match a dense reference", "[csr]") {
   struct Shape { int64_t rows, cols, m; double density; };
   const Shape shape = GENERATE(Shape{13, 10, 5, 0.3}, Shape{130, 70, 63, 0.05}, Shape{70, 200, 130, 0.02},
-                               Shape{9, 7, 4, 0.0}, Shape{65, 64, 64, 0.5}, Shape{1, 1, 1, 1.0}, Shape{20, 12, 0, 0.4});
+                               Shape{9, 7, 4, 0.0}, Shape{65, 64, 64, 0.5}, Shape{1, 1, 1, 1.0}, Shape{20, 12, 0, 0.4},
+                               Shape{6, 0, 3, 0.5}, Shape{0, 5, 3, 0.5});
   const Csr c = random_csr(shape.rows, shape.cols, shape.density, 7u + static_cast<uint32_t>(shape.rows));
   const int64_t M = shape.m, N = c.rows, K = c.cols;
   const std::vector<double> x = randn(M * K, 11), g = randn(M * N, 12);
