@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from tilesparse.study.__main__ import full_configs, parse_cases
-from tilesparse.study.minilm import MiniLMStudy, distill, evaluate
+from tilesparse.study.minilm import MiniLMStudy
 
 
 def main() -> None:
@@ -26,20 +26,19 @@ def main() -> None:
     study = MiniLMStudy(cfg, progress=False)
     print("setup", study.n_train, "training,", study.n_distill, "distillation sentences",
           round(time.perf_counter() - t0), "s", flush=True)
-    k = len(study.train)
     for case in cases:
         m, row = study.variant(*case, finetune=False)
         print(json.dumps(dict(case=list(case), stage="oneshot", **row["calibrated"])), flush=True)
-        for name, batches, targets in (("train", study.train, study.targets[:k]),
-                                       ("more", study.distill_batches, study.targets)):
+        full = study.distill_batches
+        for name, batches in (("train", study.train), ("more", full)):
             t = time.perf_counter()
-            s = copy.deepcopy(m)
-            losses = distill(s, batches, targets, cfg.steps, cfg.lr, cfg.hidden_weight, cfg.seed, False)
-            ev = evaluate(s, study.eval, study.dense_emb, False)
+            s, r = copy.deepcopy(m), dict(row)
+            study.distill_batches = batches  # what the study's fine-tune (tilesparse.distill) runs over
+            study._finetune(s, r, name)
             sentences = sum(b[0].numel() for b in batches)
-            print(json.dumps(dict(case=list(case), stage="finetuned", text=sentences, **ev,
-                                  loss=[losses[0], losses[-1]], seconds=round(time.perf_counter() - t))), flush=True)
-
+            print(json.dumps(dict(case=list(case), stage="finetuned", text=sentences, **r["finetuned"],
+                                  loss=r["loss"], seconds=round(time.perf_counter() - t))), flush=True)
+        study.distill_batches = full
 
 if __name__ == "__main__":
     main()

@@ -153,7 +153,9 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
             student that requires grad); AdamW with ``lr``, ``weight_decay``,
             linear warm-up over ``warmup * steps`` then cosine decay.
         prune_start: run the start oneshot (False: ``student`` is already
-            pruned to ``start_sparsity``, e.g. one oneshot reused for several seeds).
+            pruned to ``start_sparsity``, e.g. one oneshot reused for several seeds;
+            with ``sparsity=start_sparsity=0`` a dense student, e.g. one with
+            fewer layers and ``EncoderDistillLoss(layer_map=...)``: plain distillation).
         oneshot_kwargs: further arguments of :func:`tilesparse.oneshot`
             (``selection``, ``damp``, ``delta``, ...).
         teacher_cache: ``True``: the teacher's outputs computed once per
@@ -256,8 +258,9 @@ def distill(student: nn.Module, teacher: nn.Module, loader: Iterable, sparsity: 
     if prune_start:
         update(0, start)
     else:
-        if not any(isinstance(m, SPARSE_MODULES) for m in student.modules()):
-            raise ValueError("prune_start=False needs a student that is already pruned (tilesparse.oneshot)")
+        if start > 0 and not any(isinstance(m, SPARSE_MODULES) for m in student.modules()):
+            raise ValueError("prune_start=False needs a student that is already pruned (tilesparse.oneshot); "
+                             "start_sparsity=0 with sparsity=0 distils a dense student")
         res.updates.append((0, float(start), _measured_sparsity(student)))
     student = res.model
     student.eval()  # distillation without dropout: the student matches the teacher's eval-mode function

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tilesparse
-from tilesparse.distill import distill
+from tilesparse.distill import distill, hf_forward
 from tilesparse.losses import EncoderDistillLoss, mean_pool
 from tilesparse.nn import TileSparseLinear
 
@@ -120,6 +120,27 @@ def test_task_loss_and_prune_start_false():
                   filter_fn=_encoder_filter, task_loss_fn=task_loss, progress=False)
     assert len(calls) == 2 and res.update_seconds == 0.0
     assert any(not torch.equal(before[n], p) for n, p in res.model.named_parameters())
+
+
+def test_dense_student_with_fewer_layers_distils_without_pruning():
+    teacher, loader = _teacher(), _loader(4)
+    student = copy.deepcopy(teacher)
+    student.encoder.layer = torch.nn.ModuleList([student.encoder.layer[0]])  # layer 0 stands for both
+    student.config.num_hidden_layers = 1
+    loss = EncoderDistillLoss(layer_map=[1])
+
+    @torch.no_grad()
+    def total_loss():
+        return sum(float(loss(hf_forward(student, b), hf_forward(teacher, b), b["attention_mask"])) for b in loader)
+
+    before = total_loss()
+    res = distill(student, teacher, loader, 0.0, steps=12, start_sparsity=0.0, prune_start=False,
+                  loss_fn=loss, lr=3e-4, progress=False)
+    assert res.updates == [(0, 0.0, 0.0)] and res.update_seconds == 0.0
+    assert not any(isinstance(m, TileSparseLinear) for m in res.model.modules())  # nothing was pruned
+    assert total_loss() < 0.7 * before  # measured: 0.00128 -> 0.00053
+    with pytest.raises(ValueError, match="already pruned"):  # a target above 0 still needs a pruned student
+        distill(copy.deepcopy(teacher), teacher, loader, 0.5, steps=2, start_sparsity=0.5, prune_start=False)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

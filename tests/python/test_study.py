@@ -128,18 +128,38 @@ def test_minilm_study_tiny():
                                atol=1e-5, rtol=1e-4)
 
 
-def test_distill_keeps_mask_and_lowers_loss():
-    model = tiny_bert()
-    batches = minilm.make_batches(ToyTokenizer(), TEXTS[:16], 8, 12)
-    targets = minilm.teacher_targets(model, batches, True, False)
-    assert targets[0][0].shape[0] == 2  # every encoder layer
+def test_distill_order_is_seeded_epochs():
+    order = minilm.distill_order(5, 12, seed=3)
+    assert len(order) == 12 and sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
+    assert order == minilm.distill_order(5, 12, seed=3) and order != minilm.distill_order(5, 12, seed=4)
+
+
+def test_study_finetune_keeps_mask_lowers_distill_loss_and_freezes_embeddings():
     import copy
 
+    from tilesparse.distill import hf_forward
+    from tilesparse.losses import EncoderDistillLoss
+
+    model = tiny_bert()
+    cfg = minilm.MiniLMConfig(cases=(), max_length=12, batch_size=8, steps=12, lr=3e-3, layer_drop=(),
+                              magnitude=False, speed=False)
+    study = minilm.MiniLMStudy(cfg, ToyTokenizer(), model, texts=(TEXTS[:32], TEXTS[32:]), progress=False)
+    assert len(study.teacher) == len(study.distill_batches) == 4  # the teacher's outputs cached at setup
     st = copy.deepcopy(model)
     minilm.sparsify(st, 0.75, 16, "tw", minilm.encoder_filter, "layer", progress=False)
     masks = {n: m.keep_mask().clone() for n, m in st.named_modules() if hasattr(m, "keep_mask")}
-    losses = minilm.distill(st, batches, targets, 12, lr=3e-3, progress=False)
-    assert len(losses) == 12 and losses[-1] < losses[0]
+    loss = EncoderDistillLoss(logit_weight=0.0)
+
+    @torch.no_grad()
+    def total():
+        return sum(float(loss(hf_forward(st, b), study.teacher(b), b["attention_mask"]))
+                   for b in map(minilm._as_dict, study.distill_batches))
+
+    before, hits = total(), study.teacher.hits
+    row = {"pattern": "tw", "sparsity": 0.75, "tile": 16, "unit": 1}
+    study._finetune(st, row, "tw")
+    assert study.teacher.misses == 4 and study.teacher.hits > hits  # no teacher forward after setup
+    assert total() < before and len(row["loss"]) == 2 and "cosine" in row["finetuned"]
     for n, m in st.named_modules():
         if n in masks:
             assert bool((m.dense_weight()[~masks[n]] == 0).all())
@@ -259,7 +279,7 @@ def test_minilm_study_distills_on_more_text_than_it_calibrates_on(tmp_path, monk
     study = minilm.MiniLMStudy(cfg, ToyTokenizer(), tiny_bert(), progress=False)
     assert n_all >= 20 and study.n_train == 8 and study.n_distill == 20
     assert sum(b[0].numel() for b in study.calib) == 8 and study.distill_batches[:2] == study.train
-    assert len(study.targets) == len(study.distill_batches) == 2 + 3
+    assert len(study.teacher) == len(study.distill_batches) == 2 + 3
     # the distillation sentences: the 8 training ones first, then the next 12 of the same hash order
     ids = lambda batches: sorted(tuple(row[keep.bool()].tolist()) for _, x, mask in batches
                                  for row, keep in zip(x, mask))

@@ -63,6 +63,16 @@ def test_task_loss_is_zero_on_an_unlabelled_batch():
     assert float(labelled) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0]))))
 
 
+def test_classifier_head_init_depends_on_its_seed_only():
+    enc = tiny_bert()
+    a = task.SentenceClassifier(enc, 3).head.weight.detach().clone()
+    torch.rand(1000)  # what earlier parts of the study drew
+    state = torch.random.get_rng_state()
+    b = task.SentenceClassifier(enc, 3).head.weight
+    assert torch.equal(a, b) and torch.equal(state, torch.random.get_rng_state())  # global RNG left as it was
+    assert not torch.equal(a, task.SentenceClassifier(enc, 3, seed=1).head.weight)
+
+
 def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     monkeypatch.setenv("TILESPARSE_FORTUNE_DIR", str(_fortune_dir(tmp_path)))
     cfg = task.TaskConfig(min_entries=5, per_class=12, batch_size=8, dense_epochs=2, steps=2, calib_batches=1,

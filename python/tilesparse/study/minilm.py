@@ -18,9 +18,10 @@ Every case (pattern, sparsity, tile, unit) goes through the same stages
 2. ``calibrated``: :func:`tilesparse.oneshot` of the 36 encoder Linear layers
    (sequential reconstruction toward the dense outputs, non-uniform
    allocation under the same total);
-3. ``finetuned``: distillation to the dense model (:func:`distill`): ``1 - cos``
-   of the sentence embeddings plus the normalised MSE of every encoder
-   layer's hidden states (cached once, :func:`teacher_targets`).
+3. ``finetuned``: :func:`tilesparse.distill` to the dense model with
+   :class:`tilesparse.losses.EncoderDistillLoss` (``1 - cos`` of the sentence
+   embeddings plus the normalised MSE of every encoder layer's hidden
+   states), the teacher's outputs computed once (:class:`tilesparse.TeacherCache`).
 
 The dense alternative at a similar speed, MiniLM with half its layers
 removed, is distilled with the same budget (:meth:`MiniLMStudy.layer_dropped`).
@@ -28,21 +29,21 @@ removed, is distilled with the same budget (:meth:`MiniLMStudy.layer_dropped`).
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..losses import mean_pool
 from ..nn import SPARSE_MODULES
+from ..teacher_cache import TeacherCache
 from ..sparsify import finalize, sparsify, sparsity_summary
 
 __all__ = ["MiniLMConfig", "MiniLMStudy", "load_minilm", "make_batches", "mean_pool", "embed", "encoder_filter",
-           "teacher_targets", "distill", "evaluate", "nn_agreement", "run_minilm", "model_speed", "study_cases"]
+           "distill_order", "evaluate", "nn_agreement", "run_minilm", "model_speed", "study_cases"]
 
 
 # ---------------------------------------------------------------------------
@@ -95,13 +96,6 @@ def make_batches(tokenizer, texts: Sequence[str], batch_size: int = 32, max_leng
 
 def _hidden(model: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
     return model(input_ids=ids, attention_mask=mask).last_hidden_state
-
-
-def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the real tokens, L2-normalised (sentence-transformers)."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    e = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
-    return F.normalize(e, dim=-1)
 
 
 @torch.no_grad()
@@ -157,98 +151,19 @@ def encoder_filter(module: nn.Module, fqn: str) -> bool:
     return fqn.startswith("encoder.") and isinstance(module, (nn.Linear,) + SPARSE_MODULES)
 
 
-@torch.no_grad()
-def teacher_targets(model: nn.Module, batches: Sequence[Batch], layers: bool = True, progress: Optional[bool] = None
-                    ) -> List[Tuple[Tensor, Tensor]]:
-    """Per batch: the dense model's ``(hidden states, sentence embeddings)``;
-    hidden states ``[L, B, T, H]`` of every encoder layer (``layers``) or of
-    the last one only (``L = 1``), stored in bfloat16."""
-    from tqdm.auto import tqdm
-
-    model.eval()
-    out = []
-    for idx, ids, mask in tqdm(batches, desc="dense targets", leave=False, disable=_disable(progress)):
-        o = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
-        hs = torch.stack(o.hidden_states[1:]) if layers else o.last_hidden_state.unsqueeze(0)
-        out.append((hs.to(torch.bfloat16), mean_pool(o.last_hidden_state, mask)))
-    return out
-
-
-def distill_loss(model: nn.Module, ids: Tensor, mask: Tensor, t_hidden: Tensor, t_emb: Tensor,
-                 hidden_weight: float = 1.0, layer_map: Optional[Sequence[int]] = None) -> Tensor:
-    """``1 - cos(e, e_dense)`` on the sentence embeddings plus ``hidden_weight``
-    times the mean over the target layers of the MSE of the token states,
-    normalised by the dense states' mean square (real tokens only).
-    ``layer_map[j]``: the teacher layer student layer ``j`` matches (a student
-    with fewer layers); default the same index."""
-    if layer_map is not None:
-        t_hidden = t_hidden[list(layer_map)]
-    layers = t_hidden.shape[0] > 1
-    o = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
-    e = mean_pool(o.last_hidden_state, mask)
-    loss = (1 - (e * t_emb).sum(-1)).mean()
-    if hidden_weight:
-        hs = o.hidden_states[1:] if layers else (o.last_hidden_state,)
-        m = mask.unsqueeze(-1).to(e.dtype)
-        terms = []
-        for h, t in zip(hs, t_hidden):
-            t = t.to(h.dtype)
-            terms.append((((h - t) ** 2) * m).sum() / ((t ** 2) * m).sum().clamp_min(1e-12))
-        loss = loss + hidden_weight * torch.stack(terms).mean()
-    return loss
-
-
-def distill(model: nn.Module, batches: Sequence[Batch], targets: Sequence[Tuple[Tensor, Tensor]], steps: int,
-            lr: float = 5e-4, hidden_weight: float = 1.0, seed: int = 0, progress: Optional[bool] = None,
-            desc: str = "fine-tune", callback: Optional[Callable[[int], None]] = None, pruner=None,
-            layer_map: Optional[Sequence[int]] = None) -> List[float]:
-    """``steps`` AdamW steps of distillation to the cached dense targets
-    (batches in a seeded random order, cycling); pruned weights stay zero
-    (the sparse modules mask their gradients). Returns the losses."""
-    from tqdm.auto import tqdm
-
-    if steps <= 0:
-        return []
-    # The embeddings (not pruned; 30522 x 384 word vectors) stay frozen: their
-    # dense gradient would cost more than the encoder's.
-    emb = getattr(model, "embeddings", None)
-    frozen = set(id(p) for p in emb.parameters()) if emb is not None else set()
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
-    for p in model.parameters():
-        if id(p) in frozen:
-            p.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10))
-                                              * 0.5 * (1 + math.cos(math.pi * s / steps)))
+def distill_order(n: int, steps: int, seed: int) -> List[int]:
+    """The batch index of each distillation step: a seeded random order of the
+    ``n`` batches, a fresh one each time they are used up."""
     g = torch.Generator().manual_seed(seed)
-    order: List[int] = []
-    losses = []
-    model.eval()  # distillation without dropout
-    bar = tqdm(range(steps), desc=desc, leave=False, disable=_disable(progress))
-    for _ in bar:
-        if not order:
-            order = torch.randperm(len(batches), generator=g).tolist()
-        i = order.pop()
-        _, ids, mask = batches[i]
-        th, te = targets[i]
-        loss = distill_loss(model, ids, mask, th, te, hidden_weight, layer_map)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if pruner is not None:  # a tilesparse.Pruner: gradual pruning on its schedule
-            pruner.optimizer = opt
-            pruner.step()
-        else:
-            for m in model.modules():
-                if isinstance(m, SPARSE_MODULES):
-                    m.apply_mask(opt)
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if callback is not None:
-            callback(len(losses))
-    model.eval()
-    return losses
+    out: List[int] = []
+    while len(out) < steps:
+        out += torch.randperm(n, generator=g).tolist()[::-1]
+    return out[:steps]
+
+
+def _as_dict(batch: Batch) -> Dict[str, Tensor]:
+    """A study batch ``(idx, ids, mask)`` as the keyword arguments of the encoder."""
+    return {"input_ids": batch[1], "attention_mask": batch[2]}
 
 
 # ---------------------------------------------------------------------------
@@ -336,7 +251,13 @@ class MiniLMStudy:
             self.distill_batches = self.train + make_batches(tokenizer, more, cfg.batch_size, cfg.max_length)
         self.n_distill = sum(b[0].numel() for b in self.distill_batches)
         self.dense_emb = embed(self.dense, self.eval, progress, "dense embeddings")
-        self.targets = teacher_targets(self.dense, self.distill_batches, True, progress) if cfg.steps > 0 else []
+        # the teacher's outputs on every distillation batch, computed once for every variant
+        self.teacher = TeacherCache(self.dense)
+        if cfg.steps > 0:
+            from tqdm.auto import tqdm
+
+            for b in tqdm(self.distill_batches, desc="dense targets", leave=False, disable=_disable(progress)):
+                self.teacher(_as_dict(b))
         self._fit_ref = None  # (sentences, calibration batches, their dense embeddings) of fit()
         self.setup_seconds = time.perf_counter() - t0
 
@@ -365,13 +286,24 @@ class MiniLMStudy:
         return self.eval[: max(1, len(self.eval) // 4)]
 
     def _finetune(self, m: nn.Module, row: Dict, name: str, layer_map=None) -> None:
-        cfg, pr = self.cfg, self.progress
-        swapped = _residue_as_masked(m)
-        losses = distill(m, self.distill_batches, self.targets, cfg.steps, cfg.lr, cfg.hidden_weight, cfg.seed, pr,
-                         desc=f"{name} distill", layer_map=layer_map)
-        _restore(m, swapped)
-        row["loss"] = [losses[0], losses[-1]]
-        row["finetuned"] = evaluate(m, self.eval, self.dense_emb, pr, f"{name} fine-tuned")
+        """``cfg.steps`` of :func:`tilesparse.distill` of ``m`` (already pruned,
+        or dense with fewer layers: ``layer_map``) to the dense model, at the
+        sparsity it has (no mask update); token embeddings frozen."""
+        from ..distill import distill
+        from ..losses import EncoderDistillLoss
+
+        cfg = self.cfg
+        for p in m.embeddings.parameters():  # 30522 x 384 word vectors: their dense gradient costs more than the encoder's
+            p.requires_grad_(False)
+        s = float(row["sparsity"]) if any(isinstance(x, SPARSE_MODULES) for x in m.modules()) else 0.0
+        loader = [_as_dict(self.distill_batches[i]) for i in distill_order(len(self.distill_batches), cfg.steps, cfg.seed)]
+        res = distill(m, self.dense, loader, s, steps=cfg.steps, pattern=row["pattern"] if s else "tw",
+                      tile=row["tile"] or 128, start_sparsity=s, prune_start=False, filter_fn=encoder_filter,
+                      loss_fn=EncoderDistillLoss(hidden_weight=cfg.hidden_weight, logit_weight=0.0,
+                                                 layer_map=None if layer_map is None else list(layer_map)),
+                      lr=cfg.lr, teacher_cache=self.teacher, progress=self.progress)
+        row["loss"] = [res.losses[0], res.losses[-1]]
+        row["finetuned"] = evaluate(m, self.eval, self.dense_emb, self.progress, f"{name} fine-tuned")
 
     def variant(self, pattern: str, sparsity: float, tile: int, unit: int = 1, finetune: bool = True
                 ) -> Tuple[nn.Module, Dict]:
@@ -429,40 +361,6 @@ class MiniLMStudy:
             row["speed"] = model_speed(self.dense, m, self.speed_batches())
         row["seconds"] = time.perf_counter() - t0
         return m, row
-
-
-def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent, _, name = fqn.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, new)
-
-
-def _residue_as_masked(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """Swaps every masked-state TileSparseLinear with a TEW residue for a
-    ``MaskedLinear`` holding the same Parameters and keep mask (TW part |
-    residue): the same function and gradients, but trained as one dense
-    GEMM. (The residue's gather / index_add path costs O(tokens x nnz) per
-    layer and made a distillation step ~10x slower on CPU.) Returns what
-    :func:`_restore` puts back; the Parameters are shared, so the trained
-    weights carry over."""
-    from ..nn import MaskedLinear, TileSparseLinear
-
-    swapped = []
-    for fqn, mod in list(model.named_modules()):
-        if isinstance(mod, TileSparseLinear) and mod.has_residue and not mod.finalized:
-            ml = MaskedLinear(mod.in_features, mod.out_features, mod.bias is not None, device="meta",
-                              dtype=mod.weight.dtype)
-            ml.weight, ml.bias = mod.weight, mod.bias
-            ml._init_mask()
-            ml.set_mask(mod.keep_mask())
-            _set_module(model, fqn, ml)
-            swapped.append((fqn, mod))
-    return swapped
-
-
-def _restore(model: nn.Module, swapped: List[Tuple[str, nn.Module]]) -> None:
-    for fqn, mod in swapped:
-        _set_module(model, fqn, mod)
-        mod.apply_mask()
 
 
 class _quiet:

@@ -121,14 +121,16 @@ def interleave(labelled: Sequence, unlabelled: Sequence) -> List:
 class SentenceClassifier(nn.Module):
     """``encoder`` (a Hugging Face encoder) + a linear head on the mean-pooled,
     L2-normalised embedding (sentence-transformers' embedding of MiniLM).
-    ``forward`` returns a dict with ``logits``, ``last_hidden_state`` and
+    ``seed``: of the head's initialisation. ``forward`` returns a dict with ``logits``, ``last_hidden_state`` and
     (``output_hidden_states=True``) ``hidden_states``, what
     :class:`tilesparse.losses.EncoderDistillLoss` reads."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, scale: float = 20.0) -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, scale: float = 20.0, seed: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+        with torch.random.fork_rng(devices=[]):  # the head's init from ``seed``, not from what ran before
+            torch.manual_seed(seed)
+            self.head = nn.Linear(encoder.config.hidden_size, num_classes)
         self.scale = scale  # the embedding has norm 1: logits need a larger range
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool = False) -> Dict:
