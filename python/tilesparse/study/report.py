@@ -709,16 +709,19 @@ def write_report(results: Dict, out_dir: str, md_name: str = "study.md", prefix:
                      "outputs from the inputs of the partly pruned model, sparsity allocated across layers from "
                      "normalised reconstruction-error curves under the same total (TEW restores "
                      f"{100 * c['delta']:.0f}%; VW 1x16; BW 32x32).")
-        lines.append(f"3. **oneshot + fine-tuned**: {c['steps']} AdamW steps (batch {c['batch_size']}, lr {c['lr']:g}, "
-                     "warm-up + cosine) of distillation to the dense model: `1 - cos` of the sentence embeddings "
-                     "plus the normalised MSE of every encoder layer's hidden states; pruned weights stay zero; "
+        lines.append(f"3. **oneshot + fine-tuned**: `tilesparse.distill(student, dense, loader, s, steps={c['steps']}, "
+                     "prune_start=False, ...)` on the oneshot model: AdamW steps (batch "
+                     f"{c['batch_size']}, lr {c['lr']:g}, warm-up + cosine, token embeddings frozen) of distillation "
+                     "to the dense model with `EncoderDistillLoss`: `1 - cos` of the sentence embeddings "
+                     "plus the normalised MSE of every encoder layer's hidden states (the dense outputs computed once, "
+                     "`TeacherCache`); pruned weights stay zero; "
                      + (f"on {c['n_distill']} unique training sentences (the {c['n_train']} above and "
                         f"{c['n_distill'] - c['n_train']} more of the training side, none held out)."
                         if c.get("n_distill", 0) > c["n_train"] else f"on the {c['n_train']} training sentences."))
         if c.get("layer_drop"):
             lines.append(f"4. **dense, layers dropped** (what a user would pick instead): the encoder layers "
-                         f"{list(c['layer_drop'])} kept, distilled with the same budget (each kept layer matched to "
-                         "the teacher layer ending its span).")
+                         f"{list(c['layer_drop'])} kept, distilled with the same call and budget at sparsity 0 (each "
+                         "kept layer matched to the teacher layer ending its span, `EncoderDistillLoss(layer_map=...)`).")
         lines.append("")
         lines.append("Metrics on the held-out text, against the dense model: **cosine** = mean cosine similarity "
                      "of each sentence's embedding to its dense embedding; **NN agree** = top-1 nearest-neighbour "
