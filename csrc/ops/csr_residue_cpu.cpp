@@ -1,14 +1,20 @@
 // CPU kernels of the TEW residue (csr_linear and its two backward operators):
 // argument checks, the feature-major transposes, then core/csr_residue.h
 // under at::parallel_for. float32/float64 run natively; float16/bfloat16 are
-// computed in float32 and rounded once at the end.
+// computed in float32 and rounded once at the end. Float32 compute runs the
+// AVX2 kernels (core/csr_residue_avx2.h) whenever the CPU kernel choice
+// (cpu_kernel.h) is avx2 or avx512, the generic ones otherwise.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <functional>
+
 #include "../core/csr_residue.h"
+#include "../core/csr_residue_avx2.h"
 #include "checks.h"
+#include "cpu_kernel.h"
 
 namespace tilesparse {
 namespace {
@@ -19,6 +25,20 @@ struct ParallelFor {
     at::parallel_for(begin, end, /*grain_size=*/1, fn);
   }
 };
+
+const core::avx2::ParallelFn& aten_parallel_for() {
+  static const core::avx2::ParallelFn fn = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
+    at::parallel_for(b, e, 1, f);
+  };
+  return fn;
+}
+
+// The AVX2 kernels serve float32 compute (float16/bfloat16 inputs included)
+// wherever a fused CPU kernel family is selected.
+bool use_avx2(at::ScalarType compute) {
+  const CpuKernel k = selected_kernel();  // validates TILESPARSE_CPU_KERNEL for every dtype
+  return compute == at::kFloat && k != CpuKernel::kGeneric;
+}
 
 // row_ptr/cols checked (int32, 1-D, on `ref`'s device, sizes) and validated;
 // the view points into the returned contiguous tensors.
@@ -76,6 +96,11 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   const at::Tensor v = values.to(compute_type(values.scalar_type())).contiguous();
   const int64_t M = xt.size(1);
   at::Tensor y = at::empty({M, out_features}, xt.options());
+  if (use_avx2(xt.scalar_type())) {
+    core::avx2::csr_forward(xt.data_ptr<float>(), M, v.data_ptr<float>(), r.view, y.data_ptr<float>(),
+                            aten_parallel_for());
+    return y.to(x.scalar_type()).view(with_last(x.sizes(), out_features));
+  }
   AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "csr_linear", [&] {
     core::csr_forward(xt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, y.data_ptr<scalar_t>(),
                       ParallelFor{});
@@ -91,10 +116,15 @@ at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tenso
   const at::Tensor v = values.to(compute_type(values.scalar_type())).contiguous();
   const int64_t M = gt.size(1);
   at::Tensor gxt = at::empty({in_features, M}, gt.options());
-  AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_input", [&] {
-    core::csr_grad_input_t(gt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, gxt.data_ptr<scalar_t>(),
-                           ParallelFor{});
-  });
+  if (use_avx2(gt.scalar_type())) {
+    core::avx2::csr_grad_input_t(gt.data_ptr<float>(), M, v.data_ptr<float>(), r.view, gxt.data_ptr<float>(),
+                                 aten_parallel_for());
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_input", [&] {
+      core::csr_grad_input_t(gt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, gxt.data_ptr<scalar_t>(),
+                             ParallelFor{});
+    });
+  }
   return gxt.t().to(grad_out.scalar_type()).contiguous().view(with_last(grad_out.sizes(), in_features));
 }
 
@@ -106,10 +136,15 @@ at::Tensor csr_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tens
   const at::Tensor xt = feature_major(x);
   const int64_t M = gt.size(1);
   at::Tensor dv = at::empty({cols.numel()}, gt.options());
-  AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_values", [&] {
-    core::csr_grad_values_t(gt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(), M, r.view, dv.data_ptr<scalar_t>(),
-                            ParallelFor{});
-  });
+  if (use_avx2(gt.scalar_type())) {
+    core::avx2::csr_grad_values_t(gt.data_ptr<float>(), xt.data_ptr<float>(), M, r.view, dv.data_ptr<float>(),
+                                  aten_parallel_for());
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_values", [&] {
+      core::csr_grad_values_t(gt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(), M, r.view, dv.data_ptr<scalar_t>(),
+                              ParallelFor{});
+    });
+  }
   return dv.to(grad_out.scalar_type());
 }
 

@@ -20,6 +20,7 @@
 #include "../core/tw_linear_avx512.h"
 #include "../core/tw_linear_cpu.h"
 #include "checks.h"
+#include "cpu_kernel.h"
 
 namespace tilesparse {
 namespace {
@@ -57,74 +58,6 @@ const core::avx512::ParallelFn& aten_parallel_for() {
     at::parallel_for(b, e, 1, f);
   };
   return fn;
-}
-
-// ---- kernel choice -------------------------------------------------------
-// float32 runs the fused kernels of the widest ISA the CPU has (avx512, then
-// avx2), other dtypes the generic BLAS-backed path. TILESPARSE_CPU_KERNEL
-// (read on every call, so tests and benchmarks can switch) forces one; naming
-// a kernel this CPU cannot run is an error, never a silent fallback.
-enum class CpuKernel { kGeneric, kAvx2, kAvx512 };
-
-const char* kernel_name(CpuKernel k) {
-  switch (k) {
-    case CpuKernel::kAvx512: return "avx512";
-    case CpuKernel::kAvx2: return "avx2";
-    default: return "generic";
-  }
-}
-
-bool kernel_supported(CpuKernel k) {
-  switch (k) {
-    case CpuKernel::kAvx512: return core::avx512::available();
-    case CpuKernel::kAvx2: return core::avx2::available();
-    default: return true;
-  }
-}
-
-std::string cpu_features() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  auto yes = [](bool b) { return b ? "yes" : "no"; };
-  return std::string("avx512f=") + yes(__builtin_cpu_supports("avx512f")) + ", avx2=" +
-         yes(__builtin_cpu_supports("avx2")) + ", fma=" + yes(__builtin_cpu_supports("fma"));
-#else
-  return "not an x86-64 build";
-#endif
-}
-
-std::vector<std::string> supported_kernels() {
-  std::vector<std::string> out;
-  for (CpuKernel k : {CpuKernel::kAvx512, CpuKernel::kAvx2, CpuKernel::kGeneric})
-    if (kernel_supported(k)) out.emplace_back(kernel_name(k));
-  return out;
-}
-
-CpuKernel selected_kernel() {
-  const char* env = std::getenv("TILESPARSE_CPU_KERNEL");
-  const std::string choice = env ? env : "";
-  if (choice.empty() || choice == "auto") {
-    for (CpuKernel k : {CpuKernel::kAvx512, CpuKernel::kAvx2})
-      if (kernel_supported(k)) return k;
-    return CpuKernel::kGeneric;
-  }
-  for (CpuKernel k : {CpuKernel::kAvx512, CpuKernel::kAvx2, CpuKernel::kGeneric}) {
-    if (choice != kernel_name(k)) continue;
-    TORCH_CHECK(kernel_supported(k), "TILESPARSE_CPU_KERNEL=", choice, " names a kernel this CPU cannot run (",
-                cpu_features(), "); supported here: ", c10::Join(", ", supported_kernels()),
-                ". Unset TILESPARSE_CPU_KERNEL to pick the best one.");
-    return k;
-  }
-  TORCH_CHECK_VALUE(false, "TILESPARSE_CPU_KERNEL must be one of avx512, avx2, generic or auto (or unset), got '",
-                    choice, "'");
-  return CpuKernel::kGeneric;
-}
-
-// The kernel a tensor of `dtype` runs on (fused kernels are float32 only).
-bool is_16bit(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
-
-CpuKernel kernel_for(at::ScalarType dtype) {
-  const CpuKernel k = selected_kernel();  // validates the variable for every dtype
-  return dtype == at::kFloat ? k : CpuKernel::kGeneric;
 }
 
 // ---- inference cache of the fused (AVX2, AVX-512) forward's packed panels --------

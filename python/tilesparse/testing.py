@@ -4,7 +4,9 @@ float64, brute force), so tests compare the kernels against something else.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import contextlib
+import os
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,55 @@ def device_params() -> list:
     if "cuda" not in out:
         out.append(pytest.param("cuda", marks=pytest.mark.skip(reason="no CUDA device or no CUDA kernels built")))
     return out
+
+
+# float32 CPU operators run a fused kernel family of the widest ISA the CPU
+# has (avx512, then avx2; the TEW residue runs its AVX2 kernels under either),
+# other dtypes the generic one; TILESPARSE_CPU_KERNEL selects one. Tests sweep
+# every family: those this CPU lacks are reported as skipped, naming the kernel.
+CPU_KERNELS = ["avx512", "avx2", "generic"]
+
+
+def supported_cpu_kernels() -> List[str]:
+    """The CPU kernel families this CPU and build run (``torch.ops.tilesparse.cpu_kernels_supported``)."""
+    from . import ops  # noqa: F401  (loads the extension)
+
+    return list(torch.ops.tilesparse.cpu_kernels_supported())
+
+
+def cpu_kernel_params(dtype: Optional[torch.dtype] = None) -> list:
+    """One ``pytest.param`` per CPU kernel family (``name``, or ``(dtype, name)``
+    with an id ``float32-avx2`` when ``dtype`` is given); those this CPU cannot
+    run are skipped with a reason that names them."""
+    import pytest
+
+    supported = supported_cpu_kernels()
+    out = []
+    for name in CPU_KERNELS:
+        marks = [] if name in supported else [pytest.mark.skip(
+            reason=f"CPU kernel {name!r} not supported by this CPU (supported: {', '.join(supported)})")]
+        if dtype is None:
+            out.append(pytest.param(name, id=name, marks=marks))
+        else:
+            out.append(pytest.param((dtype, name), id=f"{str(dtype).split('.')[-1]}-{name}", marks=marks))
+    return out
+
+
+@contextlib.contextmanager
+def cpu_kernel(name: Optional[str]) -> Iterator[None]:
+    """Selects the CPU kernel family (``TILESPARSE_CPU_KERNEL``; None: the default choice) for the block."""
+    old = os.environ.get("TILESPARSE_CPU_KERNEL")
+    if name is None:
+        os.environ.pop("TILESPARSE_CPU_KERNEL", None)
+    else:
+        os.environ["TILESPARSE_CPU_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TILESPARSE_CPU_KERNEL", None)
+        else:
+            os.environ["TILESPARSE_CPU_KERNEL"] = old
 
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -9,8 +9,8 @@ from torch import nn
 
 import tilesparse
 from tilesparse import ops
-from tilesparse.testing import (FLOAT_DTYPES, assert_close_to_reference, device_params, random_csr,
-                                reference_csr_dense)
+from tilesparse.testing import (FLOAT_DTYPES, assert_close_to_reference, cpu_kernel, cpu_kernel_params,
+                                device_params, random_csr, reference_csr_dense)
 
 T = torch.ops.tilesparse
 DEVICES = device_params()
@@ -29,10 +29,11 @@ def _case(rows, cols, density, lead, dtype, device, seed=0):
     return row_ptr, col_idx, values, x, gy
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_matches_dense_reference(device, dtype, shape):
+# the AVX2 kernels' edges too: M at and around the 8-lane vectors and 64-sample blocks
+KERNEL_SHAPES = SHAPES + [(17, 33, 0.2, (72,)), (40, 24, 0.3, (8, 8)), (40, 24, 0.3, (9,)), (33, 31, 0.1, (133,))]
+
+
+def _check_against_dense(dtype, shape, device="cpu"):
     rows, cols, density, lead = shape
     row_ptr, col_idx, values, x, gy = _case(rows, cols, density, lead, dtype, device)
     R = reference_csr_dense(row_ptr, col_idx, values, (rows, cols))
@@ -49,6 +50,25 @@ def test_matches_dense_reference(device, dtype, shape):
     entry_rows = torch.repeat_interleave(torch.arange(rows), (row_ptr[1:] - row_ptr[:-1]).long().cpu())
     assert gv.shape == (col_idx.numel(),) and gv.dtype == dtype
     assert_close_to_reference(gv, full[entry_rows, col_idx.long().cpu()], max(1, m))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_dense_reference(device, dtype, shape):
+    _check_against_dense(dtype, shape, device)
+
+
+@pytest.mark.parametrize("kernel", cpu_kernel_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", KERNEL_SHAPES)
+def test_every_cpu_kernel_matches_dense_reference(kernel, dtype, shape):
+    """Each CPU kernel family named explicitly (avx2 and avx512 run the AVX2
+    residue kernels, generic the portable ones), float32 and bfloat16 (computed
+    in float32), against the float64 reference."""
+    with cpu_kernel(kernel):
+        assert T.cpu_kernel() == kernel
+        _check_against_dense(dtype, shape)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -2,7 +2,6 @@
 dense masked F.linear in float64 (tilesparse.testing.reference_tw_linear),
 over 1-D/2-D layouts, dtypes, batch dims, M=0, K=1 and strided inputs."""
 import contextlib
-import os
 
 import pytest
 import torch
@@ -10,46 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tilesparse import TileLayout, ops
-from tilesparse.testing import (FLOAT_DTYPES, assert_close_to_reference, device_params, devices,
-                                layout_with_empty_tile, random_tw_mask, reference_pack, reference_tw_linear)
+from tilesparse.testing import (CPU_KERNELS, FLOAT_DTYPES, assert_close_to_reference, cpu_kernel, cpu_kernel_params,
+                                device_params, devices, layout_with_empty_tile, random_tw_mask, reference_pack,
+                                reference_tw_linear, supported_cpu_kernels)
 
 DEVICES = device_params()
 _ops = torch.ops.tilesparse
 
-# float32 runs a fused kernel of the widest ISA the CPU has (avx512, then
-# avx2); TILESPARSE_CPU_KERNEL selects one. float32 is swept over every kernel:
-# those this CPU lacks are reported as skipped, naming the kernel.
-CPU_KERNELS = ["avx512", "avx2", "generic"]
-SUPPORTED_KERNELS = list(_ops.cpu_kernels_supported())
-
-
-def _kernel_param(name):
-    marks = [] if name in SUPPORTED_KERNELS else [pytest.mark.skip(
-        reason=f"CPU kernel {name!r} not supported by this CPU (supported: {', '.join(SUPPORTED_KERNELS)})")]
-    return pytest.param((torch.float32, name), id=f"float32-{name}", marks=marks)
-
-
 KERNEL_DTYPES = [pytest.param((dtype, None), id=str(dtype).split(".")[-1]) for dtype in FLOAT_DTYPES] + \
-    [_kernel_param(name) for name in CPU_KERNELS]
-CPU_KERNEL_PARAMS = [pytest.param(name, id=name, marks=p.marks) for name, p in
-                     zip(CPU_KERNELS, [_kernel_param(n) for n in CPU_KERNELS])]
-
-
-@contextlib.contextmanager
-def cpu_kernel(name):
-    """Selects the CPU kernel family (None: the default choice) for the block."""
-    old = os.environ.get("TILESPARSE_CPU_KERNEL")
-    if name is None:
-        os.environ.pop("TILESPARSE_CPU_KERNEL", None)
-    else:
-        os.environ["TILESPARSE_CPU_KERNEL"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TILESPARSE_CPU_KERNEL", None)
-        else:
-            os.environ["TILESPARSE_CPU_KERNEL"] = old
+    cpu_kernel_params(torch.float32)
+CPU_KERNEL_PARAMS = cpu_kernel_params()
+SUPPORTED_KERNELS = supported_cpu_kernels()
 
 
 def _case(name):
