@@ -1,13 +1,16 @@
 """The TEW residue on this CPU: one layer's forward + backward, TW alone
 against TW + residue, with the residue run by the ``csr_linear`` operators
 (what TEW modules use) and by the gather + ``index_add`` formula they used
-before (``ops._csr_*_gather``, today the CUDA path), interleaved, median of
-``--repeats`` rounds, random data.
+before (``ops._csr_*_gather``, today the CUDA path); and the residue operators
+alone (forward + both backward operators) under each residue kernel family
+this CPU runs (``generic``; ``avx2``, which avx512 also uses), interleaved,
+median of ``--repeats`` rounds, random data.
 
     python benchmarks/bench_tew_residue.py [--tokens 640] [--delta 0.02] [--repeats 20]
 
-Prints one line per layer shape: milliseconds for ``tw``, ``tew`` (csr
-operator) and ``tew_gather``, and their ratios to ``tw``.
+Prints two lines per layer shape: milliseconds for ``tw``, ``tew`` (csr
+operator) and ``tew_gather``, and their ratios to ``tw``; then the residue
+operators' milliseconds per kernel family and the generic/avx2 ratio.
 """
 import argparse
 import statistics
@@ -18,6 +21,7 @@ from torch import nn
 
 import tilesparse
 from tilesparse import ops
+from tilesparse.testing import cpu_kernel
 
 
 def main() -> None:
@@ -54,19 +58,41 @@ def main() -> None:
                     mod._residue_add = saved
             y.square().mean().backward()
 
-        runs = {"tw": lambda: step(tw), "tew": lambda: step(tew), "tew_gather": lambda: step(tew, gather_residue)}
-        times = {name: [] for name in runs}
-        for f in runs.values():
-            f()  # warm-up
-        for _ in range(args.repeats):
-            for name, f in runs.items():
-                t = time.perf_counter()
-                f()
-                times[name].append(time.perf_counter() - t)
-        med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+        med = interleaved({"tw": lambda: step(tw), "tew": lambda: step(tew),
+                           "tew_gather": lambda: step(tew, gather_residue)}, args.repeats)
         print(f"{k}x{n} residue nnz {cols.numel()}: " + ", ".join(f"{name} {v:.2f} ms" for name, v in med.items())
               + f" | tew/tw {med['tew'] / med['tw']:.2f}x, tew_gather/tw {med['tew_gather'] / med['tw']:.2f}x, "
               f"gather/csr {med['tew_gather'] / med['tew']:.1f}x")
+
+        values, xd = tew._residue_values().detach(), x.detach()
+        gy = torch.randn(args.tokens, n)
+        T = torch.ops.tilesparse
+
+        def residue(kernel):
+            def run():
+                with cpu_kernel(kernel):
+                    T.csr_linear(xd, values, row_ptr, cols, n)
+                    T.csr_linear_grad_input(gy, values, row_ptr, cols, k)
+                    T.csr_linear_grad_values(gy, xd, row_ptr, cols)
+            return run
+
+        families = [f for f in ("generic", "avx2") if f in T.cpu_kernels_supported()]
+        res = interleaved({f: residue(f) for f in families}, args.repeats)
+        ratio = f" | generic/avx2 {res['generic'] / res['avx2']:.2f}x" if "avx2" in res else " | no avx2 on this CPU"
+        print(f"{k}x{n} residue operators alone: " + ", ".join(f"{f} {v:.2f} ms" for f, v in res.items()) + ratio)
+
+
+def interleaved(runs, repeats):
+    """Median milliseconds of each callable, run in turn ``repeats`` times after one warm-up each."""
+    times = {name: [] for name in runs}
+    for f in runs.values():
+        f()
+    for _ in range(repeats):
+        for name, f in runs.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) * 1e3 for name, v in times.items()}
 
 
 class GatherResidue(torch.autograd.Function):

@@ -7,8 +7,8 @@
 // of M scattered gathers:
 //   forward      Y^T[n]   = sum_j R[n, c_j] X^T[c_j]        (parallel over row blocks;
 //                                                            stored sample-major)
-//   grad input   Gx^T[c_j] += R[n, c_j] G^T[n]              (parallel over M blocks:
-//                                                            the scatter has no conflicts)
+//   grad input   Gx[:, c] = sum over the entries (n, c)      (the forward of R^T, whose CSR is a
+//                  R[n, c] G^T[n]                            counting sort of R's entries)
 //   grad values  dR_j     = <G^T[n_j], X^T[c_j]>             (parallel over rows)
 // Work is 2 * M * nnz flops each; bytes are one run of M per entry, from
 // cache when the M block (kBlockM samples x all features) fits in L2.
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tilesparse {
 namespace core {
@@ -89,24 +90,45 @@ void csr_forward(const T* xt, int64_t M, const T* values, const CsrView& r, T* y
   });
 }
 
-// gxt [num_cols, M] = R^T @ gt [rows, M]. gxt is overwritten.
-template <typename T, typename ParallelFor>
-void csr_grad_input_t(const T* gt, int64_t M, const T* values, const CsrView& r, T* gxt, ParallelFor&& par) {
-  const int64_t blocks = (M + kBlockM - 1) / kBlockM;
-  par(0, blocks, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t m0 = b * kBlockM, mb = std::min(kBlockM, M - m0);
-      for (int64_t c = 0; c < r.num_cols; ++c) std::fill(gxt + c * M + m0, gxt + c * M + m0 + mb, T(0));
-      for (int64_t n = 0; n < r.rows; ++n) {
-        const T* g = gt + n * M + m0;
-        for (int32_t j = r.row_ptr[n]; j < r.row_ptr[n + 1]; ++j) {
-          const T v = values[j];
-          T* gx = gxt + static_cast<int64_t>(r.cols[j]) * M + m0;
-          for (int64_t i = 0; i < mb; ++i) gx[i] += v * g[i];
-        }
+// R^T in CSR (R's entries ordered by input feature, each feature's entries in
+// row order): a counting sort, O(nnz + cols). `perm[p]`: the entry of R at
+// position p, so R^T's values are values[perm[p]].
+struct CsrTransposed {
+  std::vector<int32_t> row_ptr, cols, perm;
+  int64_t rows = 0, num_cols = 0;
+
+  explicit CsrTransposed(const CsrView& r)
+      : row_ptr(r.num_cols + 1, 0), cols(r.nnz), perm(r.nnz), rows(r.num_cols), num_cols(r.rows) {
+    for (int64_t j = 0; j < r.nnz; ++j) ++row_ptr[r.cols[j] + 1];
+    for (int64_t c = 0; c < r.num_cols; ++c) row_ptr[c + 1] += row_ptr[c];
+    std::vector<int32_t> next(row_ptr.begin(), row_ptr.end() - 1);
+    for (int64_t n = 0; n < r.rows; ++n)
+      for (int32_t j = r.row_ptr[n]; j < r.row_ptr[n + 1]; ++j) {
+        const int32_t p = next[r.cols[j]]++;
+        cols[p] = static_cast<int32_t>(n);
+        perm[p] = j;
       }
-    }
-  });
+  }
+  CsrView view() const {
+    return CsrView{row_ptr.data(), cols.data(), rows, num_cols, static_cast<int64_t>(cols.size())};
+  }
+  template <typename T>
+  std::vector<T> values(const T* v) const {
+    std::vector<T> out(perm.size());
+    for (size_t p = 0; p < perm.size(); ++p) out[p] = v[perm[p]];
+    return out;
+  }
+};
+
+// gx [M, num_cols] (sample-major) = gt^T @ R: the forward of R^T over the
+// feature-major gradient. Each input feature's run accumulates in the
+// forward's local tile over all its entries and is stored once, instead of a
+// read-modify-write of a gx run per entry.
+template <typename T, typename ParallelFor>
+void csr_grad_input(const T* gt, int64_t M, const T* values, const CsrView& r, T* gx, ParallelFor&& par) {
+  const CsrTransposed rt(r);
+  const std::vector<T> vt = rt.values(values);
+  csr_forward(gt, M, vt.data(), rt.view(), gx, par);
 }
 
 // dv [nnz]: dv[j] = <gt[n_j], xt[c_j]> over the M samples (n_j: the row of entry j).

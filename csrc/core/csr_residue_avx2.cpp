@@ -1,6 +1,7 @@
 #include "csr_residue_avx2.h"
 
 #include <algorithm>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TS_HAVE_AVX2_BUILD 1
@@ -51,28 +52,6 @@ TS_AVX2 void forward_row(const float* xt, int64_t M, int64_t m0, int64_t mb, con
       _mm256_storeu_ps(out + 8 * q, acc[q]);
     } else if (8 * q < mb) {
       _mm256_maskstore_ps(out + 8 * q, lanes(mb - 8 * q), acc[q]);
-    }
-  }
-}
-
-// gx runs of one g row's block: gxt[cols[j]][m0 + i] += values[j] * g[i], i < mb.
-template <bool Full>
-TS_AVX2 void grad_input_row(const float* g, int64_t M, int64_t m0, int64_t mb, const float* values,
-                            const int32_t* cols, int32_t begin, int32_t end, float* gxt) {
-  __m256 gv[kVecs];
-  for (int q = 0; q < kVecs; ++q)
-    gv[q] = Full ? _mm256_loadu_ps(g + 8 * q)
-                 : (8 * q < mb ? _mm256_maskload_ps(g + 8 * q, lanes(mb - 8 * q)) : _mm256_setzero_ps());
-  for (int32_t j = begin; j < end; ++j) {
-    const __m256 v = _mm256_set1_ps(values[j]);
-    float* gx = gxt + static_cast<int64_t>(cols[j]) * M + m0;
-    for (int q = 0; q < kVecs; ++q) {
-      if (Full) {
-        _mm256_storeu_ps(gx + 8 * q, _mm256_fmadd_ps(v, gv[q], _mm256_loadu_ps(gx + 8 * q)));
-      } else if (8 * q < mb) {
-        const __m256i m = lanes(mb - 8 * q);
-        _mm256_maskstore_ps(gx + 8 * q, m, _mm256_fmadd_ps(v, gv[q], _mm256_maskload_ps(gx + 8 * q, m)));
-      }
     }
   }
 }
@@ -131,23 +110,11 @@ void csr_forward(const float* xt, int64_t M, const float* values, const CsrView&
   });
 }
 
-void csr_grad_input_t(const float* gt, int64_t M, const float* values, const CsrView& r, float* gxt,
-                              const ParallelFn& parallel_for) {
-  const int64_t blocks = (M + kBlockM - 1) / kBlockM;
-  parallel_for(0, blocks, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t m0 = b * kBlockM, mb = std::min(kBlockM, M - m0);
-      for (int64_t c = 0; c < r.num_cols; ++c) std::fill(gxt + c * M + m0, gxt + c * M + m0 + mb, 0.0f);
-      for (int64_t n = 0; n < r.rows; ++n) {
-        const float* g = gt + n * M + m0;
-        if (mb == kBlockM) {
-          grad_input_row<true>(g, M, m0, mb, values, r.cols, r.row_ptr[n], r.row_ptr[n + 1], gxt);
-        } else {
-          grad_input_row<false>(g, M, m0, mb, values, r.cols, r.row_ptr[n], r.row_ptr[n + 1], gxt);
-        }
-      }
-    }
-  });
+void csr_grad_input(const float* gt, int64_t M, const float* values, const CsrView& r, float* gx,
+                    const ParallelFn& parallel_for) {
+  const CsrTransposed rt(r);
+  const std::vector<float> vt = rt.values(values);
+  csr_forward(gt, M, vt.data(), rt.view(), gx, parallel_for);
 }
 
 void csr_grad_values_t(const float* gt, const float* xt, int64_t M, const CsrView& r, float* dv,
@@ -162,7 +129,7 @@ void csr_grad_values_t(const float* gt, const float* xt, int64_t M, const CsrVie
 #else  // not an x86-64 GCC/Clang build: available() is false and these are never called
 
 void csr_forward(const float*, int64_t, const float*, const CsrView&, float*, const ParallelFn&) {}
-void csr_grad_input_t(const float*, int64_t, const float*, const CsrView&, float*, const ParallelFn&) {}
+void csr_grad_input(const float*, int64_t, const float*, const CsrView&, float*, const ParallelFn&) {}
 void csr_grad_values_t(const float*, const float*, int64_t, const CsrView&, float*, const ParallelFn&) {}
 
 #endif

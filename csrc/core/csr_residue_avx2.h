@@ -4,8 +4,7 @@
 // run 8 samples per instruction with fused multiply-adds:
 //   forward      one 64-sample block of an output row lives in 8 ymm
 //                accumulators over all its entries (loads: one x run per entry)
-//   grad input   the 64-sample block of a g row lives in 8 ymm; every entry
-//                is a load-FMA-store of its gx run
+//   grad input   the forward of R^T (csr_residue.h's CsrTransposed)
 //   grad values  dot products of length M in 4 independent FMA chains
 // Partial blocks (M not a multiple of 8 or 64) use masked loads and stores, so
 // no lane outside the arrays is touched.
@@ -21,8 +20,8 @@ namespace tilesparse::core::avx2 {
 void csr_forward(const float* xt, int64_t M, const float* values, const CsrView& r, float* y,
                  const ParallelFn& parallel_for);
 
-void csr_grad_input_t(const float* gt, int64_t M, const float* values, const CsrView& r, float* gxt,
-                      const ParallelFn& parallel_for);
+void csr_grad_input(const float* gt, int64_t M, const float* values, const CsrView& r, float* gx,
+                    const ParallelFn& parallel_for);
 
 void csr_grad_values_t(const float* gt, const float* xt, int64_t M, const CsrView& r, float* dv,
                        const ParallelFn& parallel_for);

@@ -115,17 +115,17 @@ at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tenso
   const at::Tensor gt = feature_major(grad_out);
   const at::Tensor v = values.to(compute_type(values.scalar_type())).contiguous();
   const int64_t M = gt.size(1);
-  at::Tensor gxt = at::empty({in_features, M}, gt.options());
+  at::Tensor gx = at::empty({M, in_features}, gt.options());
   if (use_avx2(gt.scalar_type())) {
-    core::avx2::csr_grad_input_t(gt.data_ptr<float>(), M, v.data_ptr<float>(), r.view, gxt.data_ptr<float>(),
-                                 aten_parallel_for());
+    core::avx2::csr_grad_input(gt.data_ptr<float>(), M, v.data_ptr<float>(), r.view, gx.data_ptr<float>(),
+                               aten_parallel_for());
   } else {
     AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_input", [&] {
-      core::csr_grad_input_t(gt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, gxt.data_ptr<scalar_t>(),
-                             ParallelFor{});
+      core::csr_grad_input(gt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, gx.data_ptr<scalar_t>(),
+                           ParallelFor{});
     });
   }
-  return gxt.t().to(grad_out.scalar_type()).contiguous().view(with_last(grad_out.sizes(), in_features));
+  return gx.to(grad_out.scalar_type()).view(with_last(grad_out.sizes(), in_features));
 }
 
 at::Tensor csr_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& row_ptr,

@@ -44,8 +44,6 @@ CPU_KERNELS = ["avx512", "avx2", "generic"]
 
 def supported_cpu_kernels() -> List[str]:
     """The CPU kernel families this CPU and build run (``torch.ops.tilesparse.cpu_kernels_supported``)."""
-    from . import ops  # noqa: F401  (loads the extension)
-
     return list(torch.ops.tilesparse.cpu_kernels_supported())
 
 

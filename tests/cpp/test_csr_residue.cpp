@@ -128,11 +128,10 @@ TEST_CASE("csr residue kernels match a dense reference", "[csr]") {
 
   for (auto& [name, par] : splits()) {
     CAPTURE(name, N, K, M);
-    std::vector<double> y(M * N, -1.0), gxt(K * M, -1.0), dv(c.col.size(), -1.0);
+    std::vector<double> y(M * N, -1.0), gx(M * K, -1.0), dv(c.col.size(), -1.0);
     csr_forward(xt.data(), M, c.values.data(), c.view(), y.data(), par);
-    csr_grad_input_t(gt.data(), M, c.values.data(), c.view(), gxt.data(), par);
+    csr_grad_input(gt.data(), M, c.values.data(), c.view(), gx.data(), par);
     csr_grad_values_t(gt.data(), xt.data(), M, c.view(), dv.data(), par);
-    const std::vector<double> gx = transpose(gxt, K, M);
     for (int64_t i = 0; i < M * N; ++i) REQUIRE(y[i] == Approx(ref.y[i]).margin(1e-12));
     for (int64_t i = 0; i < M * K; ++i) REQUIRE(gx[i] == Approx(ref.gx[i]).margin(1e-12));
     for (size_t j = 0; j < dv.size(); ++j) REQUIRE(dv[j] == Approx(ref.dv[j]).margin(1e-12));
@@ -161,20 +160,19 @@ TEST_CASE("AVX2 csr residue kernels match a dense reference", "[csr][avx2]") {
     CAPTURE(name, N, K, M);
     // guard floats around every output: a write outside the arrays shows up here
     constexpr int64_t kGuard = 16;
-    std::vector<float> y(M * N + 2 * kGuard, -7.0f), gxt(K * M + 2 * kGuard, -7.0f),
+    std::vector<float> y(M * N + 2 * kGuard, -7.0f), gx(M * K + 2 * kGuard, -7.0f),
         dv(c.col.size() + 2 * kGuard, -7.0f);
     avx2::csr_forward(xt.data(), M, values.data(), c.view(), y.data() + kGuard, par);
-    avx2::csr_grad_input_t(gt.data(), M, values.data(), c.view(), gxt.data() + kGuard, par);
+    avx2::csr_grad_input(gt.data(), M, values.data(), c.view(), gx.data() + kGuard, par);
     avx2::csr_grad_values_t(gt.data(), xt.data(), M, c.view(), dv.data() + kGuard, par);
-    for (auto* v : {&y, &gxt, &dv}) {
+    for (auto* v : {&y, &gx, &dv}) {
       for (int64_t i = 0; i < kGuard; ++i) {
         REQUIRE((*v)[i] == -7.0f);
         REQUIRE((*v)[v->size() - 1 - i] == -7.0f);
       }
     }
-    const std::vector<double> gx = transpose(std::vector<double>(gxt.begin() + kGuard, gxt.end() - kGuard), K, M);
     for (int64_t i = 0; i < M * N; ++i) REQUIRE(close(y[kGuard + i], ref.y[i]));
-    for (int64_t i = 0; i < M * K; ++i) REQUIRE(close(gx[i], ref.gx[i]));
+    for (int64_t i = 0; i < M * K; ++i) REQUIRE(close(gx[kGuard + i], ref.gx[i]));
     for (size_t j = 0; j < c.col.size(); ++j) REQUIRE(close(dv[kGuard + j], ref.dv[j]));
   }
 }
