@@ -8,7 +8,9 @@ then :func:`tilesparse.distill` for the full config's 300 steps, seed 0, one var
 * ``transfer``: ``base``, every second batch drawn from an unlabelled transfer set (the fortune categories the
   task leaves out: no entry of the task's training or test text), where only the distillation terms count.
 
-``pattern:variant@N`` runs N optimizer steps instead of the config's (the loader cycles: a budget curve).
+``pattern:variant@N`` runs N optimizer steps instead of the config's (the loader cycles: a budget curve);
+``pattern/S`` prunes to sparsity S instead of 0.75; pattern ``dense`` runs the same fine-tune on the unpruned dense
+model (sparsity 0: what the recipe itself costs or gains, the control of every pruned row).
 
 Prints one JSON line per (pattern, variant).
 
@@ -43,13 +45,18 @@ def main() -> None:
     for spec in sys.argv[1:] or ["tw:base", "tw:logits", "tw:nolabel", "tw:transfer"]:
         spec, _, steps = spec.partition("@")
         pattern, variant = spec.split(":")
+        pattern, _, sparsity = pattern.partition("/")
+        sparsity = 0.0 if pattern == "dense" else float(sparsity or 0.75)
         steps = int(steps or cfg.steps)
         t = time.perf_counter()
-        if pattern not in pruned:
-            pruned[pattern] = oneshot(copy.deepcopy(dense), T._shuffled(small, 7)[:cfg.calib_batches], 0.75,
-                                      pattern=pattern, tile=128, unit=1, filter_fn=T.task_filter,
-                                      forward_fn=hf_forward, grid_step=cfg.grid_step, progress=False)
-        student = copy.deepcopy(pruned[pattern])
+        if pattern == "dense":
+            pruned[(pattern, sparsity)] = dense
+        if (pattern, sparsity) not in pruned:
+            pruned[(pattern, sparsity)] = oneshot(copy.deepcopy(dense), T._shuffled(small, 7)[:cfg.calib_batches],
+                                                  sparsity, pattern=pattern, tile=128, unit=1,
+                                                  filter_fn=T.task_filter, forward_fn=hf_forward,
+                                                  grid_step=cfg.grid_step, progress=False)
+        student = copy.deepcopy(pruned[(pattern, sparsity)])
         loader = T._shuffled(small, 100)
         loss_fn, weight = EncoderDistillLoss(), 1.0
         if variant == "logits":
@@ -60,12 +67,12 @@ def main() -> None:
             loader = T.interleave(loader, T._shuffled(d.transfer, 200))
         elif variant != "base":
             raise SystemExit(f"unknown variant {variant!r}")
-        res = distill(student, dense, loader, 0.75, steps=steps, pattern=pattern, tile=128, unit=1,
-                      start_sparsity=0.75, calib=T._shuffled(small, 7)[:cfg.calib_batches], filter_fn=T.task_filter,
+        res = distill(student, dense, loader, sparsity, steps=steps, pattern="tw" if pattern == "dense" else pattern,
+                      tile=128, unit=1, start_sparsity=sparsity, calib=T._shuffled(small, 7)[:cfg.calib_batches], filter_fn=T.task_filter,
                       loss_fn=loss_fn, task_loss_fn=T._task_loss, task_weight=weight, params=T._trainable(student),
                       lr=cfg.lr, prune_start=False, progress=False)
         ev = T.evaluate(res.model, test, C)
-        print(json.dumps(dict(pattern=pattern, variant=variant, steps=steps, **ev, seconds=round(time.perf_counter() - t))),
+        print(json.dumps(dict(pattern=pattern, sparsity=sparsity, variant=variant, steps=steps, **ev, seconds=round(time.perf_counter() - t))),
               flush=True)
 
 

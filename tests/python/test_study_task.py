@@ -80,8 +80,11 @@ def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
                           compare=(("tw", 0.5, 16, 1),), updates=1, grid_step=0.25, budget_steps=(4,),
                           budget_cases=(("tw", 0.5, 16, 1),))
     t, det = task.run_task(cfg, ToyTokenizer(), tiny_bert(), progress=False)
-    assert set(t) == {"name", "classes", "dense", "rows"} and t["classes"] == 3
+    assert set(t) == {"name", "classes", "dense", "rows", "control"} and t["classes"] == 3
     assert set(t["dense"]) == {"accuracy", "macro_f1"}
+    # the control: the dense model through the same fine-tune, never pruned
+    assert set(t["control"]) == {"accuracy", "accuracy_std", "macro_f1"} and 0.0 <= t["control"]["accuracy"] <= 1.0
+    assert [(r["seed"], r["achieved"]) for r in det["control_runs"]] == [(0, 0.0)]
     assert [(r["pattern"], r["sparsity"]) for r in t["rows"]] == [("tw", 0.5), ("ew", 0.5), ("tew", 0.5)]
     for r in t["rows"]:
         assert set(r) == {"pattern", "sparsity", "tile", "unit", "accuracy", "accuracy_std", "macro_f1"}
@@ -110,6 +113,8 @@ def test_run_task_tiny_writes_the_issue_schema(tmp_path, monkeypatch):
     assert os.path.getsize(tmp_path / "study_task_accuracy.png") > 1000
     assert any("Recipes under the same budget" in x for x in lines)
     assert any("unlabelled transfer set (the 1 entries" in x for x in lines)
+    assert any("| dense + the same fine-tune (control) |" in x and "Δ acc vs control (pts)" in x for x in lines)
+    assert any("The control, the dense model through the same fine-tune" in x for x in lines)
     crit = {c for c, _, _ in report.task_acceptance(res)}
     assert crit == set()  # no 75% / 50% rows at tile 128 here
 

@@ -208,6 +208,9 @@ def task_acceptance(results: Dict) -> List[Tuple[str, str, Optional[bool]]]:
     if not t or not t.get("rows"):
         return []
     da = t["dense"]["accuracy"]
+    ctl = t.get("control")
+    vs_ctl = lambda r: (f"; against the dense model fine-tuned the same way ({100 * ctl['accuracy']:.2f}%): "
+                        f"{100 * (r['accuracy'] - ctl['accuracy']):+.2f}") if ctl else ""
     out = []
     for s, bar in ((0.75, 1.0), (0.5, 0.5)):
         r = _task_row(results, "tw", s)
@@ -215,11 +218,11 @@ def task_acceptance(results: Dict) -> List[Tuple[str, str, Optional[bool]]]:
             d = 100 * (r["accuracy"] - da)
             out.append((f"Task: TW {s:.0%} within {bar} point of dense accuracy",
                         f"dense {100 * da:.2f}%, TW {100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}% "
-                        f"({d:+.2f})", d >= -bar))
+                        f"({d:+.2f}{vs_ctl(r)})", d >= -bar))
     ew = _task_row(results, "ew", 0.75)
     if ew:
         out.append(("Task: EW 75% reported beside it", f"EW {100 * ew['accuracy']:.2f} ± "
-                    f"{100 * ew['accuracy_std']:.2f}% ({100 * (ew['accuracy'] - da):+.2f})", None))
+                    f"{100 * ew['accuracy_std']:.2f}% ({100 * (ew['accuracy'] - da):+.2f}{vs_ctl(ew)})", None))
     return out
 
 
@@ -230,7 +233,13 @@ def task_table(results: Dict) -> str:
     extra = {tuple(e["key"]): e for e in det.get("rows", [])}
     ones = {tuple(e["key"]): e for e in det.get("oneshot", [])}
     da, df = t["dense"]["accuracy"], t["dense"]["macro_f1"]
-    rows = [["dense (fine-tuned)", "0%", "-", f"{100 * da:.2f}", f"{100 * df:.2f}", "0.00", "", "1.00x"]]
+    ctl = t.get("control")
+    rows = [["dense (fine-tuned)", "0%", "-", f"{100 * da:.2f}", f"{100 * df:.2f}", "0.00"]
+            + ([f"{100 * (da - ctl['accuracy']):+.2f}"] if ctl else []) + ["", "1.00x"]]
+    if ctl:
+        rows.append(["dense + the same fine-tune (control)", "0%", "-",
+                     f"{100 * ctl['accuracy']:.2f} ± {100 * ctl['accuracy_std']:.2f}", f"{100 * ctl['macro_f1']:.2f}",
+                     f"{100 * (ctl['accuracy'] - da):+.2f}", "0.00", "", "1.00x"])
     for r in t["rows"]:
         key = (r["pattern"], r["sparsity"], r["tile"], r["unit"])
         e, o = extra.get(key, {}), ones.get(key)
@@ -239,10 +248,12 @@ def task_table(results: Dict) -> str:
         rows.append([PATTERN_NAMES.get(r["pattern"], r["pattern"]), _pct(r["sparsity"]), tile,
                      f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}",
                      f"{100 * r['macro_f1']:.2f}" + (f" ± {100 * e['macro_f1_std']:.2f}" if "macro_f1_std" in e else ""),
-                     f"{100 * (r['accuracy'] - da):+.2f}", f"{100 * o['accuracy']:.2f}" if o else "",
-                     f"{sp:.2f}x" if sp else ""])
-    return md_table(["model", "sparsity", "tile", "accuracy (%)", "macro-F1 (%)", "Δ acc vs dense (pts)",
-                     "oneshot alone acc (%)", "encoder speedup"], rows, "llrrrrrr")
+                     f"{100 * (r['accuracy'] - da):+.2f}"]
+                    + ([f"{100 * (r['accuracy'] - ctl['accuracy']):+.2f}"] if ctl else [])
+                    + [f"{100 * o['accuracy']:.2f}" if o else "", f"{sp:.2f}x" if sp else ""])
+    return md_table(["model", "sparsity", "tile", "accuracy (%)", "macro-F1 (%)", "Δ acc vs dense (pts)"]
+                    + (["Δ acc vs control (pts)"] if ctl else []) + ["oneshot alone acc (%)", "encoder speedup"],
+                    rows, "llrrrrrr" + ("r" if ctl else ""))
 
 
 def recipe_table(results: Dict) -> str:
@@ -276,6 +287,11 @@ def plot_task(results: Dict, path: str) -> str:
     da = 100 * t["dense"]["accuracy"]
     ax.axhline(da, color="black", linestyle="--", linewidth=1, label=f"dense {da:.1f}%")
     ax.axhline(da - 1.0, color="gray", linestyle=":", linewidth=1, label="dense - 1 point")
+    ctl = t.get("control")
+    if ctl:
+        ca = 100 * ctl["accuracy"]
+        ax.axhline(ca, color="tab:green", linestyle="-.", linewidth=1, label=f"dense + the same fine-tune {ca:.1f}%")
+        da = max(da, ca)  # for the y range
     ax.set_xticks(range(len(vals)))
     ax.set_xticklabels(labels)
     lo = min(vals + [da]) - 8
@@ -298,7 +314,7 @@ def task_section(results: Dict, out_dir: str, prefix: str) -> List[str]:
         f"Data: Debian's fortune files, one category per file, the category of an entry is its label. Categories "
         f"with at least {c.get('min_entries')} unique entries are kept (an entry found in two files is dropped), "
         f"each capped at {c.get('per_class')} (hash order): **{t['classes']} classes**: "
-        + ", ".join(f"{k} ({v})" for k, v in ent.items()) + f". Left out: "
+        + ", ".join(f"{k} ({v})" for k, v in ent.items()) + ". Left out: "
         + ", ".join(f"{k} ({v})" for k, v in det.get("left_out", {}).items())
         + f". Split by a hash of the entry: {det.get('train')} training, {det.get('test')} held-out entries.")
     lines.append("")
@@ -354,6 +370,14 @@ def task_limits(results: Dict) -> List[str]:
            f"{se:.2f} points (the ± above is the spread over fine-tune batch orders only, on the same test set); "
            f"a 0.5-point bar is below it. Budget: each pruned model sees {seen} labelled sentences ({epochs:.2f} epochs "
            f"of the training set), the dense model {c.get('dense_epochs')} epochs."]
+    ctl = t.get("control")
+    if ctl:
+        out.append(f"The control, the dense model through the same fine-tune (same steps, loss, data and seeds, "
+                   f"no pruning), reaches {100 * ctl['accuracy']:.2f} ± {100 * ctl['accuracy_std']:.2f}% "
+                   f"({100 * (ctl['accuracy'] - da):+.2f} over the dense fine-tune): the distillation recipe "
+                   "itself gains this much on the unpruned model (self-distillation with the transfer text), "
+                   "so every pruned row's distance to the model fine-tuned the same way is that much larger "
+                   "than its distance to dense.")
     ones = {tuple(e["key"]): e for e in det.get("oneshot", [])}
     for s, bar in ((0.75, 1.0), (0.5, 0.5)):
         r = _task_row(results, "tw", s)
