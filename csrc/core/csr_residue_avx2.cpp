@@ -3,14 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define TS_HAVE_AVX2_BUILD 1
-#include <immintrin.h>
-// Per-function target, as in tw_linear_avx2.cpp: shared inline code stays baseline.
-#define TS_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define TS_HAVE_AVX2_BUILD 0
-#endif
+#include "avx2_target.h"
 
 namespace tilesparse::core::avx2 {
 
@@ -21,12 +14,6 @@ namespace {
 constexpr int kVecs = static_cast<int>(kBlockM / 8);  // ymm per 64-sample block
 static_assert(kBlockM % 8 == 0, "a sample block is whole ymm vectors");
 
-// Lanes [0, rem) of a ymm (rem clamped to [0, 8]).
-TS_AVX2 inline __m256i lanes(int64_t rem) {
-  const int r = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(0, rem)));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 // acc[q] += v * x[8q .. 8q+8) for the first `mb` samples (Full: mb == kBlockM).
 template <bool Full>
 TS_AVX2 inline void axpy_block(__m256 v, const float* x, int64_t mb, __m256* acc) {
@@ -34,7 +21,7 @@ TS_AVX2 inline void axpy_block(__m256 v, const float* x, int64_t mb, __m256* acc
     if (Full) {
       acc[q] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * q), acc[q]);
     } else if (8 * q < mb) {
-      acc[q] = _mm256_fmadd_ps(v, _mm256_maskload_ps(x + 8 * q, lanes(mb - 8 * q)), acc[q]);
+      acc[q] = _mm256_fmadd_ps(v, _mm256_maskload_ps(x + 8 * q, lane_mask(mb - 8 * q)), acc[q]);
     }
   }
 }
@@ -51,7 +38,7 @@ TS_AVX2 void forward_row(const float* xt, int64_t M, int64_t m0, int64_t mb, con
     if (Full) {
       _mm256_storeu_ps(out + 8 * q, acc[q]);
     } else if (8 * q < mb) {
-      _mm256_maskstore_ps(out + 8 * q, lanes(mb - 8 * q), acc[q]);
+      _mm256_maskstore_ps(out + 8 * q, lane_mask(mb - 8 * q), acc[q]);
     }
   }
 }
@@ -75,7 +62,7 @@ TS_AVX2 float dot(const float* a, const float* b, int64_t n) {
     s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
   }
   for (; i < n; i += 8) {  // the last pass masked
-    const __m256i m = lanes(n - i);
+    const __m256i m = lane_mask(n - i);
     s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s0);
   }
   return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));

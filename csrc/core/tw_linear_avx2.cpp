@@ -6,16 +6,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define TS_HAVE_AVX2_BUILD 1
-#include <immintrin.h>
-// Per-function target instead of -mavx2 for the file: inline functions from
-// shared headers (std::vector, LayoutView) instantiated here must stay
-// baseline, or the linker may hand AVX2 copies to code run on any CPU.
-#define TS_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define TS_HAVE_AVX2_BUILD 0
-#endif
+#include "avx2_target.h"
 
 namespace tilesparse::core::avx2 {
 
@@ -43,12 +34,6 @@ constexpr int64_t GMB = 256;
 int64_t l2_bytes() {
   static const int64_t bytes = fused::l2_cache_bytes(int64_t(512) << 10);
   return bytes;
-}
-
-// Lanes [0, rem) of a ymm set (rem clamped to [0, 8]), for maskload/maskstore.
-TS_AVX2 inline __m256i lane_mask(int64_t rem) {
-  const int r = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(0, rem)));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 using fused::FwdOut;
