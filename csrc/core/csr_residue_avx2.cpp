@@ -68,11 +68,58 @@ TS_AVX2 float dot(const float* a, const float* b, int64_t n) {
   return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
 
+// out[c * ldo + i] = a[i * lda + c] for an 8 x 8 block: unpack pairs of rows,
+// shuffle pairs of pairs, then swap the 128-bit halves (24 shuffles, no gathers).
+TS_AVX2 inline void transpose8x8(const float* a, int64_t lda, float* out, int64_t ldo) {
+  __m256 r[8], t[8], q[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(a + i * lda);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);      // a(i,0) a(i+1,0) a(i,1) a(i+1,1) | columns 4, 5
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  // columns 2, 3 | 6, 7
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows h..h+3: q[h + j] holds column j | column j + 4
+    q[h + 0] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    q[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    q[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    q[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_ps(out + j * ldo, _mm256_permute2f128_ps(q[j], q[j + 4], 0x20));
+    _mm256_storeu_ps(out + (j + 4) * ldo, _mm256_permute2f128_ps(q[j], q[j + 4], 0x31));
+  }
+}
+
+TS_AVX2 void transpose_impl(const float* a, int64_t rows, int64_t cols, int64_t lda, float* out, int64_t ldo) {
+  int64_t i = 0;
+  for (; i + 8 <= rows; i += 8) {
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) transpose8x8(a + i * lda + c, lda, out + c * ldo + i, ldo);
+    for (; c < cols; ++c)
+      for (int64_t k = 0; k < 8; ++k) out[c * ldo + i + k] = a[(i + k) * lda + c];
+  }
+  for (; i < rows; ++i)
+    for (int64_t c = 0; c < cols; ++c) out[c * ldo + i] = a[i * lda + c];
+}
+
 }  // namespace
 
-// The parallel bodies are lambdas (no target attribute): they call the TS_AVX2 helpers.
+// Public entry points are baseline code (as in tw_linear_avx2.cpp); the
+// AVX2 work is in the TS_AVX2 helpers they call.
+void transpose(const float* a, int64_t rows, int64_t cols, int64_t lda, float* out, int64_t ldo) {
+  transpose_impl(a, rows, cols, lda, out, ldo);
+}
+
+void feature_major(const float* a, int64_t M, int64_t F, float* out, const ParallelFn& parallel_for) {
+  parallel_for(0, (M + kBlockM - 1) / kBlockM, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t m0 = b * kBlockM;
+      transpose(a + m0 * F, std::min(kBlockM, M - m0), F, F, out + m0, M);
+    }
+  });
+}
+
 void csr_forward(const float* xt, int64_t M, const float* values, const CsrView& r, float* y,
-                         const ParallelFn& parallel_for) {
+                 const ParallelFn& parallel_for) {
   const int64_t row_blocks = (r.rows + kBlockRows - 1) / kBlockRows;
   parallel_for(0, row_blocks, [&](int64_t begin, int64_t end) {
     alignas(32) float tile[kBlockRows * kBlockM];
@@ -88,10 +135,7 @@ void csr_forward(const float* xt, int64_t M, const float* values, const CsrView&
             forward_row<false>(xt, M, m0, mb, values, r.cols, jb, je, tile + dn * kBlockM);
           }
         }
-        for (int64_t i = 0; i < mb; ++i) {  // feature-major tile -> y's sample-major rows
-          float* out = y + (m0 + i) * r.rows + n0;
-          for (int64_t dn = 0; dn < nb; ++dn) out[dn] = tile[dn * kBlockM + i];
-        }
+        transpose(tile, nb, mb, kBlockM, y + m0 * r.rows + n0, r.rows);  // feature-major tile -> y's rows
       }
     }
   });
@@ -105,7 +149,7 @@ void csr_grad_input(const float* gt, int64_t M, const float* values, const CsrVi
 }
 
 void csr_grad_values_t(const float* gt, const float* xt, int64_t M, const CsrView& r, float* dv,
-                               const ParallelFn& parallel_for) {
+                       const ParallelFn& parallel_for) {
   parallel_for(0, r.rows, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
       for (int32_t j = r.row_ptr[n]; j < r.row_ptr[n + 1]; ++j)
@@ -118,6 +162,8 @@ void csr_grad_values_t(const float* gt, const float* xt, int64_t M, const CsrVie
 void csr_forward(const float*, int64_t, const float*, const CsrView&, float*, const ParallelFn&) {}
 void csr_grad_input(const float*, int64_t, const float*, const CsrView&, float*, const ParallelFn&) {}
 void csr_grad_values_t(const float*, const float*, int64_t, const CsrView&, float*, const ParallelFn&) {}
+void transpose(const float*, int64_t, int64_t, int64_t, float*, int64_t) {}
+void feature_major(const float*, int64_t, int64_t, float*, const ParallelFn&) {}
 
 #endif
 

@@ -82,9 +82,15 @@ at::ScalarType compute_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-// [..., F] -> feature-major [F, M] in the compute dtype.
-at::Tensor feature_major(const at::Tensor& a) {
-  return a.reshape({leading_rows(a), a.size(-1)}).to(compute_type(a.scalar_type())).t().contiguous();
+// [..., F] -> feature-major [F, M] in the compute dtype (by the AVX2 register
+// transposes when `avx2`: torch's strided copy costs as much as a kernel).
+at::Tensor feature_major(const at::Tensor& a, bool avx2) {
+  at::Tensor m = a.reshape({leading_rows(a), a.size(-1)}).to(compute_type(a.scalar_type()));
+  if (!avx2) return m.t().contiguous();
+  m = m.contiguous();
+  at::Tensor out = at::empty({m.size(1), m.size(0)}, m.options());
+  core::avx2::feature_major(m.data_ptr<float>(), m.size(0), m.size(1), out.data_ptr<float>(), aten_parallel_for());
+  return out;
 }
 
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
@@ -92,19 +98,20 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   check_values(values, x, "x");
   const int64_t K = x.size(-1);
   const CsrArgs r = csr_args(row_ptr, cols, out_features, K, values.numel(), x);
-  const at::Tensor xt = feature_major(x);
+  const bool avx2 = use_avx2(compute_type(x.scalar_type()));
+  const at::Tensor xt = feature_major(x, avx2);
   const at::Tensor v = values.to(compute_type(values.scalar_type())).contiguous();
   const int64_t M = xt.size(1);
   at::Tensor y = at::empty({M, out_features}, xt.options());
-  if (use_avx2(xt.scalar_type())) {
+  if (avx2) {
     core::avx2::csr_forward(xt.data_ptr<float>(), M, v.data_ptr<float>(), r.view, y.data_ptr<float>(),
                             aten_parallel_for());
-    return y.to(x.scalar_type()).view(with_last(x.sizes(), out_features));
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "csr_linear", [&] {
+      core::csr_forward(xt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, y.data_ptr<scalar_t>(),
+                        ParallelFor{});
+    });
   }
-  AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "csr_linear", [&] {
-    core::csr_forward(xt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, y.data_ptr<scalar_t>(),
-                      ParallelFor{});
-  });
   return y.to(x.scalar_type()).view(with_last(x.sizes(), out_features));
 }
 
@@ -112,11 +119,12 @@ at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tenso
                                      const at::Tensor& cols, int64_t in_features) {
   check_values(values, grad_out, "grad_out");
   const CsrArgs r = csr_args(row_ptr, cols, grad_out.size(-1), in_features, values.numel(), grad_out);
-  const at::Tensor gt = feature_major(grad_out);
+  const bool avx2 = use_avx2(compute_type(grad_out.scalar_type()));
+  const at::Tensor gt = feature_major(grad_out, avx2);
   const at::Tensor v = values.to(compute_type(values.scalar_type())).contiguous();
   const int64_t M = gt.size(1);
   at::Tensor gx = at::empty({M, in_features}, gt.options());
-  if (use_avx2(gt.scalar_type())) {
+  if (avx2) {
     core::avx2::csr_grad_input(gt.data_ptr<float>(), M, v.data_ptr<float>(), r.view, gx.data_ptr<float>(),
                                aten_parallel_for());
   } else {
@@ -132,11 +140,12 @@ at::Tensor csr_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tens
                                       const at::Tensor& cols) {
   check_grad_values_inputs(grad_out, x);
   const CsrArgs r = csr_args(row_ptr, cols, grad_out.size(-1), x.size(-1), cols.numel(), grad_out);
-  const at::Tensor gt = feature_major(grad_out);
-  const at::Tensor xt = feature_major(x);
+  const bool avx2 = use_avx2(compute_type(grad_out.scalar_type()));
+  const at::Tensor gt = feature_major(grad_out, avx2);
+  const at::Tensor xt = feature_major(x, avx2);
   const int64_t M = gt.size(1);
   at::Tensor dv = at::empty({cols.numel()}, gt.options());
-  if (use_avx2(gt.scalar_type())) {
+  if (avx2) {
     core::avx2::csr_grad_values_t(gt.data_ptr<float>(), xt.data_ptr<float>(), M, r.view, dv.data_ptr<float>(),
                                   aten_parallel_for());
   } else {

@@ -6,7 +6,8 @@
 // parallel loops split serially, into single iterations and over threads.
 // The AVX2 float32 kernels (csr_residue_avx2.h) run the same cases against the
 // same reference, plus sample counts at every 8-lane and 64-block edge; on a
-// CPU without AVX2 a WARN says they were not tested. Also the CSR validation messages.
+// CPU without AVX2 a WARN says they were not tested. The AVX2 transposes (the
+// feature-major copies and the forward's store) against index arithmetic. Also the CSR validation messages.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -197,5 +198,36 @@ TEST_CASE("csr validation names what is wrong", "[csr]") {
   SECTION("column out of range") {
     c.col[1] = 5;
     REQUIRE(validate_csr(c.view()) == "cols[1] = 5 is out of range [0, 5)");
+  }
+}
+
+TEST_CASE("AVX2 transposes: 8 x 8 blocks and scalar edges, strided, no writes outside", "[csr][avx2]") {
+  if (!avx2::available()) {
+    WARN("this CPU lacks avx2+fma: the AVX2 transposes were NOT tested (skipped)");
+    return;
+  }
+  struct Dims { int64_t rows, cols; };
+  const Dims d = GENERATE(Dims{1, 1}, Dims{7, 9}, Dims{8, 8}, Dims{16, 24}, Dims{13, 70}, Dims{64, 3}, Dims{3, 64},
+                          Dims{65, 130}, Dims{0, 5}, Dims{5, 0});
+  CAPTURE(d.rows, d.cols);
+  const int64_t lda = d.cols + 3, ldo = d.rows + 5;  // padded rows: the padding must stay untouched
+  std::vector<float> a(std::max<int64_t>(1, d.rows * lda));
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i);
+  std::vector<float> out(std::max<int64_t>(1, d.cols * ldo), -7.0f);
+  avx2::transpose(a.data(), d.rows, d.cols, lda, out.data(), ldo);
+  for (int64_t c = 0; c < d.cols; ++c)
+    for (int64_t j = 0; j < ldo; ++j) REQUIRE(out[c * ldo + j] == (j < d.rows ? a[j * lda + c] : -7.0f));
+
+  // feature_major: [M, F] -> [F, M] over blocks of kBlockM samples, every split of the parallel loop
+  const int64_t M = d.rows * 2 + 1, F = d.cols;  // M = 3 .. 131: partial blocks of 64
+  std::vector<float> x(M * F);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i) * 0.5f;
+  for (auto& [name, par] : splits()) {
+    CAPTURE(name, M, F);
+    std::vector<float> xt(M * F + 1, -7.0f);
+    avx2::feature_major(x.data(), M, F, xt.data(), par);
+    for (int64_t f = 0; f < F; ++f)
+      for (int64_t m = 0; m < M; ++m) REQUIRE(xt[f * M + m] == x[m * F + f]);
+    REQUIRE(xt[M * F] == -7.0f);
   }
 }
