@@ -297,7 +297,7 @@ def plot_task(results: Dict, path: str) -> str:
     lo = min(vals + [da]) - 8
     ax.set_ylim(max(0, lo), min(100, max(vals + [da]) + 4))
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(f"{t['name']}: prune-then-finetune")
+    ax.set_title(f"{t['name']}:\nprune-then-finetune", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
