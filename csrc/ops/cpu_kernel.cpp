@@ -5,6 +5,7 @@
 #include <c10/util/StringUtil.h>
 
 #include <cstdlib>
+#include <type_traits>
 
 #include "../core/tw_linear_avx2.h"
 #include "../core/tw_linear_avx512.h"
@@ -73,6 +74,17 @@ bool is_16bit(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::
 CpuKernel kernel_for(at::ScalarType dtype) {
   const CpuKernel k = selected_kernel();  // validates the variable for every dtype
   return dtype == at::kFloat ? k : CpuKernel::kGeneric;
+}
+
+static_assert(std::is_same_v<AtenParallelFn, core::avx2::ParallelFn> &&
+                  std::is_same_v<AtenParallelFn, core::avx512::ParallelFn>,
+              "aten_parallel_for serves both fused kernel families");
+
+const AtenParallelFn& aten_parallel_for() {
+  static const AtenParallelFn fn = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
+    at::parallel_for(b, e, 1, f);
+  };
+  return fn;
 }
 
 }  // namespace tilesparse

@@ -9,8 +9,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <functional>
-
 #include "../core/csr_residue.h"
 #include "../core/csr_residue_avx2.h"
 #include "checks.h"
@@ -18,20 +16,6 @@
 
 namespace tilesparse {
 namespace {
-
-struct ParallelFor {
-  template <typename F>
-  void operator()(int64_t begin, int64_t end, F&& fn) const {
-    at::parallel_for(begin, end, /*grain_size=*/1, fn);
-  }
-};
-
-const core::avx2::ParallelFn& aten_parallel_for() {
-  static const core::avx2::ParallelFn fn = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
-    at::parallel_for(b, e, 1, f);
-  };
-  return fn;
-}
 
 // The AVX2 kernels serve float32 compute (float16/bfloat16 inputs included)
 // wherever a fused CPU kernel family is selected.
@@ -109,7 +93,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& values, const a
   } else {
     AT_DISPATCH_FLOATING_TYPES(xt.scalar_type(), "csr_linear", [&] {
       core::csr_forward(xt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, y.data_ptr<scalar_t>(),
-                        ParallelFor{});
+                        AtenParallelFor{});
     });
   }
   return y.to(x.scalar_type()).view(with_last(x.sizes(), out_features));
@@ -130,7 +114,7 @@ at::Tensor csr_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tenso
   } else {
     AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_input", [&] {
       core::csr_grad_input(gt.data_ptr<scalar_t>(), M, v.data_ptr<scalar_t>(), r.view, gx.data_ptr<scalar_t>(),
-                           ParallelFor{});
+                           AtenParallelFor{});
     });
   }
   return gx.to(grad_out.scalar_type()).view(with_last(grad_out.sizes(), in_features));
@@ -151,7 +135,7 @@ at::Tensor csr_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tens
   } else {
     AT_DISPATCH_FLOATING_TYPES(gt.scalar_type(), "csr_linear_grad_values", [&] {
       core::csr_grad_values_t(gt.data_ptr<scalar_t>(), xt.data_ptr<scalar_t>(), M, r.view, dv.data_ptr<scalar_t>(),
-                              ParallelFor{});
+                              AtenParallelFor{});
     });
   }
   return dv.to(grad_out.scalar_type());

@@ -46,20 +46,6 @@ struct AtenGemm {
   }
 };
 
-struct ParallelFor {
-  template <typename F>
-  void operator()(int64_t begin, int64_t end, F&& fn) const {
-    at::parallel_for(begin, end, /*grain_size=*/1, fn);
-  }
-};
-
-const core::avx512::ParallelFn& aten_parallel_for() {
-  static const core::avx512::ParallelFn fn = [](int64_t b, int64_t e, const std::function<void(int64_t, int64_t)>& f) {
-    at::parallel_for(b, e, 1, f);
-  };
-  return fn;
-}
-
 // ---- inference cache of the fused (AVX2, AVX-512) forward's packed panels --------
 // In inference the values are a fixed weight, and re-packing them costs as
 // much as a small layer's GEMM. Entries are keyed by the values' storage
@@ -269,7 +255,7 @@ at::Tensor tw_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "tw_linear_cpu", [&] {
       core::tw_linear_forward<scalar_t>(l.view, x2.data_ptr<scalar_t>(), M, K, v.data_ptr<scalar_t>(),
                                         bias ? b.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), N,
-                                        at::get_num_threads(), AtenGemm<scalar_t>{x.options()}, ParallelFor{});
+                                        at::get_num_threads(), AtenGemm<scalar_t>{x.options()}, AtenParallelFor{});
     });
   }
   return out;
@@ -312,7 +298,7 @@ at::Tensor tw_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_input_cpu", [&] {
       core::tw_linear_grad_input<scalar_t>(l.view, gy.data_ptr<scalar_t>(), M, N, v.data_ptr<scalar_t>(),
                                            gx.data_ptr<scalar_t>(), K, at::get_num_threads(),
-                                           AtenGemm<scalar_t>{gy.options()}, ParallelFor{});
+                                           AtenGemm<scalar_t>{gy.options()}, AtenParallelFor{});
     });
   }
   return out;
@@ -350,7 +336,7 @@ at::Tensor tw_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tenso
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "tw_linear_grad_values_cpu", [&] {
       core::tw_linear_grad_values<scalar_t>(l.view, gy.data_ptr<scalar_t>(), x2.data_ptr<scalar_t>(), M, N, K,
                                             gv.data_ptr<scalar_t>(), at::get_num_threads(),
-                                            AtenGemm<scalar_t>{gy.options()}, ParallelFor{});
+                                            AtenGemm<scalar_t>{gy.options()}, AtenParallelFor{});
     });
   }
   return gv;
