@@ -287,15 +287,15 @@ def plot_task(results: Dict, path: str) -> str:
     da = 100 * t["dense"]["accuracy"]
     ax.axhline(da, color="black", linestyle="--", linewidth=1, label=f"dense {da:.1f}%")
     ax.axhline(da - 1.0, color="gray", linestyle=":", linewidth=1, label="dense - 1 point")
+    lines = [da]
     ctl = t.get("control")
     if ctl:
         ca = 100 * ctl["accuracy"]
         ax.axhline(ca, color="tab:green", linestyle="-.", linewidth=1, label=f"dense + the same fine-tune {ca:.1f}%")
-        da = max(da, ca)  # for the y range
+        lines.append(ca)
     ax.set_xticks(range(len(vals)))
     ax.set_xticklabels(labels)
-    lo = min(vals + [da]) - 8
-    ax.set_ylim(max(0, lo), min(100, max(vals + [da]) + 4))
+    ax.set_ylim(max(0, min(vals + lines) - 8), min(100, max(vals + lines) + 4))
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title(f"{t['name']}:\nprune-then-finetune", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
