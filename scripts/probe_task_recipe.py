@@ -67,13 +67,14 @@ def main() -> None:
             loader = T.interleave(loader, T._shuffled(d.transfer, 200))
         elif variant != "base":
             raise SystemExit(f"unknown variant {variant!r}")
-        res = distill(student, dense, loader, sparsity, steps=steps, pattern="tw" if pattern == "dense" else pattern,
-                      tile=128, unit=1, start_sparsity=sparsity, calib=T._shuffled(small, 7)[:cfg.calib_batches], filter_fn=T.task_filter,
-                      loss_fn=loss_fn, task_loss_fn=T._task_loss, task_weight=weight, params=T._trainable(student),
-                      lr=cfg.lr, prune_start=False, progress=False)
+        res = distill(student, dense, loader, sparsity, steps=steps,
+                      pattern="tw" if pattern == "dense" else pattern,  # unused at sparsity 0
+                      tile=128, unit=1, start_sparsity=sparsity, calib=T._shuffled(small, 7)[:cfg.calib_batches],
+                      filter_fn=T.task_filter, loss_fn=loss_fn, task_loss_fn=T._task_loss, task_weight=weight,
+                      params=T._trainable(student), lr=cfg.lr, prune_start=False, progress=False)
         ev = T.evaluate(res.model, test, C)
-        print(json.dumps(dict(pattern=pattern, sparsity=sparsity, variant=variant, steps=steps, **ev, seconds=round(time.perf_counter() - t))),
-              flush=True)
+        print(json.dumps(dict(pattern=pattern, sparsity=sparsity, variant=variant, steps=steps, **ev,
+                              seconds=round(time.perf_counter() - t))), flush=True)
 
 
 if __name__ == "__main__":
